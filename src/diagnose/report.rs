@@ -1,0 +1,157 @@
+//! Rendering a diagnosis: the structured-field header and the JSON body.
+
+use serde_json::{Map, Value};
+
+use super::cause::{Cause, Observation};
+use crate::sfv::Dictionary;
+
+/// A diagnosis with everything Envoy told us about where the request went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report<'a> {
+    pub cause: Cause,
+    pub observation: Observation<'a>,
+    /// `xds.cluster_name`.
+    pub cluster: Option<&'a str>,
+    /// `upstream.address`.
+    pub upstream: Option<&'a str>,
+    /// `xds.route_name`.
+    pub route: Option<&'a str>,
+    /// `upstream.request_attempt_count`.
+    pub attempts: Option<u64>,
+}
+
+impl<'a> Report<'a> {
+    /// A report with no upstream details yet.
+    pub fn new(cause: Cause, observation: Observation<'a>) -> Self {
+        Report { cause, observation, cluster: None, upstream: None, route: None, attempts: None }
+    }
+
+    fn flags_text(&self) -> String {
+        let names = self.observation.flags.short_names();
+        if names.is_empty() {
+            "-".into()
+        } else {
+            names
+        }
+    }
+
+    /// The header value. With `expose` false only `cause`, `flags` and `hint` are written:
+    /// addresses and names of internal clusters are for trusted clients.
+    pub fn header_value(&self, expose: bool) -> String {
+        let mut d = Dictionary::new();
+        d.token("cause", self.cause.token());
+        d.string("flags", &self.flags_text());
+        if expose {
+            if let Some(status) = self.observation.status {
+                d.integer("status", i64::from(status));
+            }
+            if let Some(c) = non_empty(self.cluster) {
+                d.string("cluster", c);
+            }
+            if let Some(u) = non_empty(self.upstream) {
+                d.string("upstream", u);
+            }
+            if let Some(a) = self.attempts {
+                d.integer("attempts", i64::try_from(a).unwrap_or(i64::MAX));
+            }
+            if let Some(r) = non_empty(self.route) {
+                d.string("route", r);
+            }
+            if !self.observation.details.is_empty() {
+                d.string("details", self.observation.details);
+            }
+        }
+        d.string("hint", self.cause.hint());
+        d.finish()
+    }
+
+    /// The JSON body, with the same fields as the header.
+    pub fn json(&self, expose: bool) -> String {
+        let mut m = Map::new();
+        m.insert("cause".into(), Value::from(self.cause.token()));
+        m.insert("flags".into(), Value::from(self.flags_text()));
+        if expose {
+            if let Some(status) = self.observation.status {
+                m.insert("status".into(), Value::from(status));
+            }
+            if let Some(c) = non_empty(self.cluster) {
+                m.insert("cluster".into(), Value::from(c));
+            }
+            if let Some(u) = non_empty(self.upstream) {
+                m.insert("upstream".into(), Value::from(u));
+            }
+            if let Some(a) = self.attempts {
+                m.insert("attempts".into(), Value::from(a));
+            }
+            if let Some(r) = non_empty(self.route) {
+                m.insert("route".into(), Value::from(r));
+            }
+            if !self.observation.details.is_empty() {
+                m.insert("details".into(), Value::from(self.observation.details));
+            }
+        }
+        m.insert("hint".into(), Value::from(self.cause.hint()));
+        Value::Object(m).to_string()
+    }
+}
+
+fn non_empty(s: Option<&str>) -> Option<&str> {
+    s.filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::{classify, ResponseFlags};
+
+    fn refused() -> Report<'static> {
+        let obs = Observation {
+            status: Some(503),
+            flags: ResponseFlags(0x20),
+            details: "upstream_reset_before_response_started{remote_connection_failure}",
+            transport_failure: "delayed connect error: Connection refused",
+        };
+        Report {
+            cause: classify(&obs),
+            observation: obs,
+            cluster: Some("backend"),
+            upstream: Some("127.0.0.1:18099"),
+            route: Some(""),
+            attempts: Some(1),
+        }
+    }
+
+    #[test]
+    fn trusted_header_carries_where_the_request_went() {
+        assert_eq!(
+            refused().header_value(true),
+            "cause=connection_refused, flags=\"UF\", status=503, cluster=\"backend\", upstream=\"127.0.0.1:18099\", \
+             attempts=1, details=\"upstream_reset_before_response_started{remote_connection_failure}\", \
+             hint=\"nothing accepted the connection: is the backend running and listening on this port?\""
+        );
+    }
+
+    #[test]
+    fn untrusted_header_has_cause_flags_and_hint_only() {
+        let v = refused().header_value(false);
+        assert!(v.starts_with("cause=connection_refused, flags=\"UF\", hint="), "{v}");
+        assert!(!v.contains("127.0.0.1") && !v.contains("backend\""), "{v}");
+    }
+
+    #[test]
+    fn json_has_the_same_fields() {
+        let v: Value = serde_json::from_str(&refused().json(true)).unwrap();
+        assert_eq!(v["cause"], "connection_refused");
+        assert_eq!(v["flags"], "UF");
+        assert_eq!(v["upstream"], "127.0.0.1:18099");
+        assert_eq!(v["attempts"], 1);
+        let hidden: Value = serde_json::from_str(&refused().json(false)).unwrap();
+        assert!(hidden.get("upstream").is_none() && hidden.get("cluster").is_none());
+    }
+
+    #[test]
+    fn no_flags_are_written_as_a_dash() {
+        let r = Report::new(Cause::UpstreamErrorResponse, Observation { status: Some(503), ..Default::default() });
+        assert!(r.header_value(false).starts_with("cause=upstream_error_response, flags=\"-\""));
+    }
+}

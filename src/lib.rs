@@ -1,0 +1,28 @@
+//! # upstream_guard — the pure core
+//!
+//! Everything the upstream-guard filters *decide* lives here; everything they *do* (read a
+//! property, send a local reply, touch shared data) lives in the thin adapters under
+//! `filters/`. The split keeps policy testable natively and on wasm32 alike:
+//!
+//! - no `proxy_wasm`, no I/O, no clock reads: callers pass `now` in and get decisions back;
+//! - configuration arrives as JSON, is parsed with `deny_unknown_fields`, and is validated once
+//!   into the typed values the data path uses; every rejection names the field and the fix.
+#![forbid(unsafe_code)]
+
+pub mod cidr;
+pub mod config;
+pub mod diagnose;
+pub mod sfv;
+
+/// `response.code_details` strings that upstream-guard's own filters pass with their local replies,
+/// so that the diagnostics filter (placed first in the chain) can tell them from Envoy's.
+pub mod details {
+    /// The circuit breaker rejected the request because the upstream's circuit is open.
+    pub const CIRCUIT_OPEN: &str = "upstream_guard.circuit_open";
+    /// The rate limiter rejected the request.
+    pub const RATE_LIMITED: &str = "upstream_guard.rate_limited";
+    /// The health router found no healthy upstream and failed fast.
+    pub const NO_HEALTHY_UPSTREAM: &str = "upstream_guard.no_healthy_upstream";
+    /// Prefix shared by every details string above.
+    pub const PREFIX: &str = "upstream_guard.";
+}

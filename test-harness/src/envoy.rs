@@ -1,0 +1,176 @@
+//! A real Envoy process for end-to-end tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{http, paths, Error, Result};
+
+/// A running Envoy; killed on drop. Its config, log and admin address live in a temporary
+/// directory that is removed with it.
+pub struct Envoy {
+    child: Child,
+    dir: tempfile::TempDir,
+    admin: SocketAddr,
+}
+
+impl Envoy {
+    /// Starts Envoy with one worker.
+    pub fn start(config: &Value) -> Result<Envoy> {
+        Self::start_with(config, 1)
+    }
+
+    /// Starts Envoy with `concurrency` workers and waits (up to 60 s) for `/ready`.
+    pub fn start_with(config: &Value, concurrency: u32) -> Result<Envoy> {
+        let bin = paths::envoy_bin()?;
+        let dir = tempfile::Builder::new().prefix("ug-envoy-").tempdir().map_err(Error::io("temp dir"))?;
+        let config_path = dir.path().join("envoy.json");
+        std::fs::write(&config_path, config.to_string()).map_err(Error::io("write envoy config"))?;
+        let admin_path = dir.path().join("admin-address");
+        // Envoy's own --log-path is flushed lazily; its stderr is not, so the log is complete at
+        // any moment a test reads it.
+        let log_file = std::fs::File::create(dir.path().join("envoy.log")).map_err(Error::io("create envoy log"))?;
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--concurrency", &concurrency.to_string()])
+            .arg("--disable-hot-restart")
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["-l", "info", "--component-log-level", "wasm:debug"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .map_err(Error::io(format!("start {}", bin.display())))?;
+        let mut envoy = Envoy { child, dir, admin: SocketAddr::from(([127, 0, 0, 1], 0)) };
+        envoy.wait_ready(Duration::from_secs(60))?;
+        Ok(envoy)
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        let admin_path = self.dir.path().join("admin-address");
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(Error::Envoy { problem: format!("exited during start-up ({status})"), log: self.log() });
+            }
+            if self.admin.port() == 0 {
+                if let Some(addr) = std::fs::read_to_string(&admin_path).ok().and_then(|s| s.trim().parse().ok()) {
+                    self.admin = addr;
+                }
+            }
+            if self.admin.port() != 0 {
+                if let Ok(r) = http::request(self.admin, "GET", "/ready", &[], Duration::from_secs(2)) {
+                    if r.status == 200 {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Envoy { problem: "not ready after 60 s".into(), log: self.log() });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The admin address.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The bound address of listener `name` (configured with port 0).
+    pub fn listener(&self, name: &str) -> Result<SocketAddr> {
+        let r = http::get(self.admin, "/listeners?format=json", &[])?;
+        let v: Value = serde_json::from_slice(&r.body).map_err(|e| Error::Protocol { problem: e.to_string() })?;
+        v["listener_statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["name"] == name)
+            .and_then(|l| {
+                let sa = &l["local_address"]["socket_address"];
+                format!("{}:{}", sa["address"].as_str()?, sa["port_value"].as_u64()?).parse().ok()
+            })
+            .ok_or_else(|| Error::Envoy { problem: format!("no listener named {name}"), log: self.log() })
+    }
+
+    /// The `main` listener of a [`crate::bootstrap::Bootstrap`] config.
+    pub fn main(&self) -> Result<SocketAddr> {
+        self.listener("main")
+    }
+
+    /// The value of stat `name` from `/stats` (counters and gauges), if it exists. Metrics a
+    /// wasm filter defines are found by the name the filter gave them (Envoy's `/stats` shows
+    /// them with a `wasmcustom.` prefix, Prometheus output without).
+    pub fn stat(&self, name: &str) -> Result<Option<u64>> {
+        let r = http::get(self.admin, "/stats", &[])?;
+        let custom = format!("wasmcustom.{name}");
+        Ok(r.text().lines().find_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            if k == name || k == custom {
+                v.trim().parse().ok()
+            } else {
+                None
+            }
+        }))
+    }
+
+    /// Every stat whose name (without `wasmcustom.`) starts with `prefix` and whose value is not
+    /// zero, sorted by name.
+    pub fn nonzero_stats(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let r = http::get(self.admin, "/stats", &[])?;
+        let mut out: Vec<(String, u64)> = r
+            .text()
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(": ")?;
+                let k = k.strip_prefix("wasmcustom.").unwrap_or(k);
+                let v: u64 = v.trim().parse().ok()?;
+                (k.starts_with(prefix) && v != 0).then(|| (k.to_string(), v))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Everything Envoy has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// Where the config was written.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("envoy.json")
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `envoy --mode validate` on a config file; `Ok` holds the process output whatever the
+/// verdict (check `status.success()`).
+pub fn validate(config: &Path) -> Result<Output> {
+    let bin = paths::envoy_bin()?;
+    Command::new(&bin)
+        .args(["--mode", "validate", "--disable-hot-restart", "-l", "warn", "-c"])
+        .arg(config)
+        .output()
+        .map_err(Error::io(format!("run {}", bin.display())))
+}
+
+/// Starts Envoy expecting it to *refuse* the config; returns its log. Errors if it became ready.
+pub fn expect_refused(config: &Value) -> Result<String> {
+    match Envoy::start(config) {
+        Ok(e) => Err(Error::Envoy { problem: "accepted a config it should refuse".into(), log: e.log() }),
+        Err(Error::Envoy { log, .. }) => Ok(log),
+        Err(other) => Err(other),
+    }
+}

