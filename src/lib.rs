@@ -12,6 +12,7 @@
 pub mod cidr;
 pub mod config;
 pub mod diagnose;
+pub mod ratelimit;
 pub mod sfv;
 
 /// `response.code_details` strings that upstream-guard's own filters pass with their local replies,

@@ -10,6 +10,6 @@ mod flags;
 mod report;
 
 pub use cause::{classify, is_error, Cause, Observation};
-pub use config::{DiagnosticsConfig, DiagnosticsJson, Expose, When};
+pub use config::{check_header_name, DiagnosticsConfig, DiagnosticsJson, Expose, When};
 pub use flags::{Flag, ResponseFlags};
 pub use report::Report;

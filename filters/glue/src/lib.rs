@@ -11,13 +11,15 @@
 //! - [`props`]: typed property reads that treat "missing" as `None`, never as a panic;
 //! - [`send_local_reply`]: local replies *with* a `response.code_details` string (the SDK's
 //!   `send_http_response` passes none), so the diagnostics filter can name our own replies;
-//! - [`clear_route_cache`], [`Counter`] and [`log`].
+//! - [`shared::update`]: the compare-and-swap loop over shared data;
+//! - [`now_nanos`], [`clear_route_cache`], [`Counter`] and [`log`].
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, MetricType, Status};
 use upstream_guard::config::ConfigError;
 
 pub mod props;
+pub mod shared;
 
 /// Installs the panic hook. Call first thing in `proxy_wasm::main!`.
 pub fn init() {
@@ -47,6 +49,23 @@ pub fn load_config<C>(
             None
         }
     }
+}
+
+/// The host's wall clock in nanoseconds since the Unix epoch: the one clock read of every filter,
+/// passed to the pure core as `now`. On a host that cannot tell the time, 0 (every limit then
+/// behaves as if no time passed, which errs on the strict side).
+pub fn now_nanos() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Makes `name` safe inside a metric name: ASCII letters, digits, `_` and `-`; anything else
+/// becomes `_`.
+pub fn metric_segment(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
 }
 
 /// Clears the route cache so that Envoy re-matches the route after we changed a header that

@@ -1,0 +1,540 @@
+//! The rate limiter's plugin configuration: JSON shape, validation, and rule matching.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::algorithm::{Algorithm, Limit};
+use super::key::{KeyPart, RequestView};
+use crate::config::{parse_duration_nanos, ConfigError};
+
+/// Which matching rules apply to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Apply {
+    /// The first rule whose match fits (rules are tried in order).
+    #[default]
+    First,
+    /// Every rule whose match fits; the request is refused if any of them refuses.
+    All,
+}
+
+/// Enforce limits, or only count what would have been refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+/// What to do when the shared-data compare-and-swap keeps losing races (retries exhausted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Contention {
+    /// Admit the request (availability first); counted in `…contention`.
+    #[default]
+    Allow,
+    /// Refuse the request (the limit first); counted in `…contention`.
+    Deny,
+}
+
+/// Where the client address comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientIp {
+    /// Proxies in front of Envoy that append to the header; 0 means "use the peer address".
+    pub trusted_hops: u32,
+    /// The header those proxies append to.
+    pub header: String,
+}
+
+impl Default for ClientIp {
+    fn default() -> Self {
+        ClientIp { trusted_hops: 0, header: "x-forwarded-for".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitJson {
+    requests: u64,
+    per: String,
+    #[serde(default)]
+    burst: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HeaderMatchJson {
+    name: String,
+    #[serde(default)]
+    present: Option<bool>,
+    #[serde(default)]
+    exact: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MatchJson {
+    #[serde(default)]
+    path_prefix: Option<String>,
+    #[serde(default)]
+    path_exact: Option<String>,
+    #[serde(default)]
+    path_regex: Option<String>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    headers: Vec<HeaderMatchJson>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleJson {
+    name: String,
+    #[serde(rename = "match", default)]
+    matcher: MatchJson,
+    #[serde(default)]
+    key: Option<Vec<Value>>,
+    limit: LimitJson,
+    #[serde(default)]
+    algorithm: Algorithm,
+}
+
+/// The JSON plugin configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitJson {
+    rules: Vec<RuleJson>,
+    #[serde(default)]
+    apply: Apply,
+    #[serde(default)]
+    client_ip: ClientIp,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default = "default_status")]
+    status: u16,
+    #[serde(default = "default_max_keys")]
+    max_keys: u32,
+    #[serde(default)]
+    on_contention: Contention,
+    #[serde(default = "default_cas_retries")]
+    cas_retries: u32,
+    #[serde(default = "default_true")]
+    response_headers: bool,
+}
+
+fn default_status() -> u16 {
+    429
+}
+fn default_max_keys() -> u32 {
+    100_000
+}
+fn default_cas_retries() -> u32 {
+    10
+}
+fn default_true() -> bool {
+    true
+}
+
+/// How a request's path is matched.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(regex_lite::Regex),
+}
+
+/// A header condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderMatch {
+    Present(String),
+    Absent(String),
+    Equals(String, String),
+}
+
+/// A rule's match: every given condition must hold (an empty match matches everything).
+#[derive(Debug, Clone, Default)]
+pub struct RuleMatch {
+    pub path: Option<PathMatch>,
+    pub method: Option<String>,
+    pub headers: Vec<HeaderMatch>,
+}
+
+impl RuleMatch {
+    /// True when `req` meets every condition. Paths are matched without the query string.
+    pub fn matches(&self, req: &dyn RequestView) -> bool {
+        if let Some(m) = &self.method {
+            if req.method().as_deref() != Some(m.as_str()) {
+                return false;
+            }
+        }
+        if let Some(p) = &self.path {
+            let full = req.path().unwrap_or_default();
+            let path = full.split('?').next().unwrap_or_default();
+            let ok = match p {
+                PathMatch::Prefix(pre) => path.starts_with(pre.as_str()),
+                PathMatch::Exact(e) => path == e,
+                PathMatch::Regex(r) => r.is_match(path),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        self.headers.iter().all(|h| match h {
+            HeaderMatch::Present(n) => req.header(n).is_some(),
+            HeaderMatch::Absent(n) => req.header(n).is_none(),
+            HeaderMatch::Equals(n, v) => req.header(n).as_deref() == Some(v.as_str()),
+        })
+    }
+}
+
+/// One validated rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub matcher: RuleMatch,
+    pub key: Vec<KeyPart>,
+    pub limit: Limit,
+    pub algorithm: Algorithm,
+    /// `RateLimit-Policy` value, computed once.
+    pub policy: String,
+}
+
+impl Rule {
+    /// The bucket key for `req` (parts joined by U+001F).
+    pub fn key(&self, req: &dyn RequestView) -> String {
+        let mut out = String::new();
+        for (i, part) in self.key.iter().enumerate() {
+            if i > 0 {
+                out.push('\u{1f}');
+            }
+            out.push_str(&part.value(req));
+        }
+        out
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub rules: Vec<Rule>,
+    pub apply: Apply,
+    pub client_ip: ClientIp,
+    pub mode: Mode,
+    pub status: u16,
+    pub max_keys: u32,
+    pub on_contention: Contention,
+    pub cas_retries: u32,
+    pub response_headers: bool,
+}
+
+impl RateLimitConfig {
+    /// Parses and validates.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        crate::config::parse_json::<RateLimitJson>(bytes)?.validate()
+    }
+
+    /// The rules that apply to `req`, in order.
+    pub fn matching<'a>(&'a self, req: &'a dyn RequestView) -> impl Iterator<Item = &'a Rule> + 'a {
+        let take = if self.apply == Apply::First { 1 } else { usize::MAX };
+        self.rules.iter().filter(move |r| r.matcher.matches(req)).take(take)
+    }
+}
+
+fn err(field: String, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError::new(field, problem, fix)
+}
+
+impl RateLimitJson {
+    /// Checks every field.
+    pub fn validate(self) -> Result<RateLimitConfig, ConfigError> {
+        if self.rules.is_empty() {
+            return Err(err(
+                "rules".into(),
+                "is empty",
+                "add at least one rule, e.g. {\"name\": \"all\", \"limit\": {\"requests\": 100, \"per\": \"1s\"}}",
+            ));
+        }
+        if !(400..=599).contains(&self.status) {
+            return Err(err(
+                "status".into(),
+                format!("{} is not a 4xx/5xx status", self.status),
+                "use 429 (the default) or 503",
+            ));
+        }
+        if !(1..=10_000_000).contains(&self.max_keys) {
+            return Err(err(
+                "max_keys".into(),
+                format!("{} is out of range", self.max_keys),
+                "use 1 to 10000000 (default 100000)",
+            ));
+        }
+        if !(1..=1000).contains(&self.cas_retries) {
+            return Err(err(
+                "cas_retries".into(),
+                format!("{} is out of range", self.cas_retries),
+                "use 1 to 1000 (default 10)",
+            ));
+        }
+        if self.client_ip.trusted_hops > 64 {
+            return Err(err(
+                "client_ip.trusted_hops".into(),
+                "is larger than 64",
+                "count the proxies in front of Envoy (0 = use the peer address)",
+            ));
+        }
+        crate::diagnose::check_header_name("client_ip.header", &self.client_ip.header)?;
+        let mut rules = Vec::with_capacity(self.rules.len());
+        for (i, r) in self.rules.into_iter().enumerate() {
+            let at = |f: &str| format!("rules[{i}].{f}");
+            if r.name.is_empty() || !r.name.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+                return Err(err(
+                    at("name"),
+                    format!("{:?} is empty or not printable ASCII", r.name),
+                    "name the rule, e.g. \"per-client\"",
+                ));
+            }
+            if rules.iter().any(|x: &Rule| x.name == r.name) {
+                return Err(err(at("name"), format!("{:?} is used twice", r.name), "give every rule its own name"));
+            }
+            let l = &r.limit;
+            if l.requests == 0 {
+                return Err(err(at("limit.requests"), "is 0", "use a positive number of requests per period"));
+            }
+            let period_ns = parse_duration_nanos(&l.per).filter(|p| *p > 0).ok_or_else(|| {
+                err(
+                    at("limit.per"),
+                    format!("{:?} is not a duration", l.per),
+                    "write a duration such as \"250ms\", \"1s\", \"1m\" or \"1h\"",
+                )
+            })?;
+            let burst = match (l.burst, r.algorithm) {
+                (Some(0), _) => {
+                    return Err(err(
+                        at("limit.burst"),
+                        "is 0",
+                        "use a positive bucket size, or leave it out (= requests)",
+                    ))
+                }
+                (Some(_), Algorithm::SlidingWindow) => {
+                    return Err(err(
+                        at("limit.burst"),
+                        "does not apply to sliding_window",
+                        "remove burst, or use \"algorithm\": \"token_bucket\"",
+                    ))
+                }
+                (Some(b), _) => b,
+                (None, _) => l.requests,
+            };
+            let limit = Limit { requests: l.requests, period_ns, burst };
+            let matcher = validate_match(r.matcher, &at)?;
+            let key = match r.key {
+                None => vec![KeyPart::ClientIp],
+                Some(parts) if parts.is_empty() => {
+                    return Err(err(at("key"), "is empty", "list at least one part: \"client_ip\", \"path\", \"method\", {\"header\": \"x-tenant\"} or {\"constant\": \"global\"}"))
+                }
+                Some(parts) => parts.iter().enumerate().map(|(j, p)| key_part(p, &at(&format!("key[{j}]")))).collect::<Result<_, _>>()?,
+            };
+            let policy = super::headers::policy_header(&r.name, &limit);
+            rules.push(Rule { name: r.name, matcher, key, limit, algorithm: r.algorithm, policy });
+        }
+        Ok(RateLimitConfig {
+            rules,
+            apply: self.apply,
+            client_ip: self.client_ip,
+            mode: self.mode,
+            status: self.status,
+            max_keys: self.max_keys,
+            on_contention: self.on_contention,
+            cas_retries: self.cas_retries,
+            response_headers: self.response_headers,
+        })
+    }
+}
+
+fn key_part(v: &Value, field: &str) -> Result<KeyPart, ConfigError> {
+    let fix = "use \"client_ip\", \"path\", \"method\", {\"header\": \"<name>\"} or {\"constant\": \"<text>\"}";
+    match v {
+        Value::String(s) => match s.as_str() {
+            "client_ip" => Ok(KeyPart::ClientIp),
+            "path" => Ok(KeyPart::Path),
+            "method" => Ok(KeyPart::Method),
+            other => Err(err(field.into(), format!("unknown key part {other:?}"), fix)),
+        },
+        Value::Object(m) if m.len() == 1 => match m.iter().next() {
+            Some((k, Value::String(name))) if k == "header" => {
+                crate::diagnose::check_header_name(field, name)?;
+                Ok(KeyPart::Header(name.clone()))
+            }
+            Some((k, Value::String(c))) if k == "constant" => Ok(KeyPart::Constant(c.clone())),
+            _ => Err(err(field.into(), format!("unknown key part {v}"), fix)),
+        },
+        _ => Err(err(field.into(), format!("unknown key part {v}"), fix)),
+    }
+}
+
+fn validate_match(m: MatchJson, at: &dyn Fn(&str) -> String) -> Result<RuleMatch, ConfigError> {
+    let given =
+        [m.path_prefix.is_some(), m.path_exact.is_some(), m.path_regex.is_some()].iter().filter(|b| **b).count();
+    if given > 1 {
+        return Err(err(
+            at("match"),
+            "more than one of path_prefix, path_exact, path_regex",
+            "keep one path condition per rule",
+        ));
+    }
+    let path = if let Some(p) = m.path_prefix {
+        Some(PathMatch::Prefix(p))
+    } else if let Some(p) = m.path_exact {
+        Some(PathMatch::Exact(p))
+    } else if let Some(r) = m.path_regex {
+        Some(PathMatch::Regex(regex_lite::Regex::new(&r).map_err(|e| {
+            err(
+                at("match.path_regex"),
+                format!("{r:?} is not a valid regular expression: {e}"),
+                "fix the pattern (Rust regex syntax, e.g. \"^/api/v[0-9]+/\")",
+            )
+        })?))
+    } else {
+        None
+    };
+    if let Some(method) = &m.method {
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(err(
+                at("match.method"),
+                format!("{method:?} is not an HTTP method"),
+                "use an uppercase method such as \"GET\"",
+            ));
+        }
+    }
+    let mut headers = Vec::new();
+    for (j, h) in m.headers.into_iter().enumerate() {
+        let field = at(&format!("match.headers[{j}]"));
+        crate::diagnose::check_header_name(&format!("{field}.name"), &h.name)?;
+        headers.push(match (h.present, h.exact) {
+            (None, None) | (Some(true), None) => HeaderMatch::Present(h.name),
+            (Some(false), None) => HeaderMatch::Absent(h.name),
+            (None, Some(v)) => HeaderMatch::Equals(h.name, v),
+            (Some(_), Some(_)) => return Err(err(field, "both present and exact", "use one of them")),
+        });
+    }
+    Ok(RuleMatch { path, method: m.method, headers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    const EXAMPLE: &[u8] =
+        br#"{"rules": [{"name": "per-client", "match": {"path_prefix": "/api"}, "key": ["client_ip"],
+                  "limit": {"requests": 100, "per": "1s", "burst": 20}},
+                 {"name": "per-tenant", "key": [{"header": "x-tenant"}], "limit": {"requests": 1000, "per": "1m"},
+                  "algorithm": "sliding_window"}],
+       "client_ip": {"trusted_hops": 0}, "mode": "enforce", "status": 429, "max_keys": 100000}"#;
+
+    struct Req(&'static str, &'static str, Vec<(&'static str, &'static str)>);
+    impl RequestView for Req {
+        fn path(&self) -> Option<String> {
+            Some(self.0.into())
+        }
+        fn method(&self) -> Option<String> {
+            Some(self.1.into())
+        }
+        fn header(&self, name: &str) -> Option<String> {
+            self.2.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        }
+        fn client_ip(&self) -> Option<IpAddr> {
+            "10.0.0.1".parse().ok()
+        }
+    }
+
+    #[test]
+    fn the_documented_example_is_accepted() {
+        let c = RateLimitConfig::from_json(EXAMPLE).unwrap();
+        assert_eq!(c.rules.len(), 2);
+        assert_eq!(c.rules[0].limit, Limit { requests: 100, period_ns: 1_000_000_000, burst: 20 });
+        assert_eq!(c.rules[1].algorithm, Algorithm::SlidingWindow);
+        assert_eq!(c.rules[1].key, vec![KeyPart::Header("x-tenant".into())]);
+        assert_eq!(c.rules[0].policy, r#""per-client";q=20;w=1"#);
+    }
+
+    #[test]
+    fn first_matching_rule_applies_by_default_and_all_on_request() {
+        let c = RateLimitConfig::from_json(EXAMPLE).unwrap();
+        let api = Req("/api/x?y=1", "GET", vec![]);
+        assert_eq!(c.matching(&api).map(|r| r.name.as_str()).collect::<Vec<_>>(), ["per-client"]);
+        let all = RateLimitConfig { apply: Apply::All, ..c };
+        assert_eq!(all.matching(&api).count(), 2);
+        assert_eq!(
+            all.matching(&Req("/web", "GET", vec![])).map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["per-tenant"]
+        );
+    }
+
+    #[test]
+    fn matches_combine_path_method_and_headers() {
+        let c = RateLimitConfig::from_json(
+            br#"{"rules": [{"name": "r", "match": {"path_regex": "^/v[0-9]+/", "method": "POST",
+                 "headers": [{"name": "x-a"}, {"name": "x-b", "exact": "1"}, {"name": "x-c", "present": false}]},
+                 "limit": {"requests": 1, "per": "1s"}}]}"#,
+        )
+        .unwrap();
+        let m = &c.rules[0].matcher;
+        assert!(m.matches(&Req("/v2/x", "POST", vec![("x-a", ""), ("x-b", "1")])));
+        assert!(!m.matches(&Req("/v2/x", "GET", vec![("x-a", ""), ("x-b", "1")])));
+        assert!(!m.matches(&Req("/v2/x", "POST", vec![("x-a", ""), ("x-b", "2")])));
+        assert!(!m.matches(&Req("/v2/x", "POST", vec![("x-a", ""), ("x-b", "1"), ("x-c", "")])));
+        assert!(!m.matches(&Req("/x/v2/", "POST", vec![("x-a", ""), ("x-b", "1")])));
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"rules": []}"#, "rules"),
+            (r#"{"rules": [{"name": "a", "limit": {"requests": 0, "per": "1s"}}]}"#, "rules[0].limit.requests"),
+            (r#"{"rules": [{"name": "a", "limit": {"requests": -5, "per": "1s"}}]}"#, "rules[0].limit.requests"),
+            (r#"{"rules": [{"name": "a", "limit": {"requests": 5, "per": "1 sec"}}]}"#, "rules[0].limit.per"),
+            (r#"{"rules": [{"name": "a", "limit": {"requests": 5, "per": "0s"}}]}"#, "rules[0].limit.per"),
+            (
+                r#"{"rules": [{"name": "a", "limit": {"requests": 5, "per": "1s", "burst": 0}}]}"#,
+                "rules[0].limit.burst",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "match": {"path_regex": "("}, "limit": {"requests": 5, "per": "1s"}}]}"#,
+                "rules[0].match.path_regex",
+            ),
+            (r#"{"rules": [{"name": "a", "key": ["ip"], "limit": {"requests": 5, "per": "1s"}}]}"#, "rules[0].key[0]"),
+            (r#"{"rules": [{"name": "a", "limt": {"requests": 5, "per": "1s"}}]}"#, "rules[0]"),
+            (r#"{"rules": [{"name": "a", "limit": {"requests": 5, "per": "1s"}}], "status": 200}"#, "status"),
+            (r#"{"rules": [{"name": "a", "limit": {"requests": 5, "per": "1s"}}], "max_keys": 0}"#, "max_keys"),
+            (
+                r#"{"rules": [{"name": "a", "limit": {"requests": 5, "per": "1s"}}, {"name": "a", "limit": {"requests": 5, "per": "1s"}}]}"#,
+                "rules[1].name",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "algorithm": "sliding_window", "limit": {"requests": 5, "per": "1s", "burst": 2}}]}"#,
+                "rules[0].limit.burst",
+            ),
+            (r#"{"rules": [{"name": "a", "limit": {"requests": 5, "per": "1s"}}], "mode": "dry"}"#, "mode"),
+        ];
+        for (json, field) in cases {
+            let e = RateLimitConfig::from_json(json.as_bytes()).unwrap_err();
+            assert!(e.field.starts_with(field), "{json}: got field {:?} ({e})", e.field);
+            assert!(!e.fix.is_empty());
+        }
+    }
+
+    #[test]
+    fn key_defaults_to_the_client_address() {
+        let c = RateLimitConfig::from_json(br#"{"rules": [{"name": "a", "limit": {"requests": 5, "per": "1s"}}]}"#)
+            .unwrap();
+        assert_eq!(c.rules[0].key, vec![KeyPart::ClientIp]);
+        assert_eq!(c.rules[0].key(&Req("/", "GET", vec![])), "10.0.0.1");
+        assert_eq!(
+            (c.status, c.max_keys, c.cas_retries, c.on_contention, c.mode),
+            (429, 100_000, 10, Contention::Allow, Mode::Enforce)
+        );
+    }
+}

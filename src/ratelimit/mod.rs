@@ -1,0 +1,16 @@
+//! Rate limiting: the algorithms, keys and headers behind the rate limiter filter.
+//!
+//! Everything here is a pure function of `(config, stored state, request view, now)`. The filter
+//! keeps the state in Envoy's shared data and runs [`Limiter::check`] inside a compare-and-swap
+//! loop, which is what makes a limit exact however many workers Envoy runs: every worker sees,
+//! and advances, the same bucket.
+
+mod algorithm;
+mod config;
+mod headers;
+mod key;
+
+pub use algorithm::{sliding_window, token_bucket, Algorithm, Decision, Limit, State};
+pub use config::{Apply, ClientIp, Contention, HeaderMatch, Mode, RateLimitConfig, RateLimitJson, Rule, RuleMatch};
+pub use headers::{policy_header, ratelimit_header, retry_after_secs};
+pub use key::{client_ip, slot_for, KeyPart, RequestView};
