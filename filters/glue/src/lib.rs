@@ -12,7 +12,7 @@
 //! - [`send_local_reply`]: local replies *with* a `response.code_details` string (the SDK's
 //!   `send_http_response` passes none), so the diagnostics filter can name our own replies;
 //! - [`shared::update`]: the compare-and-swap loop over shared data;
-//! - [`now_nanos`], [`clear_route_cache`], [`Counter`] and [`log`].
+//! - [`now_nanos`], [`clear_route_cache`], [`Counter`], [`Gauge`] and [`log`].
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, MetricType, Status};
@@ -155,6 +155,24 @@ impl Counter {
     pub fn inc(self) {
         if let Some(id) = self.0 {
             let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+}
+
+/// A gauge metric, defined once.
+#[derive(Debug, Clone, Copy)]
+pub struct Gauge(Option<u32>);
+
+impl Gauge {
+    /// Defines `name`; on a host without metrics the gauge is a no-op.
+    pub fn define(name: &str) -> Gauge {
+        Gauge(hostcalls::define_metric(MetricType::Gauge, name).ok())
+    }
+
+    /// Sets the value.
+    pub fn set(self, value: u64) {
+        if let Some(id) = self.0 {
+            let _ = hostcalls::record_metric(id, value);
         }
     }
 }

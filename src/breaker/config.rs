@@ -1,0 +1,389 @@
+//! The circuit breaker's plugin configuration. Every block is optional; per-cluster overrides
+//! replace individual fields of the global settings.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::config::{parse_duration_nanos, ConfigError};
+use crate::diagnose::{Flag, ResponseFlags};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RatioJson {
+    threshold: f64,
+    #[serde(default)]
+    min_requests: Option<u32>,
+    #[serde(default)]
+    window: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailureJson {
+    #[serde(default)]
+    statuses: Option<Vec<u16>>,
+    #[serde(default)]
+    consecutive: Option<u32>,
+    #[serde(default)]
+    ratio: Option<RatioJson>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenJson {
+    #[serde(default)]
+    base: Option<String>,
+    #[serde(default)]
+    max: Option<String>,
+    #[serde(default)]
+    multiplier: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HalfOpenJson {
+    #[serde(default)]
+    max_probes: Option<u32>,
+    #[serde(default)]
+    successes_to_close: Option<u32>,
+    #[serde(default)]
+    probe_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyJson {
+    #[serde(default)]
+    failure: FailureJson,
+    #[serde(default)]
+    open: OpenJson,
+    #[serde(default)]
+    half_open: HalfOpenJson,
+}
+
+/// The JSON plugin configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerJson {
+    #[serde(flatten)]
+    global: PolicyJson,
+    #[serde(default)]
+    clusters: BTreeMap<String, PolicyJson>,
+    #[serde(default)]
+    status: Option<u16>,
+    #[serde(default)]
+    key_header: Option<String>,
+    #[serde(default)]
+    max_keys: Option<u32>,
+}
+
+/// Failure-rate tripping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RatioPolicy {
+    pub threshold: f64,
+    pub min_requests: u32,
+    pub window_ns: u64,
+}
+
+/// What counts as a failure, and when failures trip the circuit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailurePolicy {
+    pub statuses: Vec<u16>,
+    pub consecutive: Option<u32>,
+    pub ratio: Option<RatioPolicy>,
+}
+
+/// Everything one breaker needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub failure: FailurePolicy,
+    pub open_base_ns: u64,
+    pub open_max_ns: u64,
+    pub multiplier: f64,
+    pub max_probes: u32,
+    pub successes_to_close: u32,
+    pub probe_timeout_ns: u64,
+}
+
+/// Response flags that mean the upstream (not the client, not routing) failed.
+const UPSTREAM_FAILURE_FLAGS: [Flag; 9] = [
+    Flag::UpstreamConnectionFailure,
+    Flag::UpstreamRequestTimeout,
+    Flag::UpstreamConnectionTermination,
+    Flag::UpstreamRemoteReset,
+    Flag::NoHealthyUpstream,
+    Flag::UpstreamOverflow,
+    Flag::UpstreamRetryLimitExceeded,
+    Flag::UpstreamProtocolError,
+    Flag::UpstreamMaxStreamDurationReached,
+];
+
+impl Policy {
+    /// Open time after `trips` earlier trips: `base * multiplier^trips`, at most `max`.
+    pub fn open_time_ns(&self, trips: u32) -> u64 {
+        let grown = self.open_base_ns as f64 * self.multiplier.powi(trips.min(64) as i32);
+        if grown.is_finite() && grown < self.open_max_ns as f64 {
+            grown as u64
+        } else {
+            self.open_max_ns
+        }
+    }
+
+    /// Classification: is this response an upstream failure? A local reply of one of our own
+    /// filters (`details` starting `upstream_guard.`) never is: it did not reach the upstream.
+    pub fn is_failure(&self, status: Option<u16>, flags: ResponseFlags, details: &str) -> bool {
+        if details.starts_with(crate::details::PREFIX) {
+            return false;
+        }
+        UPSTREAM_FAILURE_FLAGS.iter().any(|f| flags.has(*f))
+            || status.is_some_and(|s| self.failure.statuses.contains(&s))
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    default: Policy,
+    clusters: BTreeMap<String, Policy>,
+    /// Status of the refusal.
+    pub status: u16,
+    /// One breaker per (cluster, value of this header) when set.
+    pub key_header: Option<String>,
+    /// Bound on the header values tracked per cluster (hashed into this many slots).
+    pub max_keys: u32,
+}
+
+impl BreakerConfig {
+    /// Parses and validates.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        crate::config::parse_json::<BreakerJson>(bytes)?.validate()
+    }
+
+    /// The policy for `cluster`.
+    pub fn policy(&self, cluster: &str) -> &Policy {
+        self.clusters.get(cluster).unwrap_or(&self.default)
+    }
+
+    /// The policy for clusters without an override.
+    pub fn default_policy(&self) -> &Policy {
+        &self.default
+    }
+}
+
+fn duration(field: &str, text: &Option<String>, default_ns: u64) -> Result<u64, ConfigError> {
+    match text {
+        None => Ok(default_ns),
+        Some(t) => parse_duration_nanos(t).filter(|d| *d > 0).ok_or_else(|| {
+            ConfigError::new(
+                field,
+                format!("{t:?} is not a positive duration"),
+                "write a duration such as \"500ms\", \"5s\" or \"1m\"",
+            )
+        }),
+    }
+}
+
+fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy, ConfigError> {
+    let f = |name: &str| format!("{prefix}{name}");
+    let statuses = over
+        .failure
+        .statuses
+        .clone()
+        .or_else(|| base.failure.statuses.clone())
+        .unwrap_or_else(|| vec![500, 502, 503, 504]);
+    if let Some(bad) = statuses.iter().find(|s| !(100..=599).contains(*s)) {
+        return Err(ConfigError::new(
+            f("failure.statuses"),
+            format!("{bad} is not an HTTP status"),
+            "list statuses between 100 and 599, e.g. [500, 502, 503, 504]",
+        ));
+    }
+    let ratio_json = over.failure.ratio.clone().or_else(|| base.failure.ratio.clone());
+    let consecutive =
+        over.failure.consecutive.or(base.failure.consecutive).or(if ratio_json.is_none() { Some(5) } else { None });
+    if consecutive == Some(0) {
+        return Err(ConfigError::new(
+            f("failure.consecutive"),
+            "is 0",
+            "use 1 or more consecutive failures (default 5)",
+        ));
+    }
+    let ratio = match ratio_json {
+        None => None,
+        Some(r) => {
+            if !(r.threshold > 0.0 && r.threshold <= 1.0) {
+                return Err(ConfigError::new(
+                    f("failure.ratio.threshold"),
+                    format!("{} is outside (0, 1]", r.threshold),
+                    "use a failure ratio such as 0.5",
+                ));
+            }
+            let min_requests = r.min_requests.unwrap_or(20);
+            if min_requests == 0 {
+                return Err(ConfigError::new(f("failure.ratio.min_requests"), "is 0", "use 1 or more (default 20)"));
+            }
+            Some(RatioPolicy {
+                threshold: r.threshold,
+                min_requests,
+                window_ns: duration(&f("failure.ratio.window"), &r.window, 10_000_000_000)?,
+            })
+        }
+    };
+    let pick = |o: &Option<String>, b: &Option<String>| o.clone().or_else(|| b.clone());
+    let open_base_ns = duration(&f("open.base"), &pick(&over.open.base, &base.open.base), 5_000_000_000)?;
+    let open_max_ns =
+        duration(&f("open.max"), &pick(&over.open.max, &base.open.max), open_base_ns.max(60_000_000_000))?;
+    if open_max_ns < open_base_ns {
+        return Err(ConfigError::new(f("open.max"), "is shorter than open.base", "make open.max at least open.base"));
+    }
+    let multiplier = over.open.multiplier.or(base.open.multiplier).unwrap_or(2.0);
+    if !(1.0..=100.0).contains(&multiplier) {
+        return Err(ConfigError::new(
+            f("open.multiplier"),
+            format!("{multiplier} is outside [1, 100]"),
+            "use 1 (constant open time) to 100; default 2",
+        ));
+    }
+    let max_probes = over.half_open.max_probes.or(base.half_open.max_probes).unwrap_or(3);
+    if !(1..=super::machine::MAX_PROBES as u32).contains(&max_probes) {
+        return Err(ConfigError::new(
+            f("half_open.max_probes"),
+            format!("{max_probes} is outside 1..=64"),
+            "allow 1 to 64 concurrent probes (default 3)",
+        ));
+    }
+    let successes_to_close = over.half_open.successes_to_close.or(base.half_open.successes_to_close).unwrap_or(3);
+    if successes_to_close == 0 {
+        return Err(ConfigError::new(f("half_open.successes_to_close"), "is 0", "use 1 or more (default 3)"));
+    }
+    let probe_timeout_ns = duration(
+        &f("half_open.probe_timeout"),
+        &pick(&over.half_open.probe_timeout, &base.half_open.probe_timeout),
+        30_000_000_000,
+    )?;
+    Ok(Policy {
+        failure: FailurePolicy { statuses, consecutive, ratio },
+        open_base_ns,
+        open_max_ns,
+        multiplier,
+        max_probes,
+        successes_to_close,
+        probe_timeout_ns,
+    })
+}
+
+impl BreakerJson {
+    /// Checks every field and resolves per-cluster overrides.
+    pub fn validate(self) -> Result<BreakerConfig, ConfigError> {
+        let default = resolve("", &self.global, &PolicyJson::default())?;
+        let mut clusters = BTreeMap::new();
+        for (name, over) in &self.clusters {
+            clusters.insert(name.clone(), resolve(&format!("clusters.{name}."), over, &self.global)?);
+        }
+        let status = self.status.unwrap_or(503);
+        if !(400..=599).contains(&status) {
+            return Err(ConfigError::new(
+                "status",
+                format!("{status} is not a 4xx/5xx status"),
+                "use 503 (the default)",
+            ));
+        }
+        if let Some(h) = &self.key_header {
+            crate::diagnose::check_header_name("key_header", h)?;
+        }
+        let max_keys = self.max_keys.unwrap_or(1024);
+        if !(1..=1_000_000).contains(&max_keys) {
+            return Err(ConfigError::new(
+                "max_keys",
+                format!("{max_keys} is out of range"),
+                "use 1 to 1000000 (default 1024)",
+            ));
+        }
+        Ok(BreakerConfig { default, clusters, status, key_header: self.key_header, max_keys })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"{"failure": {"statuses": [500, 502, 503, 504], "consecutive": 5,
+                   "ratio": {"threshold": 0.5, "min_requests": 20, "window": "10s"}},
+       "open": {"base": "5s", "max": "60s", "multiplier": 2},
+       "half_open": {"max_probes": 3, "successes_to_close": 3},
+       "clusters": {"payments": {"failure": {"consecutive": 2}}}}"#;
+
+    #[test]
+    fn the_documented_example_resolves_overrides_field_by_field() {
+        let c = BreakerConfig::from_json(EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(c.policy("other").failure.consecutive, Some(5));
+        let pay = c.policy("payments");
+        assert_eq!(pay.failure.consecutive, Some(2));
+        assert_eq!(pay.failure.ratio.as_ref().unwrap().min_requests, 20, "the rest is inherited");
+        assert_eq!(pay.open_base_ns, 5_000_000_000);
+    }
+
+    #[test]
+    fn a_single_block_is_enough() {
+        let c = BreakerConfig::from_json(br#"{"failure": {"consecutive": 5}}"#).unwrap();
+        let p = c.default_policy();
+        assert_eq!(
+            (p.open_base_ns, p.open_max_ns, p.max_probes, p.successes_to_close),
+            (5_000_000_000, 60_000_000_000, 3, 3)
+        );
+        assert_eq!(BreakerConfig::from_json(b"{}").unwrap().default_policy().failure.consecutive, Some(5));
+    }
+
+    #[test]
+    fn open_time_grows_by_the_multiplier_up_to_max() {
+        let c = BreakerConfig::from_json(br#"{"open": {"base": "1s", "max": "10s", "multiplier": 3}}"#).unwrap();
+        let p = c.default_policy();
+        let secs: Vec<u64> = (0..5).map(|t| p.open_time_ns(t) / 1_000_000_000).collect();
+        assert_eq!(secs, [1, 3, 9, 10, 10]);
+        assert_eq!(p.open_time_ns(u32::MAX), 10_000_000_000);
+    }
+
+    #[test]
+    fn classification_counts_upstream_failures_only() {
+        let p = BreakerConfig::from_json(b"{}").unwrap().default_policy().clone();
+        assert!(p.is_failure(Some(503), ResponseFlags(0), "via_upstream"));
+        assert!(!p.is_failure(Some(404), ResponseFlags(0), "via_upstream"));
+        assert!(p.is_failure(Some(503), ResponseFlags(Flag::UpstreamConnectionFailure.bit()), ""));
+        assert!(p.is_failure(Some(504), ResponseFlags(Flag::UpstreamRequestTimeout.bit()), ""));
+        assert!(!p.is_failure(Some(404), ResponseFlags(Flag::NoRouteFound.bit()), "route_not_found"));
+        assert!(
+            !p.is_failure(Some(503), ResponseFlags(0), crate::details::CIRCUIT_OPEN),
+            "our own replies never count"
+        );
+        assert!(!p.is_failure(Some(429), ResponseFlags(0), crate::details::RATE_LIMITED));
+    }
+
+    #[test]
+    fn invalid_thresholds_name_the_field() {
+        for (json, field) in [
+            (r#"{"failure": {"ratio": {"threshold": 1.5}}}"#, "failure.ratio.threshold"),
+            (r#"{"failure": {"ratio": {"threshold": 0}}}"#, "failure.ratio.threshold"),
+            (r#"{"half_open": {"max_probes": 0}}"#, "half_open.max_probes"),
+            (r#"{"open": {"base": "10s", "max": "5s"}}"#, "open.max"),
+            (r#"{"open": {"base": "soon"}}"#, "open.base"),
+            (r#"{"open": {"multiplier": 0.5}}"#, "open.multiplier"),
+            (r#"{"failure": {"consecutive": 0}}"#, "failure.consecutive"),
+            (r#"{"failure": {"statuses": [999]}}"#, "failure.statuses"),
+            (
+                r#"{"clusters": {"pay": {"half_open": {"successes_to_close": 0}}}}"#,
+                "clusters.pay.half_open.successes_to_close",
+            ),
+            (r#"{"status": 200}"#, "status"),
+        ] {
+            let e = BreakerConfig::from_json(json.as_bytes()).unwrap_err();
+            assert_eq!(e.field, field, "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_even_beside_flattened_blocks() {
+        let e = BreakerConfig::from_json(br#"{"failur": {}}"#).unwrap_err();
+        assert!(e.problem.contains("failur"), "{e}");
+    }
+}

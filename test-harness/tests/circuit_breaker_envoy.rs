@@ -1,0 +1,129 @@
+//! The circuit breaker in real Envoy: a failing backend trips it (fast 503s, diagnosed as
+//! `circuit_open`), recovery closes it, and the state is shared by both workers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use test_harness::backend::{Backend, Behavior};
+use test_harness::bootstrap::{cluster, route, wasm_filter, Bootstrap};
+use test_harness::envoy::{self, Envoy};
+use test_harness::{http, parse_diagnosis, paths};
+
+fn breaker(config: Value) -> Value {
+    wasm_filter("circuit_breaker", &paths::wasm_path("circuit_breaker").unwrap(), &config)
+}
+
+fn diagnostics() -> Value {
+    wasm_filter("diagnostics", &paths::wasm_path("diagnostics").unwrap(), &json!({}))
+}
+
+fn envoy_with(filters: Vec<Value>, backend: &Backend, concurrency: u32) -> Envoy {
+    let mut b = Bootstrap::new();
+    for f in filters {
+        b = b.filter(f);
+    }
+    let cfg = b.route(route("/", "backend")).cluster(cluster("backend", backend.addr())).build();
+    Envoy::start_with(&cfg, concurrency).unwrap()
+}
+
+#[test]
+fn failing_backend_trips_the_breaker_and_recovery_closes_it() {
+    let b = Backend::start(Behavior::Status(503)).unwrap();
+    let cfg = json!({"failure": {"consecutive": 3}, "open": {"base": "1s", "max": "10s"},
+                     "half_open": {"max_probes": 1, "successes_to_close": 2}});
+    let envoy = envoy_with(vec![diagnostics(), breaker(cfg)], &b, 2);
+    let addr = envoy.main().unwrap();
+
+    // Sequential requests on fresh connections land on both workers: the count is shared.
+    for _ in 0..3 {
+        assert_eq!(http::get(addr, "/", &[]).unwrap().status, 503);
+    }
+    for _ in 0..10 {
+        let started = Instant::now();
+        let r = http::get(addr, "/", &[]).unwrap();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("x-upstream-guard-circuit"), Some("open"));
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert_eq!(retry, 1);
+        let d = parse_diagnosis(r.header("x-upstream-diagnosis").unwrap()).unwrap();
+        assert_eq!(d["cause"], "circuit_open");
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+    assert_eq!(b.requests(), 3, "after 3 failures nothing more reached the backend, on either worker");
+    assert_eq!(envoy.stat("upstream_guard.breaker.backend.opened").unwrap(), Some(1));
+    assert_eq!(envoy.stat("upstream_guard.breaker.backend.state").unwrap(), Some(1));
+
+    b.set(Behavior::Status(200));
+    std::thread::sleep(Duration::from_millis(1100));
+    // Half-open: probes go through one at a time; two successes close the circuit.
+    assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200);
+    assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200);
+    for _ in 0..5 {
+        assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200);
+    }
+    assert_eq!(b.requests(), 3 + 7);
+    assert_eq!(envoy.stat("upstream_guard.breaker.backend.closed").unwrap(), Some(1));
+    assert_eq!(envoy.stat("upstream_guard.breaker.backend.state").unwrap(), Some(0));
+}
+
+#[test]
+fn a_failed_probe_reopens_for_longer() {
+    let b = Backend::start(Behavior::Status(500)).unwrap();
+    let cfg = json!({"failure": {"consecutive": 1}, "open": {"base": "1s", "multiplier": 3, "max": "30s"},
+                     "half_open": {"max_probes": 1, "successes_to_close": 1}});
+    let envoy = envoy_with(vec![breaker(cfg)], &b, 1);
+    let addr = envoy.main().unwrap();
+    assert_eq!(http::get(addr, "/", &[]).unwrap().status, 500);
+    assert_eq!(http::get(addr, "/", &[]).unwrap().header("retry-after"), Some("1"));
+    std::thread::sleep(Duration::from_millis(1100));
+    // The probe fails: open again, now for 3 s.
+    assert_eq!(http::get(addr, "/", &[]).unwrap().status, 500);
+    let r = http::get(addr, "/", &[]).unwrap();
+    assert_eq!(r.header("x-upstream-guard-circuit"), Some("open"));
+    assert_eq!(r.header("retry-after"), Some("3"));
+    assert_eq!(b.requests(), 2);
+}
+
+#[test]
+fn connection_failures_count_and_other_clusters_are_unaffected() {
+    let dead = test_harness::backend::closed_port().unwrap();
+    let ok = Backend::ok().unwrap();
+    let cfg = Bootstrap::new()
+        .filter(breaker(json!({"failure": {"consecutive": 2}, "open": {"base": "30s"}})))
+        .route(route("/dead", "dead"))
+        .route(route("/", "ok"))
+        .cluster(cluster("dead", dead))
+        .cluster(cluster("ok", ok.addr()))
+        .build();
+    let envoy = Envoy::start(&cfg).unwrap();
+    let addr = envoy.main().unwrap();
+    for _ in 0..2 {
+        let r = http::get(addr, "/dead", &[]).unwrap();
+        assert_eq!((r.status, r.header("x-upstream-guard-circuit")), (503, None), "UF, from Envoy");
+    }
+    assert_eq!(http::get(addr, "/dead", &[]).unwrap().header("x-upstream-guard-circuit"), Some("open"));
+    assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200, "the healthy cluster has its own breaker");
+    assert_eq!(envoy.stat("upstream_guard.breaker.dead.rejected").unwrap(), Some(1));
+}
+
+#[test]
+fn invalid_config_is_refused_by_envoy_with_the_field_named() {
+    let b = Backend::ok().unwrap();
+    for (cfg, field) in [
+        (json!({"failure": {"ratio": {"threshold": 2.0}}}), "failure.ratio.threshold"),
+        (json!({"half_open": {"max_probes": 0}}), "half_open.max_probes"),
+        (json!({"open": {"base": "10s", "max": "1s"}}), "open.max"),
+    ] {
+        let c = Bootstrap::new()
+            .filter(breaker(cfg))
+            .route(route("/", "backend"))
+            .cluster(cluster("backend", b.addr()))
+            .build();
+        let log = envoy::expect_refused(&c).unwrap();
+        assert!(
+            log.contains("circuit_breaker: invalid plugin configuration") && log.contains(field),
+            "{field}:\n{log}"
+        );
+    }
+}
