@@ -13,6 +13,7 @@ pub mod breaker;
 pub mod cidr;
 pub mod config;
 pub mod diagnose;
+pub mod health;
 pub mod ratelimit;
 pub mod sfv;
 

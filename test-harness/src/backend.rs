@@ -56,6 +56,33 @@ struct State {
 pub struct Backend {
     addr: SocketAddr,
     state: Arc<State>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+fn accept_loop(listener: TcpListener, st: Arc<State>, tls: Option<Arc<rustls::ServerConfig>>) {
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            if st.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(conn) = conn else { continue };
+            let st = st.clone();
+            let tls = tls.clone();
+            thread::spawn(move || {
+                let _ = conn.set_nodelay(true);
+                // A short read timeout lets idle keep-alive connections notice a kill (see serve).
+                let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
+                match tls {
+                    None => serve(conn.try_clone().ok(), conn, &st),
+                    Some(cfg) => {
+                        let Ok(server) = rustls::ServerConnection::new(cfg) else { return };
+                        let raw = conn.try_clone().ok();
+                        serve(raw, rustls::StreamOwned::new(server, conn), &st)
+                    }
+                }
+            });
+        }
+    });
 }
 
 impl Backend {
@@ -91,29 +118,25 @@ impl Backend {
             health_checks: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
-        let st = state.clone();
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let st = st.clone();
-                let tls = tls.clone();
-                thread::spawn(move || {
-                    let _ = conn.set_nodelay(true);
-                    match tls {
-                        None => serve(conn.try_clone().ok(), conn, &st),
-                        Some(cfg) => {
-                            let Ok(server) = rustls::ServerConnection::new(cfg) else { return };
-                            let raw = conn.try_clone().ok();
-                            serve(raw, rustls::StreamOwned::new(server, conn), &st)
-                        }
-                    }
-                });
-            }
-        });
-        Ok(Backend { addr, state })
+        accept_loop(listener, state.clone(), tls.clone());
+        Ok(Backend { addr, state, tls })
+    }
+
+    /// Stops listening and drops every open connection, as if the process died: connections to
+    /// the port are refused until [`Backend::revive`].
+    pub fn kill(&self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        // Let the accept loop and connection threads see the flag and close.
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    /// Listens again on the same port after [`Backend::kill`].
+    pub fn revive(&self) -> Result<()> {
+        let listener = TcpListener::bind(self.addr).map_err(Error::io(format!("rebind {}", self.addr)))?;
+        self.state.stop.store(false, Ordering::SeqCst);
+        accept_loop(listener, self.state.clone(), self.tls.clone());
+        Ok(())
     }
 
     /// Where it listens.
@@ -171,6 +194,24 @@ fn reset(raw: Option<TcpStream>) {
 fn serve<S: Read + Write>(raw: Option<TcpStream>, io: S, st: &State) {
     let mut reader = BufReader::new(io);
     loop {
+        // Wait for the next request, noticing a kill while the connection idles.
+        if reader.buffer().is_empty() {
+            if let Some(raw) = &raw {
+                let mut probe = [0u8; 1];
+                loop {
+                    if st.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    match raw.peek(&mut probe) {
+                        Ok(0) => return,
+                        Ok(_) => break,
+                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }
+        }
         let Some((path, keep_alive)) = read_request(&mut reader) else { return };
         if st.stop.load(Ordering::SeqCst) {
             return;

@@ -12,7 +12,7 @@ use std::process::{Command, ExitCode};
 use test_harness::paths;
 
 /// Every filter crate; each builds `target/wasm32-wasip1/release/<name>.wasm`.
-pub const FILTERS: &[&str] = &["diagnostics", "rate_limiter", "circuit_breaker"];
+pub const FILTERS: &[&str] = &["diagnostics", "rate_limiter", "circuit_breaker", "health_router"];
 const ENVOY_VERSION: &str = "1.40.0";
 const WASM_TARGET: &str = "wasm32-wasip1";
 

@@ -1,0 +1,439 @@
+//! The health router's plugin configuration.
+
+use serde::Deserialize;
+
+use crate::cidr::Cidr;
+use crate::config::{parse_duration_nanos, ConfigError};
+
+/// How requests are spread over healthy upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The first healthy upstream in configured order.
+    #[default]
+    Failover,
+    RoundRobin,
+    Weighted,
+}
+
+/// What to do when no upstream is available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoneHealthy {
+    /// 503 at once, with every upstream's reason.
+    #[default]
+    FailFast,
+    /// Route to the first configured upstream anyway (like Envoy's panic threshold).
+    Panic,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HealthCheckJson {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    authority: Option<String>,
+    #[serde(default)]
+    expected_statuses: Option<Vec<u16>>,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    jitter: Option<String>,
+    #[serde(default)]
+    unhealthy_threshold: Option<u32>,
+    #[serde(default)]
+    healthy_threshold: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamJson {
+    cluster: String,
+    #[serde(default)]
+    weight: Option<u32>,
+    #[serde(default)]
+    health_check: Option<HealthCheckJson>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PassiveJson {
+    #[serde(default)]
+    consecutive_failures: Option<u32>,
+    #[serde(default)]
+    ejection: Option<String>,
+    #[serde(default)]
+    statuses: Option<Vec<u16>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteJson {
+    path_prefix: String,
+    upstreams: Vec<String>,
+}
+
+/// The JSON plugin configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthJson {
+    upstreams: Vec<UpstreamJson>,
+    #[serde(default)]
+    strategy: Strategy,
+    #[serde(default)]
+    route_header: Option<String>,
+    #[serde(default)]
+    passive: Option<PassiveJson>,
+    #[serde(default)]
+    when_none_healthy: NoneHealthy,
+    #[serde(default)]
+    status_path: Option<String>,
+    #[serde(default)]
+    trusted_cidrs: Vec<String>,
+    #[serde(default)]
+    routes: Vec<RouteJson>,
+}
+
+/// A validated active health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub authority: String,
+    /// Empty means any 2xx.
+    pub expected_statuses: Vec<u16>,
+    pub interval_ns: u64,
+    pub timeout_ns: u64,
+    pub jitter_ns: u64,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: "/healthz".into(),
+            authority: String::new(),
+            expected_statuses: Vec::new(),
+            interval_ns: 1_000_000_000,
+            timeout_ns: 250_000_000,
+            jitter_ns: 0,
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
+        }
+    }
+}
+
+impl HealthCheck {
+    /// True when `status` counts as passing.
+    pub fn expects(&self, status: u16) -> bool {
+        if self.expected_statuses.is_empty() {
+            (200..300).contains(&status)
+        } else {
+            self.expected_statuses.contains(&status)
+        }
+    }
+}
+
+/// Passive failure detection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passive {
+    pub consecutive_failures: u32,
+    pub ejection_ns: u64,
+    pub statuses: Vec<u16>,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Passive { consecutive_failures: 5, ejection_ns: 10_000_000_000, statuses: vec![500, 502, 503, 504] }
+    }
+}
+
+/// One configured upstream cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub cluster: String,
+    pub weight: u32,
+    pub health_check: Option<HealthCheck>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub upstreams: Vec<Upstream>,
+    pub strategy: Strategy,
+    pub route_header: String,
+    pub passive: Option<Passive>,
+    pub when_none_healthy: NoneHealthy,
+    pub status_path: Option<String>,
+    pub trusted: Vec<Cidr>,
+    /// (path prefix, upstream indexes), first match wins; no match means every upstream.
+    pub routes: Vec<(String, Vec<usize>)>,
+}
+
+impl HealthConfig {
+    /// Parses and validates.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        crate::config::parse_json::<HealthJson>(bytes)?.validate()
+    }
+
+    /// The upstream indexes a request path may use, in configured order.
+    pub fn upstreams_for(&self, path: &str) -> Vec<usize> {
+        self.routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, ups)| ups.clone())
+            .unwrap_or_else(|| (0..self.upstreams.len()).collect())
+    }
+
+    /// Tick period: fine enough to start checks close to their interval.
+    pub fn tick_ns(&self) -> u64 {
+        let min = self.upstreams.iter().filter_map(|u| u.health_check.as_ref()).map(|h| h.interval_ns).min();
+        (min.unwrap_or(1_000_000_000) / 5).clamp(20_000_000, 200_000_000)
+    }
+}
+
+fn dur(field: String, text: &Option<String>, default_ns: u64, allow_zero: bool) -> Result<u64, ConfigError> {
+    match text {
+        None => Ok(default_ns),
+        Some(t) => parse_duration_nanos(t).filter(|d| allow_zero || *d > 0).ok_or_else(|| {
+            ConfigError::new(
+                field,
+                format!("{t:?} is not a valid duration"),
+                "write a duration such as \"250ms\", \"1s\" or \"1m\"",
+            )
+        }),
+    }
+}
+
+fn statuses(field: String, list: &[u16]) -> Result<(), ConfigError> {
+    match list.iter().find(|s| !(100..=599).contains(*s)) {
+        Some(bad) => {
+            Err(ConfigError::new(field, format!("{bad} is not an HTTP status"), "use statuses between 100 and 599"))
+        }
+        None => Ok(()),
+    }
+}
+
+impl HealthJson {
+    /// Checks every field.
+    pub fn validate(self) -> Result<HealthConfig, ConfigError> {
+        if self.upstreams.is_empty() {
+            return Err(ConfigError::new(
+                "upstreams",
+                "is empty",
+                "list the Envoy clusters to route to, in failover order",
+            ));
+        }
+        let mut upstreams: Vec<Upstream> = Vec::new();
+        for (i, u) in self.upstreams.into_iter().enumerate() {
+            let at = |f: &str| format!("upstreams[{i}].{f}");
+            if u.cluster.is_empty() || !u.cluster.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
+                return Err(ConfigError::new(
+                    at("cluster"),
+                    format!("{:?} is not a cluster name", u.cluster),
+                    "name an Envoy cluster",
+                ));
+            }
+            if upstreams.iter().any(|x| x.cluster == u.cluster) {
+                return Err(ConfigError::new(
+                    at("cluster"),
+                    format!("{:?} is listed twice", u.cluster),
+                    "list every cluster once",
+                ));
+            }
+            let weight = u.weight.unwrap_or(1);
+            if weight == 0 {
+                return Err(ConfigError::new(at("weight"), "is 0", "use a positive weight, or remove the upstream"));
+            }
+            let health_check = match u.health_check {
+                None => None,
+                Some(h) => {
+                    let d = HealthCheck::default();
+                    let path = h.path.unwrap_or(d.path);
+                    if !path.starts_with('/') {
+                        return Err(ConfigError::new(
+                            at("health_check.path"),
+                            format!("{path:?} does not start with /"),
+                            "use a path such as \"/healthz\"",
+                        ));
+                    }
+                    let expected = h.expected_statuses.unwrap_or_default();
+                    statuses(at("health_check.expected_statuses"), &expected)?;
+                    let interval_ns = dur(at("health_check.interval"), &h.interval, d.interval_ns, false)?;
+                    let timeout_ns = dur(at("health_check.timeout"), &h.timeout, d.timeout_ns, false)?;
+                    let jitter_ns = dur(at("health_check.jitter"), &h.jitter, 0, true)?;
+                    let unhealthy_threshold = h.unhealthy_threshold.unwrap_or(d.unhealthy_threshold);
+                    let healthy_threshold = h.healthy_threshold.unwrap_or(d.healthy_threshold);
+                    for (name, v) in
+                        [("unhealthy_threshold", unhealthy_threshold), ("healthy_threshold", healthy_threshold)]
+                    {
+                        if v == 0 {
+                            return Err(ConfigError::new(
+                                at(&format!("health_check.{name}")),
+                                "is 0",
+                                "use 1 or more (default 2)",
+                            ));
+                        }
+                    }
+                    Some(HealthCheck {
+                        path,
+                        authority: h.authority.unwrap_or_else(|| u.cluster.clone()),
+                        expected_statuses: expected,
+                        interval_ns,
+                        timeout_ns,
+                        jitter_ns,
+                        unhealthy_threshold,
+                        healthy_threshold,
+                    })
+                }
+            };
+            upstreams.push(Upstream { cluster: u.cluster, weight, health_check });
+        }
+        let route_header = self.route_header.unwrap_or_else(|| "x-upstream-cluster".into());
+        crate::diagnose::check_header_name("route_header", &route_header)?;
+        let passive = match self.passive {
+            None => None,
+            Some(p) => {
+                let d = Passive::default();
+                let consecutive_failures = p.consecutive_failures.unwrap_or(d.consecutive_failures);
+                if consecutive_failures == 0 {
+                    return Err(ConfigError::new("passive.consecutive_failures", "is 0", "use 1 or more (default 5)"));
+                }
+                let list = p.statuses.unwrap_or(d.statuses);
+                statuses("passive.statuses".into(), &list)?;
+                Some(Passive {
+                    consecutive_failures,
+                    ejection_ns: dur("passive.ejection".into(), &p.ejection, d.ejection_ns, false)?,
+                    statuses: list,
+                })
+            }
+        };
+        if let Some(p) = &self.status_path {
+            if !p.starts_with('/') {
+                return Err(ConfigError::new(
+                    "status_path",
+                    format!("{p:?} does not start with /"),
+                    "use a path such as \"/.well-known/upstream-health\"",
+                ));
+            }
+        }
+        let trusted = self
+            .trusted_cidrs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse::<Cidr>().map_err(|e| {
+                    ConfigError::new(
+                        format!("trusted_cidrs[{i}]"),
+                        format!("{s:?} is {e}"),
+                        "write an address block such as \"127.0.0.1/32\"",
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut routes = Vec::new();
+        for (i, r) in self.routes.into_iter().enumerate() {
+            let mut idx = Vec::new();
+            for (j, name) in r.upstreams.iter().enumerate() {
+                let k = upstreams.iter().position(|u| &u.cluster == name).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("routes[{i}].upstreams[{j}]"),
+                        format!("{name:?} is not in upstreams"),
+                        "list only clusters named in upstreams",
+                    )
+                })?;
+                idx.push(k);
+            }
+            if idx.is_empty() {
+                return Err(ConfigError::new(
+                    format!("routes[{i}].upstreams"),
+                    "is empty",
+                    "list at least one upstream",
+                ));
+            }
+            routes.push((r.path_prefix, idx));
+        }
+        Ok(HealthConfig {
+            upstreams,
+            strategy: self.strategy,
+            route_header,
+            passive,
+            when_none_healthy: self.when_none_healthy,
+            status_path: self.status_path,
+            trusted,
+            routes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"{"upstreams": [
+         {"cluster": "primary", "health_check": {"path": "/healthz", "interval": "1s", "timeout": "250ms",
+          "unhealthy_threshold": 2, "healthy_threshold": 2}},
+         {"cluster": "secondary", "health_check": {"path": "/healthz", "interval": "1s", "timeout": "250ms",
+          "unhealthy_threshold": 2, "healthy_threshold": 2}}],
+       "strategy": "failover", "route_header": "x-upstream-cluster",
+       "passive": {"consecutive_failures": 3, "ejection": "10s"},
+       "when_none_healthy": "fail_fast", "status_path": "/.well-known/upstream-health",
+       "trusted_cidrs": ["127.0.0.1/32"]}"#;
+
+    #[test]
+    fn the_documented_example_is_accepted() {
+        let c = HealthConfig::from_json(EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(c.upstreams.len(), 2);
+        let hc = c.upstreams[0].health_check.as_ref().unwrap();
+        assert_eq!(hc.authority, "primary", ":authority defaults to the cluster name");
+        assert_eq!((hc.interval_ns, hc.timeout_ns), (1_000_000_000, 250_000_000));
+        assert_eq!(c.passive.as_ref().unwrap().consecutive_failures, 3);
+        assert_eq!(c.tick_ns(), 200_000_000);
+        assert!(hc.expects(204) && !hc.expects(503));
+    }
+
+    #[test]
+    fn per_route_upstream_lists() {
+        let c = HealthConfig::from_json(
+            br#"{"upstreams": [{"cluster": "a"}, {"cluster": "b"}], "routes": [{"path_prefix": "/b", "upstreams": ["b"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.upstreams_for("/b/x"), [1]);
+        assert_eq!(c.upstreams_for("/x"), [0, 1]);
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        for (json, field) in [
+            (r#"{"upstreams": []}"#, "upstreams"),
+            (r#"{"upstreams": [{"cluster": ""}]}"#, "upstreams[0].cluster"),
+            (r#"{"upstreams": [{"cluster": "a"}, {"cluster": "a"}]}"#, "upstreams[1].cluster"),
+            (
+                r#"{"upstreams": [{"cluster": "a", "health_check": {"interval": "often"}}]}"#,
+                "upstreams[0].health_check.interval",
+            ),
+            (
+                r#"{"upstreams": [{"cluster": "a", "health_check": {"path": "healthz"}}]}"#,
+                "upstreams[0].health_check.path",
+            ),
+            (
+                r#"{"upstreams": [{"cluster": "a", "health_check": {"healthy_threshold": 0}}]}"#,
+                "upstreams[0].health_check.healthy_threshold",
+            ),
+            (r#"{"upstreams": [{"cluster": "a"}], "passive": {"ejection": "x"}}"#, "passive.ejection"),
+            (r#"{"upstreams": [{"cluster": "a"}], "trusted_cidrs": ["x"]}"#, "trusted_cidrs[0]"),
+            (
+                r#"{"upstreams": [{"cluster": "a"}], "routes": [{"path_prefix": "/", "upstreams": ["b"]}]}"#,
+                "routes[0].upstreams[0]",
+            ),
+            (r#"{"upstreams": [{"cluster": "a"}], "strategy": "random"}"#, "strategy"),
+            (r#"{"upstreams": [{"cluster": "a"}], "when_none_healthy": "hope"}"#, "when_none_healthy"),
+        ] {
+            let e = HealthConfig::from_json(json.as_bytes()).unwrap_err();
+            assert_eq!(e.field, field, "{json}: {e}");
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! One upstream's health: active-check hysteresis and passive ejection.
+
+use super::config::{HealthCheck, Passive};
+
+/// The outcome of one active check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckResult {
+    /// Answered with an expected status.
+    Passed(u16),
+    /// Answered with another status.
+    BadStatus(u16),
+    /// No answer: timeout, refused or reset connection (Envoy reports these alike to a callout).
+    NoResponse,
+    /// The check could not be sent: Envoy does not know the cluster.
+    DispatchFailed,
+}
+
+impl CheckResult {
+    /// True for [`CheckResult::Passed`].
+    pub fn passed(self) -> bool {
+        matches!(self, CheckResult::Passed(_))
+    }
+
+    /// Words for the status endpoint and the fail-fast body.
+    pub fn describe(self) -> String {
+        match self {
+            CheckResult::Passed(s) => format!("passed (HTTP {s})"),
+            CheckResult::BadStatus(s) => format!("failed: HTTP {s}"),
+            CheckResult::NoResponse => "failed: no response (timeout, refused or reset connection)".into(),
+            CheckResult::DispatchFailed => "failed: Envoy has no cluster of this name".into(),
+        }
+    }
+
+    fn encode(self) -> [u8; 3] {
+        let (tag, s) = match self {
+            CheckResult::Passed(s) => (1, s),
+            CheckResult::BadStatus(s) => (2, s),
+            CheckResult::NoResponse => (3, 0),
+            CheckResult::DispatchFailed => (4, 0),
+        };
+        let s = s.to_le_bytes();
+        [tag, s[0], s[1]]
+    }
+
+    fn decode(b: [u8; 3]) -> Option<Option<CheckResult>> {
+        let s = u16::from_le_bytes([b[1], b[2]]);
+        Some(match b[0] {
+            0 => None,
+            1 => Some(CheckResult::Passed(s)),
+            2 => Some(CheckResult::BadStatus(s)),
+            3 => Some(CheckResult::NoResponse),
+            4 => Some(CheckResult::DispatchFailed),
+            _ => return None,
+        })
+    }
+}
+
+/// A change worth logging once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthTransition {
+    BecameUnhealthy,
+    BecameHealthy,
+    Ejected,
+}
+
+/// One upstream's health as all workers share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// The active-check verdict (with hysteresis). Upstreams start healthy.
+    pub healthy: bool,
+    pub consecutive_ok: u32,
+    pub consecutive_fail: u32,
+    /// Consecutive failed responses seen by passive detection.
+    pub passive_fail: u32,
+    /// Passive ejection: unavailable until then.
+    pub ejected_until: u64,
+    /// When the last active check finished (0: never).
+    pub last_check_at: u64,
+    pub last_result: Option<CheckResult>,
+    /// When `healthy` last changed (0: never).
+    pub since: u64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            healthy: true,
+            consecutive_ok: 0,
+            consecutive_fail: 0,
+            passive_fail: 0,
+            ejected_until: 0,
+            last_check_at: 0,
+            last_result: None,
+            since: 0,
+        }
+    }
+}
+
+impl Health {
+    /// True when requests may go to this upstream at `now`.
+    pub fn available(&self, now: u64) -> bool {
+        self.healthy && now >= self.ejected_until
+    }
+
+    /// Applies an active check result: `unhealthy_threshold` failures in a row mark it
+    /// unhealthy, `healthy_threshold` passes in a row mark it healthy again; one odd result
+    /// never flips it (no flapping).
+    pub fn apply_check(&mut self, check: &HealthCheck, result: CheckResult, now: u64) -> Option<HealthTransition> {
+        self.last_check_at = now;
+        self.last_result = Some(result);
+        if result.passed() {
+            self.consecutive_ok = self.consecutive_ok.saturating_add(1);
+            self.consecutive_fail = 0;
+            if !self.healthy && self.consecutive_ok >= check.healthy_threshold {
+                self.healthy = true;
+                self.since = now;
+                return Some(HealthTransition::BecameHealthy);
+            }
+        } else {
+            self.consecutive_fail = self.consecutive_fail.saturating_add(1);
+            self.consecutive_ok = 0;
+            if self.healthy && self.consecutive_fail >= check.unhealthy_threshold {
+                self.healthy = false;
+                self.since = now;
+                return Some(HealthTransition::BecameUnhealthy);
+            }
+        }
+        None
+    }
+
+    /// Applies a response seen on the data path: `consecutive_failures` failures in a row eject
+    /// the upstream for `ejection`, at once, without waiting for the next active check.
+    pub fn apply_passive(&mut self, passive: &Passive, failed: bool, now: u64) -> Option<HealthTransition> {
+        if !failed {
+            self.passive_fail = 0;
+            return None;
+        }
+        self.passive_fail = self.passive_fail.saturating_add(1);
+        if self.passive_fail >= passive.consecutive_failures && now >= self.ejected_until {
+            self.passive_fail = 0;
+            self.ejected_until = now.saturating_add(passive.ejection_ns);
+            return Some(HealthTransition::Ejected);
+        }
+        None
+    }
+
+    /// Why this upstream is not available, in words (empty when it is).
+    pub fn reason(&self, now: u64) -> String {
+        if !self.healthy {
+            let last = self.last_result.map(CheckResult::describe).unwrap_or_else(|| "no check yet".into());
+            format!("active health check {last}; {} consecutive failures", self.consecutive_fail)
+        } else if now < self.ejected_until {
+            format!(
+                "ejected by passive detection after consecutive failed responses, for {} ms more",
+                (self.ejected_until - now).div_ceil(1_000_000)
+            )
+        } else {
+            String::new()
+        }
+    }
+
+    /// Fixed-size little-endian encoding for shared data.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48);
+        out.push(1);
+        out.push(u8::from(self.healthy));
+        for v in [self.consecutive_ok, self.consecutive_fail, self.passive_fail] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [self.ejected_until, self.last_check_at, self.since] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&self.last_result.map(CheckResult::encode).unwrap_or([0; 3]));
+        out
+    }
+
+    /// Parses [`Health::encode`]'s output.
+    pub fn decode(b: &[u8]) -> Option<Health> {
+        if b.len() != 2 + 12 + 24 + 3 || b[0] != 1 {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        Some(Health {
+            healthy: b[1] == 1,
+            consecutive_ok: u32_at(2),
+            consecutive_fail: u32_at(6),
+            passive_fail: u32_at(10),
+            ejected_until: u64_at(14),
+            last_check_at: u64_at(22),
+            since: u64_at(30),
+            last_result: CheckResult::decode([b[38], b[39], b[40]])?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn check(unhealthy: u32, healthy: u32) -> HealthCheck {
+        HealthCheck { unhealthy_threshold: unhealthy, healthy_threshold: healthy, ..HealthCheck::default() }
+    }
+
+    #[test]
+    fn upstreams_start_healthy_and_need_threshold_failures_to_go_down() {
+        let c = check(2, 2);
+        let mut h = Health::default();
+        assert!(h.available(0));
+        assert_eq!(h.apply_check(&c, CheckResult::BadStatus(503), S), None);
+        assert!(h.healthy, "one failure is not enough");
+        assert_eq!(h.apply_check(&c, CheckResult::NoResponse, 2 * S), Some(HealthTransition::BecameUnhealthy));
+        assert!(!h.available(2 * S));
+        assert_eq!(h.since, 2 * S);
+    }
+
+    #[test]
+    fn hysteresis_needs_healthy_threshold_passes_in_a_row_to_come_back() {
+        let c = check(1, 3);
+        let mut h = Health::default();
+        h.apply_check(&c, CheckResult::NoResponse, S);
+        h.apply_check(&c, CheckResult::Passed(200), 2 * S);
+        h.apply_check(&c, CheckResult::Passed(200), 3 * S);
+        h.apply_check(&c, CheckResult::BadStatus(500), 4 * S);
+        assert!(!h.healthy, "an interrupted run of passes starts over");
+        h.apply_check(&c, CheckResult::Passed(200), 5 * S);
+        h.apply_check(&c, CheckResult::Passed(200), 6 * S);
+        assert_eq!(h.apply_check(&c, CheckResult::Passed(200), 7 * S), Some(HealthTransition::BecameHealthy));
+    }
+
+    #[test]
+    fn alternating_results_never_flap() {
+        let c = check(2, 2);
+        let mut h = Health::default();
+        for i in 0..20 {
+            let r = if i % 2 == 0 { CheckResult::NoResponse } else { CheckResult::Passed(200) };
+            assert_eq!(h.apply_check(&c, r, i * S), None);
+        }
+        assert!(h.healthy);
+    }
+
+    #[test]
+    fn passive_failures_eject_at_once_and_ejection_expires() {
+        let p = Passive { consecutive_failures: 3, ejection_ns: 10 * S, ..Passive::default() };
+        let mut h = Health::default();
+        assert_eq!(h.apply_passive(&p, true, S), None);
+        assert_eq!(h.apply_passive(&p, true, S), None);
+        assert_eq!(h.apply_passive(&p, true, S), Some(HealthTransition::Ejected));
+        assert!(!h.available(S));
+        assert!(h.reason(S).contains("passive"));
+        assert!(!h.available(11 * S - 1));
+        assert!(h.available(11 * S));
+    }
+
+    #[test]
+    fn a_passive_success_resets_the_run() {
+        let p = Passive { consecutive_failures: 2, ejection_ns: S, ..Passive::default() };
+        let mut h = Health::default();
+        h.apply_passive(&p, true, 0);
+        h.apply_passive(&p, false, 0);
+        assert_eq!(h.apply_passive(&p, true, 0), None);
+    }
+
+    #[test]
+    fn reasons_name_the_last_check() {
+        let mut h = Health::default();
+        h.apply_check(&check(1, 1), CheckResult::BadStatus(503), S);
+        assert_eq!(h.reason(S), "active health check failed: HTTP 503; 1 consecutive failures");
+        h.apply_check(&check(1, 1), CheckResult::DispatchFailed, S);
+        assert!(h.reason(S).contains("no cluster"));
+    }
+
+    #[test]
+    fn health_round_trips() {
+        let mut h = Health::default();
+        h.apply_check(&check(1, 1), CheckResult::BadStatus(502), 5);
+        h.ejected_until = 99;
+        assert_eq!(Health::decode(&h.encode()), Some(h));
+        assert_eq!(Health::decode(&[1, 2, 3]), None);
+    }
+}
