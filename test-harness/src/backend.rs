@@ -23,6 +23,8 @@ pub enum Behavior {
     Status(u16),
     /// Wait, then answer with the status.
     Delay(Duration, u16),
+    /// Answer 200 with these bytes (serves a `.wasm` for remote loading, for example).
+    Body(Arc<Vec<u8>>),
     /// Read the request and never answer (until the connection closes or the backend stops).
     Hang,
     /// Send headers and part of the body, then reset the connection (RST).
@@ -230,6 +232,11 @@ fn serve<S: Read + Write>(raw: Option<TcpStream>, io: S, st: &State) {
         match behavior {
             Behavior::Status(code) => {
                 if respond(out, code, format!("backend says {code}\n").as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Behavior::Body(bytes) => {
+                if respond(out, 200, &bytes).is_err() {
                     return;
                 }
             }

@@ -155,11 +155,13 @@ impl Drop for Envoy {
     }
 }
 
-/// Runs `envoy --mode validate` on a config file; `Ok` holds the process output whatever the
-/// verdict (check `status.success()`).
+/// Runs `envoy --mode validate` on a config file, from the workspace root (where the examples'
+/// relative `.wasm` paths point); `Ok` holds the process output whatever the verdict (check
+/// `status.success()`).
 pub fn validate(config: &Path) -> Result<Output> {
     let bin = paths::envoy_bin()?;
     Command::new(&bin)
+        .current_dir(paths::workspace_root())
         .args(["--mode", "validate", "--disable-hot-restart", "-l", "warn", "-c"])
         .arg(config)
         .output()
