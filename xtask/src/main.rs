@@ -29,6 +29,16 @@ fn main() -> ExitCode {
         Some("build") => setup_target().and_then(|()| build()),
         Some("lint") => setup_target().and_then(|()| lint()),
         Some("test") => test(),
+        // Arguments are checked before the (slower) build.
+        Some("package") => selected_filters(&args[1..])
+            .and_then(|_| setup_target())
+            .and_then(|()| build())
+            .and_then(|()| package(&args[1..])),
+        Some("push") => push_target(&args[1..])
+            .and_then(|_| selected_filters(&args[1..]))
+            .and_then(|_| setup_target())
+            .and_then(|()| build())
+            .and_then(|()| push(&args[1..])),
         Some("demo") => setup().and_then(|()| build()).and_then(|()| demo::run(args.iter().any(|a| a == "--serve"))),
         Some("help") | None => {
             print!("{}", HELP);
@@ -51,6 +61,12 @@ usage: cargo xtask <command>
   build   build every filter to target/wasm32-wasip1/release/<filter>.wasm
   lint    cargo fmt --check, cargo clippy -D warnings (host and wasm32-wasip1)
   test    setup + lint + build + every test (core, harness, real Envoy)
+  package [--variant compat|oci] [--filter NAME]
+          write each filter as an OCI image layout under target/oci/<variant>/<filter>/ and print
+          its manifest digest and .wasm sha256 (for sha256 pinning)
+  push REGISTRY/PREFIX [--tag TAG] [--variant compat|oci] [--filter NAME]
+          push each filter to REGISTRY/PREFIX/<filter>:TAG (plain HTTP for loopback registries;
+          credentials from UG_REGISTRY_USERNAME/UG_REGISTRY_PASSWORD or ~/.docker/config.json)
   demo    run Envoy with the filters in front of demo backends and print a tour [--serve: keep running]
 ";
 
@@ -85,7 +101,9 @@ fn cargo() -> Command {
 
 fn setup() -> Result {
     setup_target()?;
-    setup_envoy()
+    setup_envoy()?;
+    // A loopback registry and an independent OCI client for the packaging tests.
+    apt_install(&["docker-registry", "skopeo"])
 }
 
 fn setup_target() -> Result {
@@ -183,6 +201,85 @@ fn build() -> Result {
         let path = paths::wasm_path(f).map_err(|e| TaskError(e.to_string()))?;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         eprintln!("  {} ({} KiB)", path.display(), size / 1024);
+    }
+    Ok(())
+}
+
+/// `--name value` from `args`.
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+/// The filters named by `--filter` (all by default); unknown names are an error.
+fn selected_filters(args: &[String]) -> Result<Vec<&'static str>> {
+    match flag(args, "--filter") {
+        None => Ok(FILTERS.to_vec()),
+        Some(name) => FILTERS
+            .iter()
+            .find(|f| **f == name)
+            .map(|f| vec![*f])
+            .ok_or_else(|| TaskError(format!("unknown filter {name:?}: choose one of {}", FILTERS.join(", ")))),
+    }
+}
+
+fn image_of(filter: &str, args: &[String]) -> Result<xtask::oci::Image> {
+    let variant: xtask::oci::Variant =
+        flag(args, "--variant").unwrap_or("compat").parse().map_err(|e| TaskError(format!("{e}")))?;
+    let path = paths::wasm_path(filter).map_err(|e| TaskError(e.to_string()))?;
+    let wasm = std::fs::read(&path).map_err(|e| TaskError(format!("{}: {e}", path.display())))?;
+    let revision = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let ann = xtask::oci::Annotations {
+        title: filter.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        revision,
+        source: "https://github.com/upstream-guard/upstream-guard".into(),
+    };
+    xtask::oci::build_image(&wasm, variant, &ann).map_err(|e| TaskError(format!("{filter}: {e}")))
+}
+
+fn package(args: &[String]) -> Result {
+    let variant = flag(args, "--variant").unwrap_or("compat");
+    for filter in selected_filters(args)? {
+        let image = image_of(filter, args)?;
+        let dir = paths::target_dir().join("oci").join(variant).join(filter);
+        let _ = std::fs::remove_dir_all(&dir);
+        xtask::oci::write_layout(&image, &dir, env!("CARGO_PKG_VERSION")).map_err(|e| TaskError(e.to_string()))?;
+        println!(
+            "{filter}: {}\n  manifest {}\n  wasm sha256 {}",
+            dir.display(),
+            image.manifest_digest(),
+            image.wasm_sha256
+        );
+    }
+    Ok(())
+}
+
+fn push_target(args: &[String]) -> Result<&String> {
+    args.first().filter(|a| !a.starts_with("--")).ok_or_else(|| {
+        TaskError("usage: cargo xtask push REGISTRY/PREFIX [--tag TAG] [--variant compat|oci] [--filter NAME]".into())
+    })
+}
+
+fn push(args: &[String]) -> Result {
+    let prefix = push_target(args)?;
+    let tag = flag(args, "--tag").unwrap_or(env!("CARGO_PKG_VERSION"));
+    for filter in selected_filters(args)? {
+        let image = image_of(filter, args)?;
+        let reference: xtask::oci::Reference = format!("{}/{filter}:{tag}", prefix.trim_end_matches('/'))
+            .parse()
+            .map_err(|e| TaskError(format!("{e}")))?;
+        let pushed = xtask::oci::push(&image, &reference).map_err(|e| TaskError(format!("push {filter}: {e}")))?;
+        println!(
+            "{filter}: pushed {}/{}:{tag}\n  manifest {pushed}\n  wasm sha256 {}",
+            reference.registry, reference.repository, image.wasm_sha256
+        );
     }
     Ok(())
 }

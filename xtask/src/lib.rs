@@ -1,0 +1,4 @@
+//! Library side of `cargo xtask`: OCI packaging and pushing, so that tests can drive them
+//! directly.
+
+pub mod oci;
