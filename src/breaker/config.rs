@@ -76,6 +76,8 @@ pub struct BreakerJson {
     key_header: Option<String>,
     #[serde(default)]
     max_keys: Option<u32>,
+    #[serde(default)]
+    cluster_header: Option<String>,
 }
 
 /// Failure-rate tripping.
@@ -152,6 +154,9 @@ pub struct BreakerConfig {
     pub key_header: Option<String>,
     /// Bound on the header values tracked per cluster (hashed into this many slots).
     pub max_keys: u32,
+    /// Where the routed cluster is read when Envoy has not resolved the route yet (a
+    /// `cluster_header` route whose header an earlier filter, such as the health router, just set).
+    pub cluster_header: String,
 }
 
 impl BreakerConfig {
@@ -300,7 +305,9 @@ impl BreakerJson {
                 "use 1 to 1000000 (default 1024)",
             ));
         }
-        Ok(BreakerConfig { default, clusters, status, key_header: self.key_header, max_keys })
+        let cluster_header = self.cluster_header.unwrap_or_else(|| "x-upstream-cluster".into());
+        crate::diagnose::check_header_name("cluster_header", &cluster_header)?;
+        Ok(BreakerConfig { default, clusters, status, key_header: self.key_header, max_keys, cluster_header })
     }
 }
 

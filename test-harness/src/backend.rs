@@ -46,6 +46,8 @@ pub enum Cert {
 
 struct State {
     cert_pem: Option<String>,
+    /// Sent back as `x-backend` when set, so a client can tell backends apart.
+    name: Mutex<Option<String>>,
     behavior: Mutex<Behavior>,
     healthy: AtomicBool,
     health_path: String,
@@ -113,6 +115,7 @@ impl Backend {
         let addr = listener.local_addr().map_err(Error::io("backend address"))?;
         let state = Arc::new(State {
             cert_pem,
+            name: Mutex::new(None),
             behavior: Mutex::new(behavior),
             healthy: AtomicBool::new(true),
             health_path: "/healthz".into(),
@@ -139,6 +142,15 @@ impl Backend {
         self.state.stop.store(false, Ordering::SeqCst);
         accept_loop(listener, self.state.clone(), self.tls.clone());
         Ok(())
+    }
+
+    /// A plain backend that answers with `x-backend: <name>`.
+    pub fn named(behavior: Behavior, name: &str) -> Result<Backend> {
+        let b = Self::start(behavior)?;
+        if let Ok(mut n) = b.state.name.lock() {
+            *n = Some(name.to_string());
+        }
+        Ok(b)
     }
 
     /// Where it listens.
@@ -221,28 +233,30 @@ fn serve<S: Read + Write>(raw: Option<TcpStream>, io: S, st: &State) {
         if path == st.health_path {
             st.health_checks.fetch_add(1, Ordering::SeqCst);
             let status = if st.healthy.load(Ordering::SeqCst) { 200 } else { 503 };
-            if respond(reader.get_mut(), status, b"health\n").is_err() {
+            if respond(reader.get_mut(), status, b"health\n", None).is_err() {
                 return;
             }
             continue;
         }
         st.requests.fetch_add(1, Ordering::SeqCst);
         let behavior = st.behavior.lock().map(|b| b.clone()).unwrap_or(Behavior::Status(500));
+        let name = st.name.lock().ok().and_then(|n| n.clone());
+        let name = name.as_deref();
         let out = reader.get_mut();
         match behavior {
             Behavior::Status(code) => {
-                if respond(out, code, format!("backend says {code}\n").as_bytes()).is_err() {
+                if respond(out, code, format!("backend says {code}\n").as_bytes(), name).is_err() {
                     return;
                 }
             }
             Behavior::Body(bytes) => {
-                if respond(out, 200, &bytes).is_err() {
+                if respond(out, 200, &bytes, name).is_err() {
                     return;
                 }
             }
             Behavior::Delay(d, code) => {
                 thread::sleep(d);
-                if respond(out, code, b"slow\n").is_err() {
+                if respond(out, code, b"slow\n", name).is_err() {
                     return;
                 }
             }
@@ -288,9 +302,10 @@ fn serve<S: Read + Write>(raw: Option<TcpStream>, io: S, st: &State) {
     }
 }
 
-fn respond<W: Write>(out: &mut W, status: u16, body: &[u8]) -> std::io::Result<()> {
+fn respond<W: Write>(out: &mut W, status: u16, body: &[u8], name: Option<&str>) -> std::io::Result<()> {
+    let named = name.map(|n| format!("x-backend: {n}\r\n")).unwrap_or_default();
     let head = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{named}\r\n",
         reason(status),
         body.len()
     );

@@ -25,10 +25,19 @@ impl Envoy {
 
     /// Starts Envoy with `concurrency` workers and waits (up to 60 s) for `/ready`.
     pub fn start_with(config: &Value, concurrency: u32) -> Result<Envoy> {
+        Self::start_file("envoy.json", &config.to_string(), concurrency)
+    }
+
+    /// Starts Envoy from YAML text (an example config with its ports rewritten, say).
+    pub fn start_yaml(yaml: &str, concurrency: u32) -> Result<Envoy> {
+        Self::start_file("envoy.yaml", yaml, concurrency)
+    }
+
+    fn start_file(name: &str, text: &str, concurrency: u32) -> Result<Envoy> {
         let bin = paths::envoy_bin()?;
         let dir = tempfile::Builder::new().prefix("ug-envoy-").tempdir().map_err(Error::io("temp dir"))?;
-        let config_path = dir.path().join("envoy.json");
-        std::fs::write(&config_path, config.to_string()).map_err(Error::io("write envoy config"))?;
+        let config_path = dir.path().join(name);
+        std::fs::write(&config_path, text).map_err(Error::io("write envoy config"))?;
         let admin_path = dir.path().join("admin-address");
         // Envoy's own --log-path is flushed lazily; its stderr is not, so the log is complete at
         // any moment a test reads it.
@@ -142,9 +151,9 @@ impl Envoy {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
     }
 
-    /// Where the config was written.
-    pub fn config_path(&self) -> PathBuf {
-        self.dir.path().join("envoy.json")
+    /// The directory holding the config and the log.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
     }
 }
 

@@ -1,71 +1,110 @@
-//! `cargo xtask demo`: Envoy with the diagnostics filter in front of demo backends on loopback,
-//! and a short scripted tour printed as curl-style lines.
+//! `cargo xtask demo`: runs `envoy-examples/chain/envoy.yaml` (all four filters) on ephemeral
+//! loopback ports, with demo backends in place of its primary, secondary and flaky clusters, and
+//! prints a short scripted tour as curl lines with what came back.
 
-use serde_json::json;
-use test_harness::backend::{self, Backend, Behavior};
-use test_harness::bootstrap::{cluster, route, wasm_filter, Bootstrap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use test_harness::backend::{Backend, Behavior};
 use test_harness::envoy::Envoy;
 use test_harness::{http, paths};
 
-use crate::{Result, TaskError};
+/// A demo failure, explained.
+#[derive(Debug)]
+pub struct TaskError(pub String);
+
+type Result<T = ()> = std::result::Result<T, TaskError>;
 
 fn err(e: impl std::fmt::Display) -> TaskError {
     TaskError(e.to_string())
 }
 
-/// Runs the tour; with `serve`, keeps Envoy up until interrupted.
-pub fn run(serve: bool) -> Result {
-    let healthy = Backend::ok().map_err(err)?;
-    let failing = Backend::start(Behavior::Status(503)).map_err(err)?;
-    let hanging = Backend::start(Behavior::Hang).map_err(err)?;
-    let down = backend::closed_port().map_err(err)?;
-    let diag = wasm_filter(
-        "diagnostics",
-        &paths::wasm_path("diagnostics").map_err(err)?,
-        &json!({"trusted_cidrs": ["127.0.0.1/32"], "json_body": true}),
-    );
-    let mut slow_route = route("/slow", "hanging");
-    slow_route["route"]["timeout"] = json!("0.5s");
-    let config = Bootstrap::new()
-        .filter(diag)
-        .route(route("/ok", "healthy"))
-        .route(route("/flaky", "failing"))
-        .route(slow_route)
-        .route(route("/down", "down"))
-        .cluster(cluster("healthy", healthy.addr()))
-        .cluster(cluster("failing", failing.addr()))
-        .cluster(cluster("hanging", hanging.addr()))
-        .cluster(cluster("down", down))
-        .build();
-    let envoy = Envoy::start(&config).map_err(err)?;
-    let addr = envoy.main().map_err(err)?;
-    println!("upstream-guard demo: Envoy listening on http://{addr} (admin http://{})\n", envoy.admin());
-    type Step = (&'static str, &'static [(&'static str, &'static str)], &'static str);
-    let tour: &[Step] = &[
-        ("/ok", &[], "a healthy backend: no diagnosis on success"),
-        ("/down", &[], "the backend is not running"),
-        ("/slow", &[], "the backend accepts but never answers (route timeout 0.5s)"),
-        ("/flaky", &[], "the backend itself answers 503"),
-        ("/nowhere", &[], "no route matches"),
-        ("/down", &[("accept", "application/json")], "the same failure, asking for JSON"),
-    ];
-    for (path, headers, what) in tour {
-        let r = http::get(addr, path, headers).map_err(err)?;
-        let accept = headers.iter().map(|(k, v)| format!(" -H '{k}: {v}'")).collect::<String>();
-        println!("# {what}\n$ curl -i{accept} http://{addr}{path}\nHTTP/1.1 {}", r.status);
-        match r.header("x-upstream-diagnosis") {
-            Some(d) => println!("x-upstream-diagnosis: {d}"),
-            None => println!("(no x-upstream-diagnosis header)"),
+/// The chain example with its fixed ports swapped for this run's.
+pub fn chain_config(primary: SocketAddr, secondary: SocketAddr, flaky: SocketAddr) -> Result<String> {
+    let path = paths::workspace_root().join("envoy-examples/chain/envoy.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|e| TaskError(format!("{}: {e}", path.display())))?;
+    let target = paths::target_dir().display().to_string();
+    Ok(text
+        .replace("port_value: 10000", "port_value: 0")
+        .replace("port_value: 9901", "port_value: 0")
+        .replace("port_value: 18081", &format!("port_value: {}", primary.port()))
+        .replace("port_value: 18082", &format!("port_value: {}", secondary.port()))
+        .replace("port_value: 18083", &format!("port_value: {}", flaky.port()))
+        .replace("filename: target/", &format!("filename: {target}/")))
+}
+
+fn show(addr: SocketAddr, what: &str, path: &str, headers: &[(&str, &str)]) -> Result<http::Response> {
+    let r = http::get(addr, path, headers).map_err(err)?;
+    let extra: String = headers.iter().map(|(k, v)| format!(" -H '{k}: {v}'")).collect();
+    println!("# {what}\n$ curl -i{extra} http://{addr}{path}\nHTTP/1.1 {}", r.status);
+    for h in ["x-backend", "retry-after", "ratelimit", "x-upstream-guard-circuit", "x-upstream-diagnosis"] {
+        if let Some(v) = r.header(h) {
+            println!("{h}: {v}");
         }
-        if r.header("content-type") == Some("application/json") {
-            println!("{}", r.text());
-        }
-        println!();
     }
+    if r.header("content-type") == Some("application/json") {
+        println!("{}", r.text());
+    }
+    println!();
+    Ok(r)
+}
+
+/// Runs the tour; with `serve`, keeps everything up until interrupted.
+pub fn run(serve: bool) -> Result {
+    let primary = Backend::named(Behavior::Status(200), "primary").map_err(err)?;
+    let secondary = Backend::named(Behavior::Status(200), "secondary").map_err(err)?;
+    let flaky = Backend::named(Behavior::Status(503), "flaky").map_err(err)?;
+    let yaml = chain_config(primary.addr(), secondary.addr(), flaky.addr())?;
+    let envoy = Envoy::start_yaml(&yaml, 2).map_err(err)?;
+    let addr = envoy.main().map_err(err)?;
+    println!(
+        "upstream-guard demo: envoy-examples/chain/envoy.yaml on http://{addr} (admin http://{})\n\
+         filters: diagnostics -> rate_limiter -> health_router -> circuit_breaker -> router\n",
+        envoy.admin()
+    );
+
+    show(addr, "a normal request: the health router sends it to the primary", "/api", &[])?;
+    for i in 1..=4 {
+        let r = http::get(addr, "/limited", &[]).map_err(err)?;
+        if i < 4 {
+            println!("# /limited request {i} of 3 allowed per 10 s: HTTP {}", r.status);
+        }
+    }
+    show(addr, "the 4th request within 10 s is rate limited", "/limited", &[])?;
+    for _ in 0..3 {
+        http::get(addr, "/flaky", &[]).map_err(err)?;
+    }
+    println!("# three requests to /flaky got the backend's own 503s; the breaker counted them");
+    show(addr, "now the circuit is open: refused at once, without touching the backend", "/flaky", &[])?;
+
+    primary.kill();
+    println!("# the primary backend process dies");
+    let killed = Instant::now();
+    let mut failures = 0;
+    loop {
+        let r = http::get(addr, "/api", &[]).map_err(err)?;
+        if r.header("x-backend") == Some("secondary") {
+            break;
+        }
+        failures += 1;
+        if killed.elapsed() > Duration::from_secs(10) {
+            return Err(TaskError("traffic did not fail over within 10 s".into()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("# traffic moved to the secondary after {:?} ({failures} failed requests on the way)", killed.elapsed());
+    show(addr, "requests now go to the secondary", "/api", &[])?;
+    secondary.kill();
+    println!("# the secondary dies too; once its checks fail, nothing is healthy");
+    std::thread::sleep(Duration::from_millis(1500));
+    show(addr, "fail fast, with every upstream's reason", "/api", &[("accept", "application/json")])?;
+
     if serve {
-        println!("serving; press Ctrl-C to stop");
+        primary.revive().map_err(err)?;
+        secondary.revive().map_err(err)?;
+        println!("serving on http://{addr} (backends revived); press Ctrl-C to stop");
         loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
+            std::thread::sleep(Duration::from_secs(3600));
         }
     }
     Ok(())

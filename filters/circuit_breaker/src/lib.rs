@@ -130,7 +130,15 @@ impl Stream {
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else { return Action::Continue };
-        let Some(cluster) = props::string(&["xds", "cluster_name"]).filter(|c| !c.is_empty()) else {
+        // The routed cluster; after an earlier filter rewrote the routing header and cleared the
+        // route cache, Envoy has not re-resolved it yet, and the header is the answer. Unknown
+        // names create no state: only failures and transitions write, and Envoy answers a missing
+        // cluster itself (NC), which is not an upstream failure.
+        let Some(cluster) = props::string(&["xds", "cluster_name"])
+            .filter(|c| !c.is_empty())
+            .or_else(|| self.get_http_request_header(&shared.config.cluster_header))
+            .filter(|c| !c.is_empty())
+        else {
             return Action::Continue;
         };
         let key = match &shared.config.key_header {

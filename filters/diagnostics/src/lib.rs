@@ -139,7 +139,10 @@ impl HttpContext for Stream {
         if cause != Cause::None {
             glue::log(LogLevel::Debug, &format!("diagnostics: {}", report.header_value(true)));
         }
-        let local_reply = !details.is_empty() && details != "via_upstream";
+        // A local reply that already speaks JSON (the health router's list of reasons) is kept.
+        let local_reply = !details.is_empty()
+            && details != "via_upstream"
+            && !self.get_http_response_header("content-type").is_some_and(|t| t.starts_with("application/json"));
         if config.json_body && self.wants_json && local_reply && !end_of_stream {
             let body = report.json(self.trusted).into_bytes();
             self.set_http_response_header("content-type", Some("application/json"));
