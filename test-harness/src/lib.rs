@@ -15,6 +15,7 @@
 pub mod backend;
 pub mod bootstrap;
 pub mod envoy;
+pub mod host;
 pub mod http;
 pub mod paths;
 
