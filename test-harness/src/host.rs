@@ -136,14 +136,19 @@ struct Metrics {
     values: Vec<(String, u32, i64)>,
 }
 
+/// Shared data: (vm_id, key) → (value, CAS number).
+type SharedData = HashMap<(String, String), (Vec<u8>, u32)>;
+/// Shared queues: (vm_id, name, items); a queue's id is its index + 1.
+type Queues = Vec<(String, String, Vec<Vec<u8>>)>;
+
 /// What all VMs of a host share: the clock, shared data, metrics and queues.
 #[derive(Debug, Default)]
 struct Shared {
     clock: AtomicU64,
-    data: Mutex<HashMap<(String, String), (Vec<u8>, u32)>>,
+    data: Mutex<SharedData>,
     cas: AtomicU32,
     metrics: Mutex<Metrics>,
-    queues: Mutex<Vec<(String, String, Vec<Vec<u8>>)>>,
+    queues: Mutex<Queues>,
     /// Injected races: this many upcoming shared-data reads are followed, before the reader can
     /// write, by another worker's write to the same key.
     interference: AtomicU32,
@@ -214,7 +219,15 @@ impl Host {
     /// Loads `wasm` with the JSON plugin configuration; `vm_id` and `root_id` are the file stem.
     pub fn load(&self, wasm: impl AsRef<Path>, config: serde_json::Value) -> Result<Plugin, HostError> {
         let name = wasm.as_ref().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        self.load_with(wasm, LoadOptions { plugin_config: config.to_string().into_bytes(), vm_id: name.clone(), root_id: name, vm_config: Vec::new() })
+        self.load_with(
+            wasm,
+            LoadOptions {
+                plugin_config: config.to_string().into_bytes(),
+                vm_id: name.clone(),
+                root_id: name,
+                vm_config: Vec::new(),
+            },
+        )
     }
 
     /// Loads with explicit options (raw configuration bytes, vm id, root id, vm configuration).
@@ -223,7 +236,8 @@ impl Host {
         let bytes = std::fs::read(&path).map_err(|e| {
             HostError::Missing(format!("{}: {e}; build the filters with `cargo xtask build`", path.display()))
         })?;
-        let module = Module::new(&self.engine, &bytes).map_err(|e| HostError::Load(format!("{}: {e:#}", path.display())))?;
+        let module =
+            Module::new(&self.engine, &bytes).map_err(|e| HostError::Load(format!("{}: {e:#}", path.display())))?;
         let mut workers = Vec::with_capacity(self.workers);
         for index in 0..self.workers {
             workers.push(Worker::start(&self.engine, &module, &self.shared, &opts, index, self.clusters.clone())?);
@@ -409,7 +423,8 @@ impl Worker {
         linker.allow_shadowing(true);
         imports::stub_all(&mut linker, module).map_err(|e| HostError::Load(format!("{e:#}")))?;
         imports::define(&mut linker).map_err(|e| HostError::Load(format!("{e:#}")))?;
-        let instance = linker.instantiate(&mut store, module).map_err(|e| HostError::Load(format!("instantiate: {e:#}")))?;
+        let instance =
+            linker.instantiate(&mut store, module).map_err(|e| HostError::Load(format!("instantiate: {e:#}")))?;
         let w = Worker { inner: RefCell::new(WorkerInner { store, instance, next_context: ROOT_CONTEXT + 1 }), index };
         if w.has_export("_initialize") {
             w.call("_initialize", &[], 0)?;
@@ -418,7 +433,8 @@ impl Worker {
         let vm_len = w.inner.borrow().store.data().vm_config.len() as i32;
         let started = w.call("proxy_on_vm_start", &[Val::I32(ROOT_CONTEXT as i32), Val::I32(vm_len)], 1)?;
         let cfg_len = w.inner.borrow().store.data().plugin_config.len() as i32;
-        let configured = started != 0 && w.call("proxy_on_configure", &[Val::I32(ROOT_CONTEXT as i32), Val::I32(cfg_len)], 1)? != 0;
+        let configured =
+            started != 0 && w.call("proxy_on_configure", &[Val::I32(ROOT_CONTEXT as i32), Val::I32(cfg_len)], 1)? != 0;
         if !configured {
             return Err(HostError::Configure { log: w.logs() });
         }
@@ -436,7 +452,9 @@ impl Worker {
         let mut inner = self.inner.borrow_mut();
         let WorkerInner { store, instance, .. } = &mut *inner;
         let Some(func) = instance.get_func(&mut *store, name) else { return Ok(0) };
-        let mut out = vec![Val::I32(0); results];
+        // The export's own type says how many results it has (0.2.0 and 0.2.1 differ for some).
+        let _ = results;
+        let mut out = vec![Val::I32(0); func.ty(&*store).results().len()];
         if let Err(e) = func.call(&mut *store, params, &mut out) {
             let log = store.data().logs.clone();
             let message = log
@@ -500,7 +518,13 @@ impl Worker {
     }
 
     /// Answers callout `token`.
-    pub fn respond_http_call(&self, token: u32, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), HostError> {
+    pub fn respond_http_call(
+        &self,
+        token: u32,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), HostError> {
         let mut all = vec![(":status".to_string(), status.to_string())];
         all.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         self.deliver(token, CallResponse { headers: all, body: body.to_vec(), trailers: Vec::new() })
@@ -524,7 +548,13 @@ impl Worker {
         }
         let r = self.call(
             "proxy_on_http_call_response",
-            &[Val::I32(ROOT_CONTEXT as i32), Val::I32(token as i32), Val::I32(nh as i32), Val::I32(nb as i32), Val::I32(nt as i32)],
+            &[
+                Val::I32(ROOT_CONTEXT as i32),
+                Val::I32(token as i32),
+                Val::I32(nh as i32),
+                Val::I32(nb as i32),
+                Val::I32(nt as i32),
+            ],
             0,
         );
         self.with_state(|s| s.call_response = None);
@@ -604,7 +634,10 @@ impl<'w> HttpStream<'w> {
     /// `on_http_request_headers` with these headers.
     pub fn request_headers(&mut self, headers: &[(&str, &str)], end_of_stream: bool) -> Result<Action, HostError> {
         self.data(|d| d.request_headers = owned(headers));
-        self.callback("proxy_on_request_headers", &[Val::I32(self.id as i32), Val::I32(headers.len() as i32), Val::I32(end_of_stream.into())])
+        self.callback(
+            "proxy_on_request_headers",
+            &[Val::I32(self.id as i32), Val::I32(headers.len() as i32), Val::I32(end_of_stream.into())],
+        )
     }
 
     /// `on_http_request_body` with this chunk appended.
@@ -613,13 +646,19 @@ impl<'w> HttpStream<'w> {
             d.request_body.extend_from_slice(chunk);
             d.request_body.len()
         });
-        self.callback("proxy_on_request_body", &[Val::I32(self.id as i32), Val::I32(len as i32), Val::I32(end_of_stream.into())])
+        self.callback(
+            "proxy_on_request_body",
+            &[Val::I32(self.id as i32), Val::I32(len as i32), Val::I32(end_of_stream.into())],
+        )
     }
 
     /// `on_http_response_headers` with these headers.
     pub fn response_headers(&mut self, headers: &[(&str, &str)], end_of_stream: bool) -> Result<Action, HostError> {
         self.data(|d| d.response_headers = owned(headers));
-        self.callback("proxy_on_response_headers", &[Val::I32(self.id as i32), Val::I32(headers.len() as i32), Val::I32(end_of_stream.into())])
+        self.callback(
+            "proxy_on_response_headers",
+            &[Val::I32(self.id as i32), Val::I32(headers.len() as i32), Val::I32(end_of_stream.into())],
+        )
     }
 
     /// `on_http_response_body` with this chunk appended.
@@ -628,7 +667,10 @@ impl<'w> HttpStream<'w> {
             d.response_body.extend_from_slice(chunk);
             d.response_body.len()
         });
-        self.callback("proxy_on_response_body", &[Val::I32(self.id as i32), Val::I32(len as i32), Val::I32(end_of_stream.into())])
+        self.callback(
+            "proxy_on_response_body",
+            &[Val::I32(self.id as i32), Val::I32(len as i32), Val::I32(end_of_stream.into())],
+        )
     }
 
     /// `on_log`.
@@ -751,7 +793,10 @@ mod imports {
         }
         let mem = memory(c).ok_or(status::INVALID_MEMORY_ACCESS)?;
         let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
-        mem.data(&*c).get(ptr..ptr.checked_add(len).ok_or(status::INVALID_MEMORY_ACCESS)?).map(<[u8]>::to_vec).ok_or(status::INVALID_MEMORY_ACCESS)
+        mem.data(&*c)
+            .get(ptr..ptr.checked_add(len).ok_or(status::INVALID_MEMORY_ACCESS)?)
+            .map(<[u8]>::to_vec)
+            .ok_or(status::INVALID_MEMORY_ACCESS)
     }
 
     fn read_str(c: &mut C<'_>, ptr: i32, len: i32) -> Result<String, i32> {
@@ -790,7 +835,11 @@ mod imports {
     }
 
     fn property_path(raw: &[u8]) -> String {
-        raw.split(|b| *b == 0).filter(|p| !p.is_empty()).map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>().join(".")
+        raw.split(|b| *b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect::<Vec<_>>()
+            .join(".")
     }
 
     fn map_of(s: &mut VmState, t: i32) -> Option<&mut Vec<(String, String)>> {
@@ -845,59 +894,81 @@ mod imports {
             c.data_mut().tick_ms = ms as u32;
             status::OK
         })?;
-        l.func_wrap(env, "proxy_get_buffer_bytes", |mut c: C<'_>, t: i32, start: i32, max: i32, rp: i32, rl: i32| -> i32 {
-            let data = {
-                let Some(buf) = buffer_of(c.data_mut(), t) else { return status::NOT_FOUND };
-                let start = (start as u32 as usize).min(buf.len());
-                let end = start.saturating_add(max as u32 as usize).min(buf.len());
-                buf[start..end].to_vec()
-            };
-            if data.is_empty() {
-                return status::NOT_FOUND;
-            }
-            code(give(&mut c, &data, rp, rl))
-        })?;
+        l.func_wrap(
+            env,
+            "proxy_get_buffer_bytes",
+            |mut c: C<'_>, t: i32, start: i32, max: i32, rp: i32, rl: i32| -> i32 {
+                let data = {
+                    let Some(buf) = buffer_of(c.data_mut(), t) else { return status::NOT_FOUND };
+                    let start = (start as u32 as usize).min(buf.len());
+                    let end = start.saturating_add(max as u32 as usize).min(buf.len());
+                    buf[start..end].to_vec()
+                };
+                if data.is_empty() {
+                    return status::NOT_FOUND;
+                }
+                code(give(&mut c, &data, rp, rl))
+            },
+        )?;
         l.func_wrap(env, "proxy_get_buffer_status", |mut c: C<'_>, t: i32, len_ptr: i32, flags_ptr: i32| -> i32 {
             let Some(len) = buffer_of(c.data_mut(), t).map(|b| b.len()) else { return status::NOT_FOUND };
             code(write_u32(&mut c, len_ptr, len as u32).and_then(|()| write_u32(&mut c, flags_ptr, 0)))
         })?;
-        l.func_wrap(env, "proxy_set_buffer_bytes", |mut c: C<'_>, t: i32, start: i32, size: i32, ptr: i32, len: i32| -> i32 {
-            let data = match read(&mut c, ptr, len) {
-                Ok(d) => d,
-                Err(s) => return s,
-            };
-            let Some(buf) = buffer_of(c.data_mut(), t) else { return status::NOT_FOUND };
-            let start = (start as u32 as usize).min(buf.len());
-            let end = start.saturating_add(size as u32 as usize).min(buf.len());
-            buf.splice(start..end, data);
-            status::OK
-        })?;
+        l.func_wrap(
+            env,
+            "proxy_set_buffer_bytes",
+            |mut c: C<'_>, t: i32, start: i32, size: i32, ptr: i32, len: i32| -> i32 {
+                let data = match read(&mut c, ptr, len) {
+                    Ok(d) => d,
+                    Err(s) => return s,
+                };
+                let Some(buf) = buffer_of(c.data_mut(), t) else { return status::NOT_FOUND };
+                let start = (start as u32 as usize).min(buf.len());
+                let end = start.saturating_add(size as u32 as usize).min(buf.len());
+                buf.splice(start..end, data);
+                status::OK
+            },
+        )?;
         l.func_wrap(env, "proxy_get_header_map_pairs", |mut c: C<'_>, t: i32, rp: i32, rl: i32| -> i32 {
             let Some(bytes) = map_of(c.data_mut(), t).map(|m| encode_pairs(m)) else { return status::NOT_FOUND };
             code(give(&mut c, &bytes, rp, rl))
         })?;
         l.func_wrap(env, "proxy_set_header_map_pairs", |mut c: C<'_>, t: i32, ptr: i32, len: i32| -> i32 {
-            let Some(pairs) = read(&mut c, ptr, len).ok().and_then(|b| decode_pairs(&b)) else { return status::BAD_ARGUMENT };
+            let Some(pairs) = read(&mut c, ptr, len).ok().and_then(|b| decode_pairs(&b)) else {
+                return status::BAD_ARGUMENT;
+            };
             let Some(m) = map_of(c.data_mut(), t) else { return status::NOT_FOUND };
             *m = pairs;
             status::OK
         })?;
-        l.func_wrap(env, "proxy_get_header_map_value", |mut c: C<'_>, t: i32, kp: i32, kl: i32, rp: i32, rl: i32| -> i32 {
-            let Ok(key) = read_str(&mut c, kp, kl) else { return status::INVALID_MEMORY_ACCESS };
-            let key = key.to_ascii_lowercase();
-            let Some(value) = map_of(c.data_mut(), t).and_then(|m| m.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())) else {
-                return status::NOT_FOUND;
-            };
-            code(give(&mut c, value.as_bytes(), rp, rl))
-        })?;
-        l.func_wrap(env, "proxy_replace_header_map_value", |mut c: C<'_>, t: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
-            let (Ok(key), Ok(value)) = (read_str(&mut c, kp, kl), read_str(&mut c, vp, vl)) else { return status::INVALID_MEMORY_ACCESS };
-            let key = key.to_ascii_lowercase();
-            let Some(m) = map_of(c.data_mut(), t) else { return status::NOT_FOUND };
-            m.retain(|(k, _)| *k != key);
-            m.push((key, value));
-            status::OK
-        })?;
+        l.func_wrap(
+            env,
+            "proxy_get_header_map_value",
+            |mut c: C<'_>, t: i32, kp: i32, kl: i32, rp: i32, rl: i32| -> i32 {
+                let Ok(key) = read_str(&mut c, kp, kl) else { return status::INVALID_MEMORY_ACCESS };
+                let key = key.to_ascii_lowercase();
+                let Some(value) =
+                    map_of(c.data_mut(), t).and_then(|m| m.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()))
+                else {
+                    return status::NOT_FOUND;
+                };
+                code(give(&mut c, value.as_bytes(), rp, rl))
+            },
+        )?;
+        l.func_wrap(
+            env,
+            "proxy_replace_header_map_value",
+            |mut c: C<'_>, t: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
+                let (Ok(key), Ok(value)) = (read_str(&mut c, kp, kl), read_str(&mut c, vp, vl)) else {
+                    return status::INVALID_MEMORY_ACCESS;
+                };
+                let key = key.to_ascii_lowercase();
+                let Some(m) = map_of(c.data_mut(), t) else { return status::NOT_FOUND };
+                m.retain(|(k, _)| *k != key);
+                m.push((key, value));
+                status::OK
+            },
+        )?;
         l.func_wrap(env, "proxy_remove_header_map_value", |mut c: C<'_>, t: i32, kp: i32, kl: i32| -> i32 {
             let Ok(key) = read_str(&mut c, kp, kl) else { return status::INVALID_MEMORY_ACCESS };
             let key = key.to_ascii_lowercase();
@@ -905,12 +976,18 @@ mod imports {
             m.retain(|(k, _)| *k != key);
             status::OK
         })?;
-        l.func_wrap(env, "proxy_add_header_map_value", |mut c: C<'_>, t: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
-            let (Ok(key), Ok(value)) = (read_str(&mut c, kp, kl), read_str(&mut c, vp, vl)) else { return status::INVALID_MEMORY_ACCESS };
-            let Some(m) = map_of(c.data_mut(), t) else { return status::NOT_FOUND };
-            m.push((key.to_ascii_lowercase(), value));
-            status::OK
-        })?;
+        l.func_wrap(
+            env,
+            "proxy_add_header_map_value",
+            |mut c: C<'_>, t: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
+                let (Ok(key), Ok(value)) = (read_str(&mut c, kp, kl), read_str(&mut c, vp, vl)) else {
+                    return status::INVALID_MEMORY_ACCESS;
+                };
+                let Some(m) = map_of(c.data_mut(), t) else { return status::NOT_FOUND };
+                m.push((key.to_ascii_lowercase(), value));
+                status::OK
+            },
+        )?;
         l.func_wrap(env, "proxy_get_header_map_size", |mut c: C<'_>, t: i32, ret: i32| -> i32 {
             let Some(n) = map_of(c.data_mut(), t).map(|m| encode_pairs(m).len()) else { return status::NOT_FOUND };
             code(write_u32(&mut c, ret, n as u32))
@@ -919,14 +996,21 @@ mod imports {
             let Ok(raw) = read(&mut c, pp, pl) else { return status::INVALID_MEMORY_ACCESS };
             let path = property_path(&raw);
             let s = c.data();
-            let value = s.streams.get(&s.effective).and_then(|d| d.properties.get(&path)).or_else(|| s.root_properties.get(&path)).cloned();
+            let value = s
+                .streams
+                .get(&s.effective)
+                .and_then(|d| d.properties.get(&path))
+                .or_else(|| s.root_properties.get(&path))
+                .cloned();
             match value {
                 Some(v) => code(give(&mut c, &v, rp, rl)),
                 None => status::NOT_FOUND,
             }
         })?;
         l.func_wrap(env, "proxy_set_property", |mut c: C<'_>, pp: i32, pl: i32, vp: i32, vl: i32| -> i32 {
-            let (Ok(raw), Ok(value)) = (read(&mut c, pp, pl), read(&mut c, vp, vl)) else { return status::INVALID_MEMORY_ACCESS };
+            let (Ok(raw), Ok(value)) = (read(&mut c, pp, pl), read(&mut c, vp, vl)) else {
+                return status::INVALID_MEMORY_ACCESS;
+            };
             let path = property_path(&raw);
             let s = c.data_mut();
             let id = s.effective;
@@ -937,44 +1021,61 @@ mod imports {
             }
             status::OK
         })?;
-        l.func_wrap(env, "proxy_get_shared_data", |mut c: C<'_>, kp: i32, kl: i32, rp: i32, rl: i32, rc: i32| -> i32 {
-            let Ok(key) = read_str(&mut c, kp, kl) else { return status::INVALID_MEMORY_ACCESS };
-            let vm = c.data().vm_id.clone();
-            let shared = c.data().shared.clone();
-            shared.gets.fetch_add(1, Ordering::SeqCst);
-            let found = {
-                let Ok(mut d) = shared.data.lock() else { return status::INTERNAL_FAILURE };
-                let k = (vm, key);
-                let found = d.get(&k).cloned();
-                let interfere = shared.interference.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
-                if interfere {
-                    let next = shared.cas.fetch_add(1, Ordering::SeqCst).wrapping_add(1).max(1);
-                    let value = found.as_ref().map(|(v, _)| v.clone()).unwrap_or_default();
-                    d.insert(k, (value, next));
+        l.func_wrap(
+            env,
+            "proxy_get_shared_data",
+            |mut c: C<'_>, kp: i32, kl: i32, rp: i32, rl: i32, rc: i32| -> i32 {
+                let Ok(key) = read_str(&mut c, kp, kl) else { return status::INVALID_MEMORY_ACCESS };
+                let vm = c.data().vm_id.clone();
+                let shared = c.data().shared.clone();
+                shared.gets.fetch_add(1, Ordering::SeqCst);
+                let found = {
+                    let Ok(mut d) = shared.data.lock() else { return status::INTERNAL_FAILURE };
+                    let k = (vm, key);
+                    let found = d.get(&k).cloned();
+                    let interfere = shared
+                        .interference
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    if interfere {
+                        let next = shared.cas.fetch_add(1, Ordering::SeqCst).wrapping_add(1).max(1);
+                        let value = found.as_ref().map(|(v, _)| v.clone()).unwrap_or_default();
+                        d.insert(k, (value, next));
+                    }
+                    found
+                };
+                let Some((value, cas)) = found else { return status::NOT_FOUND };
+                let r = if value.is_empty() {
+                    write_u32(&mut c, rp, 0).and_then(|()| write_u32(&mut c, rl, 0))
+                } else {
+                    give(&mut c, &value, rp, rl)
+                };
+                code(r.and_then(|()| write_u32(&mut c, rc, cas)))
+            },
+        )?;
+        l.func_wrap(
+            env,
+            "proxy_set_shared_data",
+            |mut c: C<'_>, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32| -> i32 {
+                let (Ok(key), Ok(value)) = (read_str(&mut c, kp, kl), read(&mut c, vp, vl)) else {
+                    return status::INVALID_MEMORY_ACCESS;
+                };
+                let s = c.data();
+                let Ok(mut data) = s.shared.data.lock() else { return status::INTERNAL_FAILURE };
+                let k = (s.vm_id.clone(), key);
+                s.shared.sets.fetch_add(1, Ordering::SeqCst);
+                // Envoy: CAS 0 writes unconditionally, and so does the first write of a missing key.
+                if let Some((_, current)) = data.get(&k) {
+                    if cas != 0 && cas as u32 != *current {
+                        s.shared.cas_mismatches.fetch_add(1, Ordering::SeqCst);
+                        return status::CAS_MISMATCH;
+                    }
                 }
-                found
-            };
-            let Some((value, cas)) = found else { return status::NOT_FOUND };
-            let r = if value.is_empty() { write_u32(&mut c, rp, 0).and_then(|()| write_u32(&mut c, rl, 0)) } else { give(&mut c, &value, rp, rl) };
-            code(r.and_then(|()| write_u32(&mut c, rc, cas)))
-        })?;
-        l.func_wrap(env, "proxy_set_shared_data", |mut c: C<'_>, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32| -> i32 {
-            let (Ok(key), Ok(value)) = (read_str(&mut c, kp, kl), read(&mut c, vp, vl)) else { return status::INVALID_MEMORY_ACCESS };
-            let s = c.data();
-            let Ok(mut data) = s.shared.data.lock() else { return status::INTERNAL_FAILURE };
-            let k = (s.vm_id.clone(), key);
-            s.shared.sets.fetch_add(1, Ordering::SeqCst);
-            // Envoy: CAS 0 writes unconditionally, and so does the first write of a missing key.
-            if let Some((_, current)) = data.get(&k) {
-                if cas != 0 && cas as u32 != *current {
-                    s.shared.cas_mismatches.fetch_add(1, Ordering::SeqCst);
-                    return status::CAS_MISMATCH;
-                }
-            }
-            let next = s.shared.cas.fetch_add(1, Ordering::SeqCst).wrapping_add(1).max(1);
-            data.insert(k, (value, next));
-            status::OK
-        })?;
+                let next = s.shared.cas.fetch_add(1, Ordering::SeqCst).wrapping_add(1).max(1);
+                data.insert(k, (value, next));
+                status::OK
+            },
+        )?;
         l.func_wrap(env, "proxy_register_shared_queue", |mut c: C<'_>, np: i32, nl: i32, ret: i32| -> i32 {
             let Ok(name) = read_str(&mut c, np, nl) else { return status::INVALID_MEMORY_ACCESS };
             let vm = c.data().vm_id.clone();
@@ -990,14 +1091,26 @@ mod imports {
             };
             code(write_u32(&mut c, ret, id as u32 + 1))
         })?;
-        l.func_wrap(env, "proxy_resolve_shared_queue", |mut c: C<'_>, vp: i32, vl: i32, np: i32, nl: i32, ret: i32| -> i32 {
-            let (Ok(vm), Ok(name)) = (read_str(&mut c, vp, vl), read_str(&mut c, np, nl)) else { return status::INVALID_MEMORY_ACCESS };
-            let id = c.data().shared.queues.lock().ok().and_then(|q| q.iter().position(|(v, n, _)| *v == vm && *n == name));
-            match id {
-                Some(i) => code(write_u32(&mut c, ret, i as u32 + 1)),
-                None => status::NOT_FOUND,
-            }
-        })?;
+        l.func_wrap(
+            env,
+            "proxy_resolve_shared_queue",
+            |mut c: C<'_>, vp: i32, vl: i32, np: i32, nl: i32, ret: i32| -> i32 {
+                let (Ok(vm), Ok(name)) = (read_str(&mut c, vp, vl), read_str(&mut c, np, nl)) else {
+                    return status::INVALID_MEMORY_ACCESS;
+                };
+                let id = c
+                    .data()
+                    .shared
+                    .queues
+                    .lock()
+                    .ok()
+                    .and_then(|q| q.iter().position(|(v, n, _)| *v == vm && *n == name));
+                match id {
+                    Some(i) => code(write_u32(&mut c, ret, i as u32 + 1)),
+                    None => status::NOT_FOUND,
+                }
+            },
+        )?;
         l.func_wrap(env, "proxy_dequeue_shared_queue", |mut c: C<'_>, id: i32, rp: i32, rl: i32| -> i32 {
             let item = {
                 let Ok(mut q) = c.data().shared.queues.lock() else { return status::INTERNAL_FAILURE };
@@ -1038,11 +1151,15 @@ mod imports {
             |mut c: C<'_>, st: i32, dp: i32, dl: i32, bp: i32, bl: i32, hp: i32, hl: i32, _grpc: i32| -> i32 {
                 let details = if dp == 0 { None } else { read_str(&mut c, dp, dl).ok() };
                 let Ok(body) = read(&mut c, bp, bl) else { return status::INVALID_MEMORY_ACCESS };
-                let headers = read(&mut c, hp, hl).ok().and_then(|b| if b.is_empty() { Some(Vec::new()) } else { decode_pairs(&b) });
+                let headers =
+                    read(&mut c, hp, hl)
+                        .ok()
+                        .and_then(|b| if b.is_empty() { Some(Vec::new()) } else { decode_pairs(&b) });
                 let Some(headers) = headers else { return status::BAD_ARGUMENT };
                 let s = c.data_mut();
                 let id = s.effective;
-                s.streams.entry(id).or_default().local_response = Some(LocalResponse { status: st as u32, headers, body, details });
+                s.streams.entry(id).or_default().local_response =
+                    Some(LocalResponse { status: st as u32, headers, body, details });
                 status::OK
             },
         )?;
@@ -1055,8 +1172,21 @@ mod imports {
         l.func_wrap(
             env,
             "proxy_http_call",
-            |mut c: C<'_>, up: i32, ul: i32, hp: i32, hl: i32, bp: i32, bl: i32, _tp: i32, _tl: i32, timeout: i32, ret: i32| -> i32 {
-                let (Ok(cluster), Ok(hbytes), Ok(body)) = (read_str(&mut c, up, ul), read(&mut c, hp, hl), read(&mut c, bp, bl)) else {
+            |mut c: C<'_>,
+             up: i32,
+             ul: i32,
+             hp: i32,
+             hl: i32,
+             bp: i32,
+             bl: i32,
+             _tp: i32,
+             _tl: i32,
+             timeout: i32,
+             ret: i32|
+             -> i32 {
+                let (Ok(cluster), Ok(hbytes), Ok(body)) =
+                    (read_str(&mut c, up, ul), read(&mut c, hp, hl), read(&mut c, bp, bl))
+                else {
                     return status::INVALID_MEMORY_ACCESS;
                 };
                 let Some(headers) = decode_pairs(&hbytes) else { return status::BAD_ARGUMENT };
@@ -1078,21 +1208,40 @@ mod imports {
         l.func_wrap(
             env,
             "proxy_grpc_call",
-            |_c: C<'_>, _a: i32, _b: i32, _d: i32, _e: i32, _f: i32, _g: i32, _h: i32, _i: i32, _j: i32, _k: i32, _t: i32, _r: i32| -> i32 {
-                status::UNIMPLEMENTED
-            },
+            |_c: C<'_>,
+             _a: i32,
+             _b: i32,
+             _d: i32,
+             _e: i32,
+             _f: i32,
+             _g: i32,
+             _h: i32,
+             _i: i32,
+             _j: i32,
+             _k: i32,
+             _t: i32,
+             _r: i32|
+             -> i32 { status::UNIMPLEMENTED },
         )?;
         l.func_wrap(
             env,
             "proxy_grpc_stream",
-            |_c: C<'_>, _a: i32, _b: i32, _d: i32, _e: i32, _f: i32, _g: i32, _h: i32, _i: i32, _r: i32| -> i32 { status::UNIMPLEMENTED },
+            |_c: C<'_>, _a: i32, _b: i32, _d: i32, _e: i32, _f: i32, _g: i32, _h: i32, _i: i32, _r: i32| -> i32 {
+                status::UNIMPLEMENTED
+            },
         )?;
-        l.func_wrap(env, "proxy_grpc_send", |_c: C<'_>, _t: i32, _p: i32, _l: i32, _e: i32| -> i32 { status::NOT_FOUND })?;
+        l.func_wrap(env, "proxy_grpc_send", |_c: C<'_>, _t: i32, _p: i32, _l: i32, _e: i32| -> i32 {
+            status::NOT_FOUND
+        })?;
         for name in ["proxy_grpc_cancel", "proxy_grpc_close"] {
             l.func_wrap(env, name, |_c: C<'_>, _t: i32| -> i32 { status::NOT_FOUND })?;
         }
         l.func_wrap(env, "proxy_get_status", |mut c: C<'_>, rc: i32, rp: i32, rl: i32| -> i32 {
-            code(write_u32(&mut c, rc, 0).and_then(|()| write_u32(&mut c, rp, 0)).and_then(|()| write_u32(&mut c, rl, 0)))
+            code(
+                write_u32(&mut c, rc, 0)
+                    .and_then(|()| write_u32(&mut c, rp, 0))
+                    .and_then(|()| write_u32(&mut c, rl, 0)),
+            )
         })?;
         l.func_wrap(env, "proxy_set_effective_context", |mut c: C<'_>, id: i32| -> i32 {
             let s = c.data_mut();
@@ -1107,18 +1256,22 @@ mod imports {
             c.data_mut().done += 1;
             status::OK
         })?;
-        l.func_wrap(env, "proxy_call_foreign_function", |mut c: C<'_>, np: i32, nl: i32, _ap: i32, _al: i32, rp: i32, rl: i32| -> i32 {
-            let Ok(name) = read_str(&mut c, np, nl) else { return status::INVALID_MEMORY_ACCESS };
-            match name.as_str() {
-                "clear_route_cache" => {
-                    let s = c.data_mut();
-                    let id = s.effective;
-                    s.streams.entry(id).or_default().route_cache_cleared = true;
-                    code(write_u32(&mut c, rp, 0).and_then(|()| write_u32(&mut c, rl, 0)))
+        l.func_wrap(
+            env,
+            "proxy_call_foreign_function",
+            |mut c: C<'_>, np: i32, nl: i32, _ap: i32, _al: i32, rp: i32, rl: i32| -> i32 {
+                let Ok(name) = read_str(&mut c, np, nl) else { return status::INVALID_MEMORY_ACCESS };
+                match name.as_str() {
+                    "clear_route_cache" => {
+                        let s = c.data_mut();
+                        let id = s.effective;
+                        s.streams.entry(id).or_default().route_cache_cleared = true;
+                        code(write_u32(&mut c, rp, 0).and_then(|()| write_u32(&mut c, rl, 0)))
+                    }
+                    _ => status::NOT_FOUND,
                 }
-                _ => status::NOT_FOUND,
-            }
-        })?;
+            },
+        )?;
         l.func_wrap(env, "proxy_define_metric", |mut c: C<'_>, t: i32, np: i32, nl: i32, ret: i32| -> i32 {
             let Ok(name) = read_str(&mut c, np, nl) else { return status::INVALID_MEMORY_ACCESS };
             if !(0..=2).contains(&t) {

@@ -23,7 +23,10 @@ fn request(p: &Plugin, worker: usize, client: &str) -> bool {
 
 fn interleaved_admits_exactly_the_limit(workers: usize) {
     let host = Host::new().workers(workers);
-    let p = load(&host, json!({"rules": [{"name": "all", "key": [{"constant": "x"}], "limit": {"requests": 10, "per": "1h"}}]}));
+    let p = load(
+        &host,
+        json!({"rules": [{"name": "all", "key": [{"constant": "x"}], "limit": {"requests": 10, "per": "1h"}}]}),
+    );
     let admitted = (0..100).filter(|i| request(&p, i % workers, "10.0.0.1:1")).count();
     assert_eq!(admitted, 10, "{workers} workers share one bucket");
     assert_eq!(host.counter("upstream_guard.ratelimit.all.allowed"), 10);
@@ -80,7 +83,10 @@ fn allowed_responses_carry_the_ratelimit_field() {
 #[test]
 fn a_lost_race_on_a_missing_key_is_retried_not_overwritten() {
     let host = Host::new().workers(2);
-    let p = load(&host, json!({"rules": [{"name": "r", "key": [{"constant": "k"}], "limit": {"requests": 2, "per": "1h"}}]}));
+    let p = load(
+        &host,
+        json!({"rules": [{"name": "r", "key": [{"constant": "k"}], "limit": {"requests": 2, "per": "1h"}}]}),
+    );
     // Worker 0 reads the missing key; before it writes, "worker 1" creates it.
     host.interfere_with_shared_data(1);
     assert!(request(&p, 0, "10.0.0.1:1"));
@@ -94,8 +100,11 @@ fn a_lost_race_on_a_missing_key_is_retried_not_overwritten() {
 fn exhausted_cas_retries_follow_on_contention_and_are_counted() {
     for (policy, admitted) in [("allow", true), ("deny", false)] {
         let host = Host::new();
-        let p = load(&host, json!({"rules": [{"name": "r", "limit": {"requests": 100, "per": "1s"}}],
-                                   "cas_retries": 3, "on_contention": policy}));
+        let p = load(
+            &host,
+            json!({"rules": [{"name": "r", "limit": {"requests": 100, "per": "1s"}}],
+                                   "cas_retries": 3, "on_contention": policy}),
+        );
         host.interfere_with_shared_data(3);
         assert_eq!(request(&p, 0, "10.0.0.1:1"), admitted, "{policy}");
         assert_eq!(host.counter("upstream_guard.ratelimit.r.contention"), 1);
@@ -120,7 +129,10 @@ fn the_key_space_never_exceeds_max_keys_and_hot_keys_keep_their_bucket() {
 #[test]
 fn spoofed_forwarded_for_entries_do_not_dodge_the_limit() {
     let host = Host::new();
-    let p = load(&host, json!({"rules": [{"name": "r", "limit": {"requests": 1, "per": "1h"}}], "client_ip": {"trusted_hops": 1}}));
+    let p = load(
+        &host,
+        json!({"rules": [{"name": "r", "limit": {"requests": 1, "per": "1h"}}], "client_ip": {"trusted_hops": 1}}),
+    );
     let mut admitted = 0;
     for i in 0..5 {
         let xff = format!("1.2.3.{i}, 9.9.9.9");
@@ -134,7 +146,10 @@ fn spoofed_forwarded_for_entries_do_not_dodge_the_limit() {
 #[test]
 fn invalid_config_fails_to_load_with_the_field_in_the_log() {
     let host = Host::new();
-    let Err(HostError::Configure { log }) = host.load(wasm_path("rate_limiter").unwrap(), json!({"rules": [{"name": "a", "limit": {"requests": 0, "per": "1s"}}]})) else {
+    let Err(HostError::Configure { log }) = host.load(
+        wasm_path("rate_limiter").unwrap(),
+        json!({"rules": [{"name": "a", "limit": {"requests": 0, "per": "1s"}}]}),
+    ) else {
         panic!("accepted a zero limit")
     };
     assert!(log.iter().any(|(_, m)| m.contains("rules[0].limit.requests")), "{log:?}");

@@ -1,0 +1,179 @@
+//! The health router under the deterministic host with two workers: one prober at a time (the
+//! lease), hysteresis on the fake clock, failover, passive ejection, takeover, and fail-fast.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use test_harness::host::{Host, Plugin};
+use test_harness::paths::wasm_path;
+
+fn config() -> Value {
+    let hc = json!({"path": "/healthz", "interval": "1s", "timeout": "250ms", "unhealthy_threshold": 2, "healthy_threshold": 2});
+    json!({"upstreams": [{"cluster": "primary", "health_check": hc}, {"cluster": "secondary", "health_check": hc}],
+           "passive": {"consecutive_failures": 3, "ejection": "10s"}})
+}
+
+fn load(host: &Host, config: Value) -> Plugin {
+    host.load(wasm_path("health_router").unwrap(), config).unwrap()
+}
+
+/// Routes one request on `worker`: the cluster chosen, or the local reply's status.
+fn route(p: &Plugin, worker: usize) -> Result<String, (u32, Vec<u8>)> {
+    let mut s = p.worker(worker).http_stream();
+    s.request_headers(&[(":path", "/"), (":method", "GET"), ("x-upstream-cluster", "client-choice")], true).unwrap();
+    if let Some(r) = s.local_response() {
+        return Err((r.status, r.body));
+    }
+    assert!(s.route_cache_cleared(), "the route is re-matched after the header changes");
+    Ok(s.request_header("x-upstream-cluster").unwrap())
+}
+
+/// Ticks every worker, then answers every pending check of `cluster` with `status`.
+fn check_round(host: &Host, p: &Plugin, answers: &[(&str, u16)]) {
+    host.clock().advance(Duration::from_secs(1));
+    p.tick_all().unwrap();
+    for w in p.workers() {
+        for call in w.pending_http_calls() {
+            let status = answers.iter().find(|(c, _)| *c == call.cluster).map_or(200, |(_, s)| *s);
+            w.respond_http_call(call.token, status, &[], b"").unwrap();
+        }
+    }
+}
+
+#[test]
+fn only_the_lease_holder_sends_checks() {
+    let host = Host::new().workers(2);
+    let p = load(&host, config());
+    p.tick_all().unwrap();
+    let w0 = p.worker(0).pending_http_calls();
+    assert_eq!(w0.len(), 2, "one check per upstream");
+    assert!(p.worker(1).pending_http_calls().is_empty(), "the other worker does not probe");
+    let c = w0.iter().find(|c| c.cluster == "primary").unwrap();
+    assert_eq!(
+        (c.header(":method"), c.header(":path"), c.header(":authority")),
+        (Some("GET"), Some("/healthz"), Some("primary"))
+    );
+    assert_eq!(c.timeout, Duration::from_millis(250));
+    assert_eq!(p.worker(0).tick_period(), Duration::from_millis(200));
+}
+
+#[test]
+fn failover_after_unhealthy_threshold_and_return_after_healthy_threshold() {
+    let host = Host::new().workers(2);
+    let p = load(&host, config());
+    assert_eq!(route(&p, 1).unwrap(), "primary", "the client's own header is overwritten");
+    check_round(&host, &p, &[("primary", 503)]);
+    assert_eq!(route(&p, 1).unwrap(), "primary", "one failure is not enough");
+    check_round(&host, &p, &[("primary", 503)]);
+    assert_eq!(route(&p, 1).unwrap(), "secondary");
+    assert_eq!(route(&p, 0).unwrap(), "secondary", "both workers route on the shared result");
+    assert_eq!(host.metric("upstream_guard.health.primary.healthy"), Some(0));
+    check_round(&host, &p, &[]);
+    assert_eq!(route(&p, 1).unwrap(), "secondary", "one pass is not enough either");
+    check_round(&host, &p, &[]);
+    assert_eq!(route(&p, 1).unwrap(), "primary");
+}
+
+#[test]
+fn a_check_that_times_out_counts_as_a_failure() {
+    let host = Host::new().workers(1);
+    let p = load(&host, config());
+    for _ in 0..2 {
+        p.tick_all().unwrap();
+        for c in p.worker(0).pending_http_calls() {
+            if c.cluster == "secondary" {
+                p.worker(0).respond_http_call(c.token, 200, &[], b"").unwrap();
+            }
+        }
+        host.clock().advance(Duration::from_millis(300));
+        p.tick_all().unwrap(); // delivers the primary's timeout (no headers), as Envoy does
+        assert!(p.worker(0).pending_http_calls().iter().all(|c| c.cluster != "primary"));
+        host.clock().advance(Duration::from_secs(1));
+    }
+    assert_eq!(route(&p, 0).unwrap(), "secondary");
+}
+
+#[test]
+fn another_worker_takes_over_the_lease_when_the_holder_stops() {
+    let host = Host::new().workers(2);
+    let p = load(&host, config());
+    p.tick_all().unwrap();
+    assert!(!p.worker(0).pending_http_calls().is_empty());
+    host.clock().advance(Duration::from_millis(900));
+    p.worker(1).tick().unwrap();
+    assert!(p.worker(1).pending_http_calls().is_empty(), "the lease is still live");
+    host.clock().advance(Duration::from_millis(200));
+    p.worker(1).tick().unwrap();
+    assert_eq!(p.worker(1).pending_http_calls().len(), 2, "worker 0 stopped renewing: worker 1 probes now");
+}
+
+#[test]
+fn passive_failures_eject_at_once_on_every_worker_until_the_ejection_ends() {
+    let host = Host::new().workers(2);
+    let p = load(&host, config());
+    for _ in 0..3 {
+        let mut s = p.worker(1).http_stream();
+        s.request_headers(&[(":path", "/")], true).unwrap();
+        s.set_property_u64("response.code", 503);
+        s.set_property_u64("response.flags", 0x20);
+        s.response_headers(&[(":status", "503")], true).unwrap();
+    }
+    assert_eq!(route(&p, 0).unwrap(), "secondary");
+    assert_eq!(host.counter("upstream_guard.health.primary.ejections"), 1);
+    host.clock().advance(Duration::from_secs(10));
+    assert_eq!(route(&p, 0).unwrap(), "primary");
+}
+
+#[test]
+fn none_healthy_fails_fast_listing_every_reason() {
+    let host = Host::new().workers(2);
+    let p = load(&host, config());
+    check_round(&host, &p, &[("primary", 503), ("secondary", 500)]);
+    check_round(&host, &p, &[("primary", 503), ("secondary", 500)]);
+    let (status, body) = route(&p, 1).unwrap_err();
+    assert_eq!(status, 503);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["upstreams"][0]["reason"], "active health check failed: HTTP 503; 2 consecutive failures");
+    assert_eq!(v["upstreams"][1]["reason"], "active health check failed: HTTP 500; 2 consecutive failures");
+    assert_eq!(host.counter("upstream_guard.health.no_healthy_upstream"), 1);
+}
+
+#[test]
+fn panic_mode_routes_in_configured_order_anyway() {
+    let host = Host::new();
+    let mut c = config();
+    c["when_none_healthy"] = json!("panic");
+    let p = load(&host, c);
+    check_round(&host, &p, &[("primary", 503), ("secondary", 503)]);
+    check_round(&host, &p, &[("primary", 503), ("secondary", 503)]);
+    assert_eq!(route(&p, 0).unwrap(), "primary");
+}
+
+#[test]
+fn an_unknown_cluster_is_reported_not_fatal() {
+    let host = Host::new().clusters(&["primary"]);
+    let hc = json!({"path": "/healthz", "interval": "1s", "unhealthy_threshold": 1});
+    let p = load(
+        &host,
+        json!({"upstreams": [{"cluster": "ghost", "health_check": hc}, {"cluster": "primary", "health_check": hc}],
+                               "status_path": "/status", "trusted_cidrs": ["127.0.0.1/32"]}),
+    );
+    check_round(&host, &p, &[]);
+    assert_eq!(route(&p, 0).unwrap(), "primary");
+    let mut s = p.worker(0).http_stream().property("source.address", "127.0.0.1:9");
+    s.request_headers(&[(":path", "/status")], true).unwrap();
+    let v: Value = serde_json::from_slice(&s.local_response().unwrap().body).unwrap();
+    assert!(v["upstreams"][0]["reason"].as_str().unwrap().contains("no cluster"), "{v}");
+    assert!(p.logs().iter().any(|(_, m)| m.contains("is it defined in Envoy?")));
+}
+
+#[test]
+fn round_robin_spreads_over_healthy_upstreams() {
+    let host = Host::new();
+    let mut c = config();
+    c["strategy"] = json!("round_robin");
+    let p = load(&host, c);
+    let picks: Vec<String> = (0..4).map(|_| route(&p, 0).unwrap()).collect();
+    assert_eq!(picks, ["primary", "secondary", "primary", "secondary"]);
+}
