@@ -11,6 +11,8 @@ use test_harness::paths;
 
 /// Every filter crate; each builds `target/wasm32-wasip1/release/<name>.wasm`.
 pub const FILTERS: &[&str] = &["diagnostics", "rate_limiter", "circuit_breaker", "health_router"];
+/// Filters built for the tests only (never packaged).
+const TEST_FILTERS: &[&str] = &["conformance"];
 const ENVOY_VERSION: &str = "1.40.0";
 const WASM_TARGET: &str = "wasm32-wasip1";
 
@@ -218,7 +220,7 @@ fn is_root() -> bool {
 fn build() -> Result {
     let mut cmd = cargo();
     cmd.args(["build", "--release", "--target", WASM_TARGET]);
-    for f in FILTERS {
+    for f in FILTERS.iter().chain(TEST_FILTERS) {
         cmd.args(["-p", f]);
     }
     run(&mut cmd)?;
