@@ -18,6 +18,7 @@ pub mod envoy;
 pub mod host;
 pub mod http;
 pub mod paths;
+pub mod wasi_run;
 
 use std::fmt;
 

@@ -43,6 +43,24 @@ fn main() -> ExitCode {
         Some("demo") => setup()
             .and_then(|()| build())
             .and_then(|()| xtask::demo::run(args.iter().any(|a| a == "--serve")).map_err(|e| TaskError(e.0))),
+        Some("wasi-run") => match args.get(1) {
+            Some(wasm) => {
+                let mut argv = vec!["test".to_string()];
+                argv.extend(args[2..].iter().cloned());
+                match test_harness::wasi_run::run(std::path::Path::new(wasm), &argv) {
+                    Ok((code, out)) => {
+                        print!("{}", String::from_utf8_lossy(&out));
+                        if code == 0 {
+                            Ok(())
+                        } else {
+                            Err(TaskError(format!("{wasm} exited with {code}")))
+                        }
+                    }
+                    Err(e) => Err(TaskError(e)),
+                }
+            }
+            None => Err(TaskError("usage: cargo xtask wasi-run FILE.wasm [ARGS]".into())),
+        },
         Some("help") | None => {
             print!("{}", HELP);
             Ok(())
@@ -358,8 +376,52 @@ fn test() -> Result {
         adapter_tests.args(["-p", f]);
     }
     let adapters = cargo_test(&mut adapter_tests, &mut totals);
+    let wasm32 = core_on_wasm32(&mut totals);
     println!("total: {} passed, {} failed", totals.passed, totals.failed);
-    host.and(adapters)
+    host.and(adapters).and(wasm32)
+}
+
+/// The pure core's unit tests compiled to wasm32-wasip1 (32-bit `usize`, no threads), run on
+/// the harness's wasmtime.
+fn core_on_wasm32(totals: &mut Totals) -> Result {
+    let out = cargo()
+        .current_dir(root())
+        .args(["test", "-p", "upstream_guard", "--lib", "--target", WASM_TARGET, "--no-run", "--message-format=json"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| TaskError(format!("cargo test --no-run for wasm32: {e}")))?;
+    if !out.status.success() {
+        return Err(TaskError("building the core's tests for wasm32-wasip1 failed".into()));
+    }
+    let wasm = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["profile"]["test"] == true)
+        .find_map(|v| v["executable"].as_str().map(std::path::PathBuf::from))
+        .ok_or_else(|| TaskError("no wasm32 test binary was built".into()))?;
+    eprintln!("+ run {} on wasmtime (wasm32-wasip1)", wasm.display());
+    let result = test_harness::wasi_run::run(&wasm, &["upstream_guard".to_string()]);
+    let (code, out) = result.map_err(|e| TaskError(format!("the core's tests trapped on wasm32-wasip1: {e}")))?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    print!("{text}");
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for (word, slot) in [(" passed", &mut totals.passed), (" failed", &mut totals.failed)] {
+                if let Some(n) = rest
+                    .split(';')
+                    .find_map(|p| p.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word))
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                {
+                    *slot += n;
+                }
+            }
+        }
+    }
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(TaskError(format!("the core's tests failed on wasm32-wasip1 (exit {code})")))
+    }
 }
 
 /// Test counts summed over every `cargo test` run.
