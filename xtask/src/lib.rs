@@ -1,6 +1,7 @@
 //! Library side of `cargo xtask`: OCI packaging and pushing, so that tests can drive them
 //! directly.
 
+pub mod bench;
 pub mod demo;
 pub mod manifests;
 pub mod oci;

@@ -61,6 +61,17 @@ fn main() -> ExitCode {
             }
             None => Err(TaskError("usage: cargo xtask wasi-run FILE.wasm [ARGS]".into())),
         },
+        Some("bench") => setup().and_then(|()| build()).and_then(|()| {
+            let plan = if args.iter().any(|a| a == "--smoke") {
+                xtask::bench::Plan::smoke()
+            } else {
+                xtask::bench::Plan::full()
+            };
+            let results = xtask::bench::run(plan).map_err(|e| TaskError(e.0))?;
+            let path = xtask::bench::save(&results).map_err(|e| TaskError(e.0))?;
+            println!("results: {}", path.display());
+            Ok(())
+        }),
         Some("help") | None => {
             print!("{}", HELP);
             Ok(())
@@ -91,6 +102,10 @@ usage: cargo xtask <command>
   manifests [--registry REGISTRY/PREFIX] [--tag TAG]
           regenerate envoy-examples/istio/ and envoy-examples/envoy-gateway/ pinned to the
           digests of the images built from this checkout (default ghcr.io/upstream-guard)
+  bench [--smoke]
+          throughput and latency in real Envoy (passthrough, each filter, the chain, native
+          equivalents), breaker latency, failover vs native, harness ns/round; prints tables and
+          writes target/bench/results.json (--smoke: a few seconds, to keep it working)
   demo    run Envoy with the filters in front of demo backends and print a tour [--serve: keep running]
 ";
 
@@ -127,7 +142,7 @@ fn setup() -> Result {
     setup_target()?;
     setup_envoy()?;
     // A loopback registry and an independent OCI client for the packaging tests.
-    apt_install(&["docker-registry", "skopeo"])?;
+    apt_install(&["docker-registry", "skopeo", "wrk"])?;
     setup_npm()
 }
 

@@ -1,0 +1,465 @@
+//! `cargo xtask bench`: what each filter costs, measured in one run on this machine.
+//!
+//! - **Envoy throughput and latency** (`wrk`, keep-alive, one Envoy worker each): passthrough, each
+//!   filter alone (configured so requests pass), all four chained, and Envoy's native
+//!   equivalents; interleaved A/B/A/B over several rounds so drift hits every row alike.
+//! - **Circuit breaker latency**: a request to a hanging upstream vs a request refused while open.
+//! - **Failover**: steady load, the primary killed mid-run; failed requests and time to failover,
+//!   native (aggregate cluster + health checks + outlier detection) vs the health router.
+//! - **Harness micro-benchmarks**: ns per request round per filter and VM start + configure.
+//!
+//! Figures only: nothing here fails on a number.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use test_harness::backend::{Backend, Behavior};
+use test_harness::bootstrap::{cluster, route, wasm_filter, Bootstrap};
+use test_harness::envoy::Envoy;
+use test_harness::host::Host;
+use test_harness::{http, paths};
+
+/// A bench failure.
+#[derive(Debug)]
+pub struct BenchError(pub String);
+
+fn err(e: impl std::fmt::Display) -> BenchError {
+    BenchError(e.to_string())
+}
+
+/// How long and how often.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub rounds: u32,
+    pub seconds: u32,
+    pub connections: u32,
+    pub failover_rps: u32,
+    pub failover_seconds: u32,
+    pub harness_rounds: u32,
+}
+
+impl Plan {
+    /// The full benchmark (a few minutes).
+    pub fn full() -> Plan {
+        Plan { rounds: 3, seconds: 5, connections: 32, failover_rps: 500, failover_seconds: 20, harness_rounds: 5000 }
+    }
+    /// A smoke run that keeps the command working (seconds).
+    pub fn smoke() -> Plan {
+        Plan { rounds: 1, seconds: 1, connections: 4, failover_rps: 100, failover_seconds: 4, harness_rounds: 200 }
+    }
+}
+
+fn wasm(name: &str) -> Result<std::path::PathBuf, BenchError> {
+    paths::wasm_path(name).map_err(err)
+}
+
+fn rl_config() -> Value {
+    json!({"rules": [{"name": "all", "key": ["client_ip"], "limit": {"requests": 1_000_000_000u64, "per": "1s"}}]})
+}
+
+fn hr_config() -> Value {
+    json!({"upstreams": [{"cluster": "backend", "health_check": {"path": "/healthz", "interval": "1s"}}]})
+}
+
+fn cb_config() -> Value {
+    json!({"failure": {"consecutive": 5}})
+}
+
+fn diag_config() -> Value {
+    json!({"trusted_cidrs": ["127.0.0.1/32"]})
+}
+
+/// One row of the throughput table: a name and its Envoy config.
+struct Row {
+    name: &'static str,
+    config: Value,
+}
+
+fn rows(backend: SocketAddr) -> Result<Vec<Row>, BenchError> {
+    let plain = |filters: Vec<Value>, header_route: bool| {
+        let mut b = Bootstrap::new();
+        for f in filters {
+            b = b.filter(f);
+        }
+        let r = if header_route {
+            json!({"match": {"prefix": "/"}, "route": {"cluster_header": "x-upstream-cluster"}})
+        } else {
+            route("/", "backend")
+        };
+        b.route(r).cluster(cluster("backend", backend)).build()
+    };
+    let native_rl = json!({
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "native_rl",
+            "token_bucket": {"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"},
+            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enabled"},
+            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enforced"},
+        },
+    });
+    let mut native_health = plain(vec![], false);
+    let c = &mut native_health["static_resources"]["clusters"][0];
+    c["health_checks"] = json!([{"timeout": "0.25s", "interval": "1s", "unhealthy_threshold": 2, "healthy_threshold": 2,
+        "http_health_check": {"path": "/healthz"}}]);
+    c["outlier_detection"] = json!({"consecutive_5xx": 3, "consecutive_gateway_failure": 3,
+        "enforcing_consecutive_gateway_failure": 100, "base_ejection_time": "10s"});
+    Ok(vec![
+        Row { name: "passthrough", config: plain(vec![], false) },
+        Row {
+            name: "diagnostics",
+            config: plain(vec![wasm_filter("diagnostics", &wasm("diagnostics")?, &diag_config())], false),
+        },
+        Row {
+            name: "rate_limiter",
+            config: plain(vec![wasm_filter("rate_limiter", &wasm("rate_limiter")?, &rl_config())], false),
+        },
+        Row { name: "native local_ratelimit", config: plain(vec![native_rl], false) },
+        Row {
+            name: "circuit_breaker",
+            config: plain(vec![wasm_filter("circuit_breaker", &wasm("circuit_breaker")?, &cb_config())], false),
+        },
+        Row {
+            name: "health_router",
+            config: plain(vec![wasm_filter("health_router", &wasm("health_router")?, &hr_config())], true),
+        },
+        Row { name: "native health checks + outlier detection", config: native_health },
+        Row {
+            name: "all four chained",
+            config: plain(
+                vec![
+                    wasm_filter("diagnostics", &wasm("diagnostics")?, &diag_config()),
+                    wasm_filter("rate_limiter", &wasm("rate_limiter")?, &rl_config()),
+                    wasm_filter("health_router", &wasm("health_router")?, &hr_config()),
+                    wasm_filter("circuit_breaker", &wasm("circuit_breaker")?, &cb_config()),
+                ],
+                true,
+            ),
+        },
+    ])
+}
+
+/// One wrk run: (requests/s, p50 ms, p99 ms, non-2xx).
+fn wrk(addr: SocketAddr, plan: &Plan) -> Result<(f64, f64, f64, u64), BenchError> {
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{}", plan.connections), &format!("-d{}s", plan.seconds), "--latency"])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .map_err(|e| BenchError(format!("wrk: {e} (cargo xtask setup installs it)")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let num = |prefix: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|v| v.split_whitespace().next().map(str::to_string))
+            .and_then(|v| {
+                let (n, scale) = if let Some(n) = v.strip_suffix("ms") {
+                    (n, 1.0)
+                } else if let Some(n) = v.strip_suffix("us") {
+                    (n, 0.001)
+                } else if let Some(n) = v.strip_suffix('s') {
+                    (n, 1000.0)
+                } else {
+                    (v.as_str(), 1.0)
+                };
+                n.parse::<f64>().ok().map(|x| x * scale)
+            })
+    };
+    let rps = num("Requests/sec:").ok_or_else(|| BenchError(format!("wrk printed no rate:\n{text}")))?;
+    let non2xx = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    Ok((rps, num("50%").unwrap_or(f64::NAN), num("99%").unwrap_or(f64::NAN), non2xx))
+}
+
+/// Runs everything and returns the JSON results; prints the tables as it goes.
+pub fn run(plan: Plan) -> Result<Value, BenchError> {
+    let machine = format!(
+        "{} cores, {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                .split(':')
+                .nth(1)
+                .unwrap_or("")
+                .trim()
+                .to_string()))
+            .unwrap_or_default()
+    );
+    println!("upstream-guard benchmarks on {machine}\n");
+    let throughput = throughput(&plan)?;
+    let breaker = breaker_latency()?;
+    let failover = failover(&plan)?;
+    let harness = harness_micro(&plan)?;
+    let sizes: Vec<Value> = crate_filters()
+        .iter()
+        .map(|f| json!({"filter": f, "bytes": std::fs::metadata(paths::wasm_path(f).map(|p| p).unwrap_or_default()).map(|m| m.len()).unwrap_or(0)}))
+        .collect();
+    Ok(json!({"machine": machine, "plan": format!("{plan:?}"), "throughput": throughput, "breaker_latency": breaker,
+              "failover": failover, "harness": harness, "wasm_sizes": sizes}))
+}
+
+fn crate_filters() -> [&'static str; 4] {
+    ["diagnostics", "rate_limiter", "circuit_breaker", "health_router"]
+}
+
+fn throughput(plan: &Plan) -> Result<Value, BenchError> {
+    let backend = Backend::ok().map_err(err)?;
+    let rows = rows(backend.addr())?;
+    let mut envoys = Vec::new();
+    for r in &rows {
+        let e = Envoy::start(&r.config).map_err(err)?;
+        let addr = e.main().map_err(err)?;
+        // Warm up: connections, VMs, caches.
+        for _ in 0..20 {
+            let _ = http::get(addr, "/", &[]);
+        }
+        envoys.push((e, addr));
+    }
+    let mut samples: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); rows.len()];
+    for round in 0..plan.rounds {
+        for (i, (_, addr)) in envoys.iter().enumerate() {
+            let s = wrk(*addr, plan)?;
+            eprintln!("  round {} {:<42} {:>9.0} req/s", round + 1, rows[i].name, s.0);
+            samples[i].push(s);
+        }
+    }
+    let mean = |v: &[(f64, f64, f64, u64)], f: fn(&(f64, f64, f64, u64)) -> f64| {
+        v.iter().map(f).sum::<f64>() / v.len().max(1) as f64
+    };
+    let base = mean(&samples[0], |s| s.0);
+    let native_rl = mean(&samples[3], |s| s.0);
+    let native_health = mean(&samples[6], |s| s.0);
+    println!(
+        "Envoy 1.40, --concurrency 1, wrk -c{} -d{}s, {} interleaved rounds",
+        plan.connections, plan.seconds, plan.rounds
+    );
+    println!("| configuration | req/s | p50 ms | p99 ms | vs passthrough | vs native |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut out = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let (rps, p50, p99) = (mean(&samples[i], |s| s.0), mean(&samples[i], |s| s.1), mean(&samples[i], |s| s.2));
+        let non2xx: u64 = samples[i].iter().map(|s| s.3).sum();
+        let native = match r.name {
+            "rate_limiter" => Some(rps / native_rl),
+            "health_router" => Some(rps / native_health),
+            _ => None,
+        };
+        println!(
+            "| {} | {rps:.0} | {p50:.2} | {p99:.2} | {:.3} | {} |",
+            r.name,
+            rps / base,
+            native.map(|n| format!("{n:.3}")).unwrap_or_else(|| "—".into())
+        );
+        out.push(json!({"configuration": r.name, "rps": rps, "p50_ms": p50, "p99_ms": p99, "ratio_to_passthrough": rps / base,
+                        "ratio_to_native": native, "non_2xx": non2xx}));
+    }
+    println!();
+    Ok(Value::Array(out))
+}
+
+fn breaker_latency() -> Result<Value, BenchError> {
+    let hanging = Backend::start(Behavior::Hang).map_err(err)?;
+    let mut r = route("/", "backend");
+    r["route"]["timeout"] = json!("1s");
+    let cfg = Bootstrap::new()
+        .filter(wasm_filter(
+            "circuit_breaker",
+            &wasm("circuit_breaker")?,
+            &json!({"failure": {"consecutive": 3}, "open": {"base": "60s"}}),
+        ))
+        .route(r)
+        .cluster(cluster("backend", hanging.addr()))
+        .build();
+    let envoy = Envoy::start(&cfg).map_err(err)?;
+    let addr = envoy.main().map_err(err)?;
+    let mut hanging_ms = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        http::get(addr, "/", &[]).map_err(err)?;
+        hanging_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut open_ms = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let r = http::get(addr, "/", &[]).map_err(err)?;
+        if r.header("x-upstream-guard-circuit") == Some("open") {
+            open_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    open_ms.sort_by(f64::total_cmp);
+    let hang = hanging_ms.iter().sum::<f64>() / hanging_ms.len() as f64;
+    let p50 = open_ms.get(open_ms.len() / 2).copied().unwrap_or(f64::NAN);
+    let p99 = open_ms.get(open_ms.len() * 99 / 100).copied().unwrap_or(f64::NAN);
+    println!("Circuit breaker: a request to a hanging upstream (route timeout 1 s) vs one refused while open");
+    println!("| request | latency ms |");
+    println!("|---|---:|");
+    println!("| to the hanging upstream (before the trip) | {hang:.1} |");
+    println!("| refused while open, p50 | {p50:.3} |");
+    println!("| refused while open, p99 | {p99:.3} |");
+    println!("speed-up: {:.0}x\n", hang / p50);
+    Ok(json!({"hanging_ms": hang, "open_p50_ms": p50, "open_p99_ms": p99, "open_samples": open_ms.len()}))
+}
+
+/// Steady load at `rps` for `secs`, the primary killed at a quarter of the run.
+fn failover_run(envoy: &Envoy, primary: &Backend, plan: &Plan) -> Result<(u64, u64, f64), BenchError> {
+    let addr = envoy.main().map_err(err)?;
+    let total = u64::from(plan.failover_rps) * u64::from(plan.failover_seconds);
+    let failures = Arc::new(AtomicU64::new(0));
+    let last_failure_ns = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / f64::from(plan.failover_rps));
+    let kill_at = Duration::from_secs(u64::from(plan.failover_seconds) / 4);
+    let threads = 16u64;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (failures, last, _done) = (failures.clone(), last_failure_ns.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut i = t;
+                while i < total {
+                    let due = interval * i as u32;
+                    if let Some(wait) = due.checked_sub(start.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                    let ok = http::request(addr, "GET", "/", &[], Duration::from_secs(5))
+                        .map(|r| r.status == 200)
+                        .unwrap_or(false);
+                    if !ok {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                        last.fetch_max(start.elapsed().as_nanos() as u64, Ordering::SeqCst);
+                    }
+                    i += threads;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(kill_at);
+    primary.kill();
+    for h in handles {
+        let _ = h.join();
+    }
+    done.store(true, Ordering::SeqCst);
+    let last = last_failure_ns.load(Ordering::SeqCst);
+    let to_failover = if last == 0 { 0.0 } else { (last as f64 / 1e9 - kill_at.as_secs_f64()).max(0.0) };
+    Ok((total, failures.load(Ordering::SeqCst), to_failover))
+}
+
+fn failover(plan: &Plan) -> Result<Value, BenchError> {
+    let hc = json!({"timeout": "0.25s", "interval": "1s", "unhealthy_threshold": 2, "healthy_threshold": 2,
+                    "http_health_check": {"path": "/healthz"}});
+    // (a) Envoy native: an aggregate cluster over two health-checked clusters with outlier detection.
+    let (p1, s1) = (Backend::ok().map_err(err)?, Backend::ok().map_err(err)?);
+    let mut primary = cluster("primary", p1.addr());
+    let mut secondary = cluster("secondary", s1.addr());
+    for c in [&mut primary, &mut secondary] {
+        c["health_checks"] = json!([hc]);
+        // Configured to fail over as fast as Envoy can: gateway failures (refused connections)
+        // enforced, no panic routing to a cluster whose hosts are all down.
+        c["outlier_detection"] = json!({"consecutive_5xx": 3, "consecutive_gateway_failure": 3,
+            "enforcing_consecutive_gateway_failure": 100, "base_ejection_time": "10s", "interval": "1s"});
+        c["common_lb_config"] = json!({"healthy_panic_threshold": {"value": 0}});
+    }
+    let aggregate = json!({"name": "both", "connect_timeout": "1s", "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": {"name": "envoy.clusters.aggregate", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig", "clusters": ["primary", "secondary"]}}});
+    let native_cfg =
+        Bootstrap::new().route(route("/", "both")).cluster(primary).cluster(secondary).cluster(aggregate).build();
+    let native = Envoy::start(&native_cfg).map_err(err)?;
+    let (n_total, n_fail, n_time) = failover_run(&native, &p1, plan)?;
+    drop(native);
+    // (b) the health router, same intervals and thresholds, passive ejection after 3 failures.
+    let (p2, s2) = (Backend::ok().map_err(err)?, Backend::ok().map_err(err)?);
+    let check = json!({"path": "/healthz", "interval": "1s", "timeout": "250ms", "unhealthy_threshold": 2, "healthy_threshold": 2});
+    let cfg = json!({"upstreams": [{"cluster": "primary", "health_check": check}, {"cluster": "secondary", "health_check": check}],
+                     "passive": {"consecutive_failures": 3, "ejection": "10s"}});
+    let ours_cfg = Bootstrap::new()
+        .filter(wasm_filter("health_router", &wasm("health_router")?, &cfg))
+        .route(json!({"match": {"prefix": "/"}, "route": {"cluster_header": "x-upstream-cluster"}}))
+        .cluster(cluster("primary", p2.addr()))
+        .cluster(cluster("secondary", s2.addr()))
+        .build();
+    let ours = Envoy::start(&ours_cfg).map_err(err)?;
+    let (o_total, o_fail, o_time) = failover_run(&ours, &p2, plan)?;
+    let _ = (s1, s2);
+    println!(
+        "Failover: {} req/s for {} s, primary killed at {} s (checks every 1 s, thresholds 2, ejection after 3 failures)",
+        plan.failover_rps,
+        plan.failover_seconds,
+        plan.failover_seconds / 4
+    );
+    println!("| setup | requests | failed | last failure after kill (s) |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| Envoy native (aggregate cluster, health checks, outlier detection) | {n_total} | {n_fail} | {n_time:.2} |"
+    );
+    println!("| health_router | {o_total} | {o_fail} | {o_time:.2} |\n");
+    Ok(json!({"native": {"requests": n_total, "failed": n_fail, "time_to_failover_s": n_time},
+              "health_router": {"requests": o_total, "failed": o_fail, "time_to_failover_s": o_time}}))
+}
+
+fn harness_micro(plan: &Plan) -> Result<Value, BenchError> {
+    println!("Harness (wasmtime): one request round = create stream, request headers, response headers, log, done");
+    println!("| filter | ns per round | VM start + configure µs |");
+    println!("|---|---:|---:|");
+    let configs = [
+        ("diagnostics", diag_config()),
+        ("rate_limiter", rl_config()),
+        ("circuit_breaker", cb_config()),
+        ("health_router", hr_config()),
+    ];
+    let mut out = Vec::new();
+    for (name, cfg) in configs {
+        let path = wasm(name)?;
+        let loads = 5;
+        let t = Instant::now();
+        for _ in 0..loads {
+            Host::new().load(&path, cfg.clone()).map_err(err)?;
+        }
+        let start_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(loads);
+        let host = Host::new();
+        let p = host.load(&path, cfg.clone()).map_err(err)?;
+        let round = |i: u32| -> Result<(), BenchError> {
+            let mut s = p
+                .worker(0)
+                .http_stream()
+                .property("source.address", "10.0.0.1:1")
+                .property("xds.cluster_name", "backend");
+            s.request_headers(&[(":path", "/"), (":method", "GET"), (":authority", "x")], true).map_err(err)?;
+            s.set_property_u64("response.code", 200);
+            s.response_headers(&[(":status", "200")], true).map_err(err)?;
+            s.log().map_err(err)?;
+            let _ = i;
+            s.finish().map_err(err)
+        };
+        for i in 0..100 {
+            round(i)?;
+        }
+        let t = Instant::now();
+        for i in 0..plan.harness_rounds {
+            round(i)?;
+        }
+        let ns = t.elapsed().as_nanos() as f64 / f64::from(plan.harness_rounds);
+        println!("| {name} | {ns:.0} | {start_us:.0} |");
+        out.push(json!({"filter": name, "ns_per_round": ns, "vm_start_configure_us": start_us}));
+    }
+    println!();
+    Ok(Value::Array(out))
+}
+
+/// Writes `results` to `target/bench/results.json`.
+pub fn save(results: &Value) -> Result<std::path::PathBuf, BenchError> {
+    let dir = paths::target_dir().join("bench");
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    let path = dir.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(results).map_err(err)?).map_err(err)?;
+    let _ = Path::new(&path);
+    Ok(path)
+}
