@@ -200,7 +200,7 @@ pub fn run(plan: Plan) -> Result<Value, BenchError> {
     let harness = harness_micro(&plan)?;
     let sizes: Vec<Value> = crate_filters()
         .iter()
-        .map(|f| json!({"filter": f, "bytes": std::fs::metadata(paths::wasm_path(f).map(|p| p).unwrap_or_default()).map(|m| m.len()).unwrap_or(0)}))
+        .map(|f| json!({"filter": f, "bytes": std::fs::metadata(paths::wasm_path(f).unwrap_or_default()).map(|m| m.len()).unwrap_or(0)}))
         .collect();
     Ok(json!({"machine": machine, "plan": format!("{plan:?}"), "throughput": throughput, "breaker_latency": breaker,
               "failover": failover, "harness": harness, "wasm_sizes": sizes}))
