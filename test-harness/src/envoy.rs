@@ -25,15 +25,20 @@ impl Envoy {
 
     /// Starts Envoy with `concurrency` workers and waits (up to 60 s) for `/ready`.
     pub fn start_with(config: &Value, concurrency: u32) -> Result<Envoy> {
-        Self::start_file("envoy.json", &config.to_string(), concurrency)
+        Self::start_file("envoy.json", &config.to_string(), concurrency, true)
     }
 
     /// Starts Envoy from YAML text (an example config with its ports rewritten, say).
     pub fn start_yaml(yaml: &str, concurrency: u32) -> Result<Envoy> {
-        Self::start_file("envoy.yaml", yaml, concurrency)
+        Self::start_file("envoy.yaml", yaml, concurrency, true)
     }
 
-    fn start_file(name: &str, text: &str, concurrency: u32) -> Result<Envoy> {
+    /// Starts Envoy logging warnings only (no per-request wasm debug lines): for benchmarks.
+    pub fn start_quiet(config: &Value, concurrency: u32) -> Result<Envoy> {
+        Self::start_file("envoy.json", &config.to_string(), concurrency, false)
+    }
+
+    fn start_file(name: &str, text: &str, concurrency: u32, verbose: bool) -> Result<Envoy> {
         let bin = paths::envoy_bin()?;
         let dir = tempfile::Builder::new().prefix("ug-envoy-").tempdir().map_err(Error::io("temp dir"))?;
         let config_path = dir.path().join(name);
@@ -49,7 +54,11 @@ impl Envoy {
             .arg("--disable-hot-restart")
             .arg("--admin-address-path")
             .arg(&admin_path)
-            .args(["-l", "info", "--component-log-level", "wasm:debug"])
+            .args(if verbose {
+                ["-l", "info", "--component-log-level", "wasm:debug"]
+            } else {
+                ["-l", "warn", "--component-log-level", "wasm:warn"]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))

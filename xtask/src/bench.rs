@@ -105,8 +105,8 @@ fn rows(backend: SocketAddr) -> Result<Vec<Row>, BenchError> {
     });
     let mut native_health = plain(vec![], false);
     let c = &mut native_health["static_resources"]["clusters"][0];
-    c["health_checks"] = json!([{"timeout": "0.25s", "interval": "1s", "unhealthy_threshold": 2, "healthy_threshold": 2,
-        "http_health_check": {"path": "/healthz"}}]);
+    c["health_checks"] = json!([{"timeout": "0.25s", "interval": "1s", "no_traffic_interval": "1s", "unhealthy_threshold": 2,
+        "healthy_threshold": 2, "http_health_check": {"path": "/healthz"}}]);
     c["outlier_detection"] = json!({"consecutive_5xx": 3, "consecutive_gateway_failure": 3,
         "enforcing_consecutive_gateway_failure": 100, "base_ejection_time": "10s"});
     Ok(vec![
@@ -215,7 +215,7 @@ fn throughput(plan: &Plan) -> Result<Value, BenchError> {
     let rows = rows(backend.addr())?;
     let mut envoys = Vec::new();
     for r in &rows {
-        let e = Envoy::start(&r.config).map_err(err)?;
+        let e = Envoy::start_quiet(&r.config, 1).map_err(err)?;
         let addr = e.main().map_err(err)?;
         // Warm up: connections, VMs, caches.
         for _ in 0..20 {
@@ -278,7 +278,7 @@ fn breaker_latency() -> Result<Value, BenchError> {
         .route(r)
         .cluster(cluster("backend", hanging.addr()))
         .build();
-    let envoy = Envoy::start(&cfg).map_err(err)?;
+    let envoy = Envoy::start_quiet(&cfg, 1).map_err(err)?;
     let addr = envoy.main().map_err(err)?;
     let mut hanging_ms = Vec::new();
     for _ in 0..3 {
@@ -353,8 +353,9 @@ fn failover_run(envoy: &Envoy, primary: &Backend, plan: &Plan) -> Result<(u64, u
 }
 
 fn failover(plan: &Plan) -> Result<Value, BenchError> {
-    let hc = json!({"timeout": "0.25s", "interval": "1s", "unhealthy_threshold": 2, "healthy_threshold": 2,
-                    "http_health_check": {"path": "/healthz"}});
+    // no_traffic_interval = interval: otherwise Envoy checks a cluster it thinks idle only every 60 s.
+    let hc = json!({"timeout": "0.25s", "interval": "1s", "no_traffic_interval": "1s", "unhealthy_threshold": 2,
+                    "healthy_threshold": 2, "http_health_check": {"path": "/healthz"}});
     // (a) Envoy native: an aggregate cluster over two health-checked clusters with outlier detection.
     let (p1, s1) = (Backend::ok().map_err(err)?, Backend::ok().map_err(err)?);
     let mut primary = cluster("primary", p1.addr());
@@ -372,7 +373,7 @@ fn failover(plan: &Plan) -> Result<Value, BenchError> {
             "@type": "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig", "clusters": ["primary", "secondary"]}}});
     let native_cfg =
         Bootstrap::new().route(route("/", "both")).cluster(primary).cluster(secondary).cluster(aggregate).build();
-    let native = Envoy::start(&native_cfg).map_err(err)?;
+    let native = Envoy::start_quiet(&native_cfg, 1).map_err(err)?;
     let (n_total, n_fail, n_time) = failover_run(&native, &p1, plan)?;
     drop(native);
     // (b) the health router, same intervals and thresholds, passive ejection after 3 failures.
@@ -386,7 +387,7 @@ fn failover(plan: &Plan) -> Result<Value, BenchError> {
         .cluster(cluster("primary", p2.addr()))
         .cluster(cluster("secondary", s2.addr()))
         .build();
-    let ours = Envoy::start(&ours_cfg).map_err(err)?;
+    let ours = Envoy::start_quiet(&ours_cfg, 1).map_err(err)?;
     let (o_total, o_fail, o_time) = failover_run(&ours, &p2, plan)?;
     let _ = (s1, s2);
     println!(
