@@ -75,6 +75,23 @@ pub fn parse_peer(s: &str) -> Option<IpAddr> {
     SocketAddr::from_str(s).map(|a| a.ip()).ok().or_else(|| IpAddr::from_str(s).ok())
 }
 
+/// Parses the list at config field `field` (`trusted_cidrs`), naming the bad element and the fix.
+pub fn parse_list(field: &str, items: &[String]) -> Result<Vec<Cidr>, crate::config::ConfigError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<Cidr>().map_err(|e| {
+                crate::config::ConfigError::new(
+                    format!("{field}[{i}]"),
+                    format!("{s:?} is {e}"),
+                    "write an address block such as \"10.0.0.0/8\", \"127.0.0.1/32\" or \"::1/128\"",
+                )
+            })
+        })
+        .collect()
+}
+
 /// True when `ip` is inside any of `blocks`.
 pub fn any_contains(blocks: &[Cidr], ip: IpAddr) -> bool {
     blocks.iter().any(|b| b.contains(ip))

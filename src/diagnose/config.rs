@@ -87,20 +87,7 @@ impl DiagnosticsJson {
     /// Checks every field and builds the typed configuration.
     pub fn validate(self) -> Result<DiagnosticsConfig, ConfigError> {
         check_header_name("header", &self.header)?;
-        let trusted = self
-            .trusted_cidrs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                s.parse::<Cidr>().map_err(|e| {
-                    ConfigError::new(
-                        format!("trusted_cidrs[{i}]"),
-                        format!("{s:?} is {e}"),
-                        "write an address block such as \"10.0.0.0/8\", \"127.0.0.1/32\" or \"::1/128\"",
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let trusted = crate::cidr::parse_list("trusted_cidrs", &self.trusted_cidrs)?;
         let debug = match (self.debug_header, self.debug_token) {
             (None, None) => None,
             (Some(_), None) => {

@@ -320,20 +320,7 @@ impl HealthJson {
                 ));
             }
         }
-        let trusted = self
-            .trusted_cidrs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                s.parse::<Cidr>().map_err(|e| {
-                    ConfigError::new(
-                        format!("trusted_cidrs[{i}]"),
-                        format!("{s:?} is {e}"),
-                        "write an address block such as \"127.0.0.1/32\"",
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let trusted = crate::cidr::parse_list("trusted_cidrs", &self.trusted_cidrs)?;
         let mut routes = Vec::new();
         for (i, r) in self.routes.into_iter().enumerate() {
             let mut idx = Vec::new();
