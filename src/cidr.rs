@@ -1,6 +1,6 @@
 //! IPv4/IPv6 CIDR blocks, and the peer-address formats Envoy reports (`ip:port`, `[v6]:port`).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::str::FromStr;
 
 /// One address block, such as `10.0.0.0/8` or `::1/128`.
@@ -68,30 +68,6 @@ impl Cidr {
     }
 }
 
-/// Parses a peer address as Envoy reports it in `source.address`: `1.2.3.4:5678`, `[::1]:5678`,
-/// or a bare address.
-pub fn parse_peer(s: &str) -> Option<IpAddr> {
-    let s = s.trim();
-    SocketAddr::from_str(s).map(|a| a.ip()).ok().or_else(|| IpAddr::from_str(s).ok())
-}
-
-/// Parses the list at config field `field` (`trusted_cidrs`), naming the bad element and the fix.
-pub fn parse_list(field: &str, items: &[String]) -> Result<Vec<Cidr>, crate::config::ConfigError> {
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            s.parse::<Cidr>().map_err(|e| {
-                crate::config::ConfigError::new(
-                    format!("{field}[{i}]"),
-                    format!("{s:?} is {e}"),
-                    "write an address block such as \"10.0.0.0/8\", \"127.0.0.1/32\" or \"::1/128\"",
-                )
-            })
-        })
-        .collect()
-}
-
 /// True when `ip` is inside any of `blocks`.
 pub fn any_contains(blocks: &[Cidr], ip: IpAddr) -> bool {
     blocks.iter().any(|b| b.contains(ip))
@@ -128,13 +104,5 @@ mod tests {
         assert_eq!("10.0.0.0/33".parse::<Cidr>(), Err(CidrError::BadPrefix));
         assert_eq!("::/129".parse::<Cidr>(), Err(CidrError::BadPrefix));
         assert_eq!("10.0.0.0/x".parse::<Cidr>(), Err(CidrError::BadPrefix));
-    }
-
-    #[test]
-    fn peers_parse_in_envoy_formats() {
-        assert_eq!(parse_peer("10.0.0.1:5555"), Some("10.0.0.1".parse().unwrap()));
-        assert_eq!(parse_peer("[::1]:80"), Some("::1".parse().unwrap()));
-        assert_eq!(parse_peer("::1"), Some("::1".parse().unwrap()));
-        assert_eq!(parse_peer("nonsense"), None);
     }
 }

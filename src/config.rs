@@ -52,6 +52,100 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     Ok(value)
 }
 
+/// A header name field: non-empty lowercase HTTP token (HTTP/2 forbids uppercase), not a
+/// pseudo-header. Every filter's header-name fields go through this one check.
+pub fn header_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            field,
+            format!("{name:?} is not a valid header name"),
+            "use a non-empty lowercase header name such as \"x-upstream-diagnosis\"",
+        ))
+    }
+}
+
+/// A duration field: `None` gives `default_ns`; zero is refused unless `allow_zero`.
+pub fn duration(field: &str, text: Option<&str>, default_ns: u64, allow_zero: bool) -> Result<u64, ConfigError> {
+    let Some(t) = text else { return Ok(default_ns) };
+    parse_duration_nanos(t).filter(|d| allow_zero || *d > 0).ok_or_else(|| {
+        ConfigError::new(
+            field,
+            format!("{t:?} is not a {}duration", if allow_zero { "" } else { "positive " }),
+            "write a duration such as \"250ms\", \"1s\", \"1.5s\", \"1m\" or \"1h\"",
+        )
+    })
+}
+
+/// A list of HTTP statuses (100–599).
+pub fn statuses(field: &str, list: &[u16]) -> Result<(), ConfigError> {
+    match list.iter().find(|s| !(100..=599).contains(*s)) {
+        Some(bad) => Err(ConfigError::new(
+            field,
+            format!("{bad} is not an HTTP status"),
+            "list statuses between 100 and 599, e.g. [500, 502, 503, 504]",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The status of a refusal (a local reply): 4xx or 5xx.
+pub fn refusal_status(field: &str, status: u16, default_hint: &str) -> Result<u16, ConfigError> {
+    if (400..=599).contains(&status) {
+        Ok(status)
+    } else {
+        Err(ConfigError::new(field, format!("{status} is not a 4xx/5xx status"), default_hint))
+    }
+}
+
+/// A gRPC status code (0–16) for refusals of gRPC requests.
+pub fn grpc_status(field: &str, code: u32) -> Result<u32, ConfigError> {
+    if code <= 16 {
+        Ok(code)
+    } else {
+        Err(ConfigError::new(
+            field,
+            format!("{code} is not a gRPC status code"),
+            "use a code from 0 to 16, e.g. 8 (RESOURCE_EXHAUSTED) or 14 (UNAVAILABLE)",
+        ))
+    }
+}
+
+/// A list of trusted client address blocks (`trusted_cidrs`), naming the bad element.
+pub fn cidrs(field: &str, items: &[String]) -> Result<Vec<crate::cidr::Cidr>, ConfigError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<crate::cidr::Cidr>().map_err(|e| {
+                ConfigError::new(
+                    format!("{field}[{i}]"),
+                    format!("{s:?} is {e}"),
+                    "write an address block such as \"10.0.0.0/8\", \"127.0.0.1/32\" or \"::1/128\"",
+                )
+            })
+        })
+        .collect()
+}
+
+impl ConfigError {
+    /// The same error one level down: `field` becomes `section.field` (the combined module's
+    /// sections use this so that every error names the full path).
+    pub fn within(mut self, section: &str) -> Self {
+        self.field = if self.field == "." || self.field.is_empty() {
+            section.to_string()
+        } else if self.field.starts_with('[') {
+            format!("{section}{}", self.field)
+        } else {
+            format!("{section}.{}", self.field)
+        };
+        self
+    }
+}
+
 /// Parses a duration such as `250ms`, `1s`, `1.5s`, `2m`, `1h` into nanoseconds.
 ///
 /// Returns `None` for anything else (no unit, negative, unknown unit, overflow).

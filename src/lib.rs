@@ -13,9 +13,12 @@ pub mod breaker;
 pub mod cidr;
 pub mod config;
 pub mod diagnose;
+pub mod hash;
 pub mod health;
+pub mod peer;
 pub mod ratelimit;
 pub mod sfv;
+pub mod suite;
 
 /// `response.code_details` strings that upstream-guard's own filters pass with their local replies,
 /// so that the diagnostics filter (placed first in the chain) can tell them from Envoy's.
@@ -26,6 +29,8 @@ pub mod details {
     pub const RATE_LIMITED: &str = "upstream_guard.rate_limited";
     /// The health router found no healthy upstream and failed fast.
     pub const NO_HEALTHY_UPSTREAM: &str = "upstream_guard.no_healthy_upstream";
+    /// The health router answered its status endpoint (not an error).
+    pub const HEALTH_STATUS: &str = "upstream_guard.health_status";
     /// Prefix shared by every details string above.
     pub const PREFIX: &str = "upstream_guard.";
 }

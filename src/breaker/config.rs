@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::{parse_duration_nanos, ConfigError};
-use crate::diagnose::{Flag, ResponseFlags};
+use super::policy::{FailurePolicy, Policy, RatioPolicy, MAX_PROBES};
+use crate::config::{duration, ConfigError};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,69 +78,8 @@ pub struct BreakerJson {
     max_keys: Option<u32>,
     #[serde(default)]
     cluster_header: Option<String>,
-}
-
-/// Failure-rate tripping.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RatioPolicy {
-    pub threshold: f64,
-    pub min_requests: u32,
-    pub window_ns: u64,
-}
-
-/// What counts as a failure, and when failures trip the circuit.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FailurePolicy {
-    pub statuses: Vec<u16>,
-    pub consecutive: Option<u32>,
-    pub ratio: Option<RatioPolicy>,
-}
-
-/// Everything one breaker needs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
-    pub failure: FailurePolicy,
-    pub open_base_ns: u64,
-    pub open_max_ns: u64,
-    pub multiplier: f64,
-    pub max_probes: u32,
-    pub successes_to_close: u32,
-    pub probe_timeout_ns: u64,
-}
-
-/// Response flags that mean the upstream (not the client, not routing) failed.
-const UPSTREAM_FAILURE_FLAGS: [Flag; 9] = [
-    Flag::UpstreamConnectionFailure,
-    Flag::UpstreamRequestTimeout,
-    Flag::UpstreamConnectionTermination,
-    Flag::UpstreamRemoteReset,
-    Flag::NoHealthyUpstream,
-    Flag::UpstreamOverflow,
-    Flag::UpstreamRetryLimitExceeded,
-    Flag::UpstreamProtocolError,
-    Flag::UpstreamMaxStreamDurationReached,
-];
-
-impl Policy {
-    /// Open time after `trips` earlier trips: `base * multiplier^trips`, at most `max`.
-    pub fn open_time_ns(&self, trips: u32) -> u64 {
-        let grown = self.open_base_ns as f64 * self.multiplier.powi(trips.min(64) as i32);
-        if grown.is_finite() && grown < self.open_max_ns as f64 {
-            grown as u64
-        } else {
-            self.open_max_ns
-        }
-    }
-
-    /// Classification: is this response an upstream failure? A local reply of one of our own
-    /// filters (`details` starting `upstream_guard.`) never is: it did not reach the upstream.
-    pub fn is_failure(&self, status: Option<u16>, flags: ResponseFlags, details: &str) -> bool {
-        if details.starts_with(crate::details::PREFIX) {
-            return false;
-        }
-        UPSTREAM_FAILURE_FLAGS.iter().any(|f| flags.has(*f))
-            || status.is_some_and(|s| self.failure.statuses.contains(&s))
-    }
+    #[serde(default)]
+    grpc_status: Option<u32>,
 }
 
 /// The validated configuration.
@@ -157,6 +96,8 @@ pub struct BreakerConfig {
     /// Where the routed cluster is read when Envoy has not resolved the route yet (a
     /// `cluster_header` route whose header an earlier filter, such as the health router, just set).
     pub cluster_header: String,
+    /// gRPC status of the refusal of a gRPC request (default 14, UNAVAILABLE).
+    pub grpc_status: u32,
 }
 
 impl BreakerConfig {
@@ -176,19 +117,6 @@ impl BreakerConfig {
     }
 }
 
-fn duration(field: &str, text: &Option<String>, default_ns: u64) -> Result<u64, ConfigError> {
-    match text {
-        None => Ok(default_ns),
-        Some(t) => parse_duration_nanos(t).filter(|d| *d > 0).ok_or_else(|| {
-            ConfigError::new(
-                field,
-                format!("{t:?} is not a positive duration"),
-                "write a duration such as \"500ms\", \"5s\" or \"1m\"",
-            )
-        }),
-    }
-}
-
 fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy, ConfigError> {
     let f = |name: &str| format!("{prefix}{name}");
     let statuses = over
@@ -197,13 +125,7 @@ fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy,
         .clone()
         .or_else(|| base.failure.statuses.clone())
         .unwrap_or_else(|| vec![500, 502, 503, 504]);
-    if let Some(bad) = statuses.iter().find(|s| !(100..=599).contains(*s)) {
-        return Err(ConfigError::new(
-            f("failure.statuses"),
-            format!("{bad} is not an HTTP status"),
-            "list statuses between 100 and 599, e.g. [500, 502, 503, 504]",
-        ));
-    }
+    crate::config::statuses(&f("failure.statuses"), &statuses)?;
     let ratio_json = over.failure.ratio.clone().or_else(|| base.failure.ratio.clone());
     let consecutive =
         over.failure.consecutive.or(base.failure.consecutive).or(if ratio_json.is_none() { Some(5) } else { None });
@@ -231,14 +153,14 @@ fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy,
             Some(RatioPolicy {
                 threshold: r.threshold,
                 min_requests,
-                window_ns: duration(&f("failure.ratio.window"), &r.window, 10_000_000_000)?,
+                window_ns: duration(&f("failure.ratio.window"), r.window.as_deref(), 10_000_000_000, false)?,
             })
         }
     };
     let pick = |o: &Option<String>, b: &Option<String>| o.clone().or_else(|| b.clone());
-    let open_base_ns = duration(&f("open.base"), &pick(&over.open.base, &base.open.base), 5_000_000_000)?;
+    let open_base_ns = duration(&f("open.base"), pick(&over.open.base, &base.open.base).as_deref(), 5_000_000_000, false)?;
     let open_max_ns =
-        duration(&f("open.max"), &pick(&over.open.max, &base.open.max), open_base_ns.max(60_000_000_000))?;
+        duration(&f("open.max"), pick(&over.open.max, &base.open.max).as_deref(), open_base_ns.max(60_000_000_000), false)?;
     if open_max_ns < open_base_ns {
         return Err(ConfigError::new(f("open.max"), "is shorter than open.base", "make open.max at least open.base"));
     }
@@ -251,7 +173,7 @@ fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy,
         ));
     }
     let max_probes = over.half_open.max_probes.or(base.half_open.max_probes).unwrap_or(3);
-    if !(1..=super::machine::MAX_PROBES as u32).contains(&max_probes) {
+    if !(1..=MAX_PROBES as u32).contains(&max_probes) {
         return Err(ConfigError::new(
             f("half_open.max_probes"),
             format!("{max_probes} is outside 1..=64"),
@@ -264,8 +186,9 @@ fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy,
     }
     let probe_timeout_ns = duration(
         &f("half_open.probe_timeout"),
-        &pick(&over.half_open.probe_timeout, &base.half_open.probe_timeout),
+        pick(&over.half_open.probe_timeout, &base.half_open.probe_timeout).as_deref(),
         30_000_000_000,
+        false,
     )?;
     Ok(Policy {
         failure: FailurePolicy { statuses, consecutive, ratio },
@@ -286,16 +209,9 @@ impl BreakerJson {
         for (name, over) in &self.clusters {
             clusters.insert(name.clone(), resolve(&format!("clusters.{name}."), over, &self.global)?);
         }
-        let status = self.status.unwrap_or(503);
-        if !(400..=599).contains(&status) {
-            return Err(ConfigError::new(
-                "status",
-                format!("{status} is not a 4xx/5xx status"),
-                "use 503 (the default)",
-            ));
-        }
+        let status = crate::config::refusal_status("status", self.status.unwrap_or(503), "use 503 (the default)")?;
         if let Some(h) = &self.key_header {
-            crate::diagnose::check_header_name("key_header", h)?;
+            crate::config::header_name("key_header", h)?;
         }
         let max_keys = self.max_keys.unwrap_or(1024);
         if !(1..=1_000_000).contains(&max_keys) {
@@ -306,14 +222,24 @@ impl BreakerJson {
             ));
         }
         let cluster_header = self.cluster_header.unwrap_or_else(|| "x-upstream-cluster".into());
-        crate::diagnose::check_header_name("cluster_header", &cluster_header)?;
-        Ok(BreakerConfig { default, clusters, status, key_header: self.key_header, max_keys, cluster_header })
+        crate::config::header_name("cluster_header", &cluster_header)?;
+        let grpc_status = crate::config::grpc_status("grpc_status", self.grpc_status.unwrap_or(14))?;
+        Ok(BreakerConfig {
+            default,
+            clusters,
+            status,
+            key_header: self.key_header,
+            max_keys,
+            cluster_header,
+            grpc_status,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diagnose::{Flag, Observation, ResponseFlags};
 
     const EXAMPLE: &str = r#"{"failure": {"statuses": [500, 502, 503, 504], "consecutive": 5,
                    "ratio": {"threshold": 0.5, "min_requests": 20, "window": "10s"}},
@@ -351,19 +277,22 @@ mod tests {
         assert_eq!(p.open_time_ns(u32::MAX), 10_000_000_000);
     }
 
+    fn obs(status: u16, flags: u64, details: &str) -> Observation<'_> {
+        Observation { status: Some(status), flags: ResponseFlags(flags), details, transport_failure: "" }
+    }
+
     #[test]
     fn classification_counts_upstream_failures_only() {
         let p = BreakerConfig::from_json(b"{}").unwrap().default_policy().clone();
-        assert!(p.is_failure(Some(503), ResponseFlags(0), "via_upstream"));
-        assert!(!p.is_failure(Some(404), ResponseFlags(0), "via_upstream"));
-        assert!(p.is_failure(Some(503), ResponseFlags(Flag::UpstreamConnectionFailure.bit()), ""));
-        assert!(p.is_failure(Some(504), ResponseFlags(Flag::UpstreamRequestTimeout.bit()), ""));
-        assert!(!p.is_failure(Some(404), ResponseFlags(Flag::NoRouteFound.bit()), "route_not_found"));
-        assert!(
-            !p.is_failure(Some(503), ResponseFlags(0), crate::details::CIRCUIT_OPEN),
-            "our own replies never count"
-        );
-        assert!(!p.is_failure(Some(429), ResponseFlags(0), crate::details::RATE_LIMITED));
+        assert!(p.is_failure(&obs(503, 0, "via_upstream")));
+        assert!(!p.is_failure(&obs(404, 0, "via_upstream")));
+        assert!(p.is_failure(&obs(503, Flag::UpstreamConnectionFailure.bit(), "")));
+        assert!(p.is_failure(&obs(504, Flag::UpstreamRequestTimeout.bit(), "")));
+        assert!(p.is_failure(&obs(502, Flag::UpstreamProtocolError.bit(), "")));
+        assert!(!p.is_failure(&obs(400, Flag::DownstreamProtocolError.bit(), "")), "the client's fault");
+        assert!(!p.is_failure(&obs(404, Flag::NoRouteFound.bit(), "route_not_found")));
+        assert!(!p.is_failure(&obs(503, 0, crate::details::CIRCUIT_OPEN)), "our own replies never count");
+        assert!(!p.is_failure(&obs(429, 0, crate::details::RATE_LIMITED)));
     }
 
     #[test]

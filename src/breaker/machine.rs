@@ -1,6 +1,6 @@
 //! The breaker state machine.
 
-use super::config::Policy;
+use super::policy::{Policy, MAX_PROBES};
 
 /// The circuit's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,9 +57,6 @@ pub enum Outcome {
     Success,
     Failure,
 }
-
-/// Most probes a breaker tracks at once (bounds the stored value).
-pub const MAX_PROBES: usize = 64;
 
 /// One breaker's whole state.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,6 +9,8 @@
 
 mod config;
 mod machine;
+mod policy;
 
-pub use config::{BreakerConfig, BreakerJson, FailurePolicy, Policy, RatioPolicy};
+pub use config::{BreakerConfig, BreakerJson};
 pub use machine::{Admission, Breaker, Outcome, Phase, Transition};
+pub use policy::{FailurePolicy, Policy, RatioPolicy, MAX_PROBES};

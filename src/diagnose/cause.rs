@@ -174,10 +174,46 @@ impl Cause {
     }
 }
 
+impl Cause {
+    /// True for causes that mean the upstream itself failed (not the client, not routing, not a
+    /// policy of ours): what the circuit breaker and passive health detection count.
+    pub fn is_upstream_failure(self) -> bool {
+        matches!(
+            self,
+            Cause::ConnectionRefused
+                | Cause::ConnectTimeout
+                | Cause::TlsHandshakeFailed
+                | Cause::NoHealthyUpstream
+                | Cause::UpstreamTimeout
+                | Cause::UpstreamConnectionTerminated
+                | Cause::UpstreamReset
+                | Cause::UpstreamOverflow
+                | Cause::RetryLimitExceeded
+        )
+    }
+}
+
+/// The one failure classifier behind the circuit breaker, passive health detection and the
+/// diagnosis: did the upstream fail this response? A status in `statuses` (the policy's list), or
+/// a cause that is an upstream failure ([`Cause::is_upstream_failure`], and an upstream protocol
+/// error). A local reply of upstream-guard's own (`upstream_guard.*` details) never counts: the
+/// request did not reach the upstream.
+pub fn upstream_failed(obs: &Observation<'_>, statuses: &[u16]) -> bool {
+    if obs.details.starts_with(details::PREFIX) {
+        return false;
+    }
+    let cause = classify(obs);
+    cause.is_upstream_failure()
+        || (cause == Cause::ProtocolError && obs.flags.has(Flag::UpstreamProtocolError))
+        || obs.status.is_some_and(|s| statuses.contains(&s))
+}
+
 /// True when the response is worth explaining under `on: errors`: a failure flag, a status of
 /// 500 or more, or a local reply of one of upstream-guard's own filters.
 pub fn is_error(obs: &Observation<'_>) -> bool {
-    obs.flags.any_failure() || obs.status.is_some_and(|s| s >= 500) || obs.details.starts_with(details::PREFIX)
+    obs.flags.any_failure()
+        || obs.status.is_some_and(|s| s >= 500)
+        || (obs.details.starts_with(details::PREFIX) && obs.details != details::HEALTH_STATUS)
 }
 
 /// Picks the one cause that best explains `obs`.
@@ -206,6 +242,7 @@ fn own_local_reply(details: &str) -> Option<Cause> {
         details::CIRCUIT_OPEN => Some(Cause::CircuitOpen),
         details::RATE_LIMITED => Some(Cause::RateLimited),
         details::NO_HEALTHY_UPSTREAM => Some(Cause::NoHealthyUpstream),
+        details::HEALTH_STATUS => Some(Cause::None),
         d if d.starts_with(details::PREFIX) => Some(Cause::Unknown),
         _ => None,
     }

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::cidr::Cidr;
+use crate::peer::Trust;
 use crate::config::ConfigError;
 
 /// When the diagnosis header is added.
@@ -37,6 +37,7 @@ pub struct DiagnosticsJson {
     pub on: When,
     pub expose_upstream: Expose,
     pub trusted_cidrs: Vec<String>,
+    pub trust_x_forwarded_for: bool,
     pub debug_header: Option<String>,
     pub debug_token: Option<String>,
     pub json_body: bool,
@@ -49,6 +50,7 @@ impl Default for DiagnosticsJson {
             on: When::Errors,
             expose_upstream: Expose::Trusted,
             trusted_cidrs: Vec::new(),
+            trust_x_forwarded_for: false,
             debug_header: None,
             debug_token: None,
             json_body: false,
@@ -71,7 +73,8 @@ pub struct DiagnosticsConfig {
     pub header: String,
     pub when: When,
     pub expose: Expose,
-    pub trusted: Vec<Cidr>,
+    /// Who is trusted: `trusted_cidrs`, and whether a header-derived address counts.
+    pub trust: Trust,
     pub debug: Option<DebugUnlock>,
     pub json_body: bool,
 }
@@ -86,8 +89,11 @@ impl DiagnosticsConfig {
 impl DiagnosticsJson {
     /// Checks every field and builds the typed configuration.
     pub fn validate(self) -> Result<DiagnosticsConfig, ConfigError> {
-        check_header_name("header", &self.header)?;
-        let trusted = crate::cidr::parse_list("trusted_cidrs", &self.trusted_cidrs)?;
+        crate::config::header_name("header", &self.header)?;
+        let trust = Trust {
+            cidrs: crate::config::cidrs("trusted_cidrs", &self.trusted_cidrs)?,
+            forwarded: self.trust_x_forwarded_for,
+        };
         let debug = match (self.debug_header, self.debug_token) {
             (None, None) => None,
             (Some(_), None) => {
@@ -105,7 +111,7 @@ impl DiagnosticsJson {
                 ))
             }
             (Some(header), Some(token)) => {
-                check_header_name("debug_header", &header)?;
+                crate::config::header_name("debug_header", &header)?;
                 if token.trim().is_empty() {
                     return Err(ConfigError::new("debug_token", "is empty", "use a non-empty secret"));
                 }
@@ -116,79 +122,9 @@ impl DiagnosticsJson {
             header: self.header,
             when: self.on,
             expose: self.expose_upstream,
-            trusted,
+            trust,
             debug,
             json_body: self.json_body,
         })
-    }
-}
-
-/// Header names must be non-empty lowercase HTTP tokens (HTTP/2 forbids uppercase) and not
-/// pseudo-headers.
-pub fn check_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
-    let valid = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if valid {
-        Ok(())
-    } else {
-        Err(ConfigError::new(
-            field,
-            format!("{name:?} is not a valid header name"),
-            "use a non-empty lowercase header name such as \"x-upstream-diagnosis\"",
-        ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn empty_config_gives_documented_defaults() {
-        let c = DiagnosticsConfig::from_json(b"").unwrap();
-        assert_eq!(c.header, "x-upstream-diagnosis");
-        assert_eq!(c.when, When::Errors);
-        assert_eq!(c.expose, Expose::Trusted);
-        assert!(c.trusted.is_empty() && c.debug.is_none() && !c.json_body);
-    }
-
-    #[test]
-    fn full_example_config_is_accepted() {
-        let c = DiagnosticsConfig::from_json(
-            br#"{"header": "x-upstream-diagnosis", "on": "errors", "expose_upstream": "trusted",
-                 "trusted_cidrs": ["10.0.0.0/8", "127.0.0.1/32"], "debug_header": "x-upstream-debug",
-                 "debug_token": "s3cret", "json_body": true}"#,
-        )
-        .unwrap();
-        assert_eq!(c.trusted.len(), 2);
-        assert_eq!(c.debug.unwrap().token, "s3cret");
-        assert!(c.json_body);
-    }
-
-    #[test]
-    fn bad_cidr_names_the_element() {
-        let e = DiagnosticsConfig::from_json(br#"{"trusted_cidrs": ["10.0.0.0/8", "10.0.0.0/40"]}"#).unwrap_err();
-        assert_eq!(e.field, "trusted_cidrs[1]");
-        assert!(e.fix.contains("10.0.0.0/8"));
-    }
-
-    #[test]
-    fn unknown_field_and_bad_enum_are_refused() {
-        assert!(DiagnosticsConfig::from_json(br#"{"headr": "x"}"#).unwrap_err().problem.contains("headr"));
-        assert_eq!(DiagnosticsConfig::from_json(br#"{"on": "sometimes"}"#).unwrap_err().field, "on");
-    }
-
-    #[test]
-    fn empty_or_uppercase_header_names_are_refused() {
-        assert_eq!(DiagnosticsConfig::from_json(br#"{"header": ""}"#).unwrap_err().field, "header");
-        assert_eq!(DiagnosticsConfig::from_json(br#"{"header": "X-Diag"}"#).unwrap_err().field, "header");
-    }
-
-    #[test]
-    fn debug_header_and_token_come_together() {
-        assert_eq!(DiagnosticsConfig::from_json(br#"{"debug_header": "x-d"}"#).unwrap_err().field, "debug_token");
-        assert_eq!(DiagnosticsConfig::from_json(br#"{"debug_token": "t"}"#).unwrap_err().field, "debug_header");
-        let e = DiagnosticsConfig::from_json(br#"{"debug_header": "x-d", "debug_token": " "}"#).unwrap_err();
-        assert_eq!(e.field, "debug_token");
     }
 }

@@ -139,9 +139,10 @@ impl ResponseFlags {
         self.0 & !((1u64 << Flag::ALL.len()) - 1)
     }
 
-    /// True when any flag other than the informational ones is set.
-    pub fn any_failure(self) -> bool {
-        self.unknown_bits() != 0 || self.iter().any(|f| !f.is_informational())
+    /// True when any flag other than the informational ones is set (unknown bits count: a flag
+    /// newer than this table is more likely a failure than not).
+    pub const fn any_failure(self) -> bool {
+        self.0 & !(Flag::DelayInjected.bit() | Flag::ResponseFromCacheFilter.bit()) != 0
     }
 
     /// Short names joined by `,`, as Envoy's access log writes them (`UF,URX`); unknown bits are

@@ -9,7 +9,7 @@ mod config;
 mod flags;
 mod report;
 
-pub use cause::{classify, is_error, Cause, Observation};
-pub use config::{check_header_name, DiagnosticsConfig, DiagnosticsJson, Expose, When};
+pub use cause::{classify, is_error, upstream_failed, Cause, Observation};
+pub use config::{DiagnosticsConfig, DiagnosticsJson, Expose, When};
 pub use flags::{Flag, ResponseFlags};
 pub use report::Report;

@@ -2,8 +2,8 @@
 
 use serde::Deserialize;
 
-use crate::cidr::Cidr;
-use crate::config::{parse_duration_nanos, ConfigError};
+use crate::config::{duration, statuses, ConfigError};
+use crate::peer::Trust;
 
 /// How requests are spread over healthy upstreams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -94,7 +94,11 @@ pub struct HealthJson {
     #[serde(default)]
     trusted_cidrs: Vec<String>,
     #[serde(default)]
+    trust_x_forwarded_for: bool,
+    #[serde(default)]
     routes: Vec<RouteJson>,
+    #[serde(default)]
+    grpc_status: Option<u32>,
 }
 
 /// A validated active health check.
@@ -127,6 +131,16 @@ impl Default for HealthCheck {
 }
 
 impl HealthCheck {
+    /// This upstream's fixed offset in `[0, jitter)`, derived from its name: checks of several
+    /// upstreams spread out without any randomness (every worker computes the same offset).
+    pub fn jitter_for(&self, cluster: &str) -> u64 {
+        if self.jitter_ns == 0 {
+            0
+        } else {
+            crate::hash::hash64(b"jitter", cluster.as_bytes()) % self.jitter_ns
+        }
+    }
+
     /// True when `status` counts as passing.
     pub fn expects(&self, status: u16) -> bool {
         if self.expected_statuses.is_empty() {
@@ -168,7 +182,10 @@ pub struct HealthConfig {
     pub passive: Option<Passive>,
     pub when_none_healthy: NoneHealthy,
     pub status_path: Option<String>,
-    pub trusted: Vec<Cidr>,
+    /// Who may read the status endpoint.
+    pub trust: Trust,
+    /// gRPC status of the fail-fast refusal of a gRPC request (default 14, UNAVAILABLE).
+    pub grpc_status: u32,
     /// (path prefix, upstream indexes), first match wins; no match means every upstream.
     pub routes: Vec<(String, Vec<usize>)>,
 }
@@ -188,32 +205,17 @@ impl HealthConfig {
             .unwrap_or_else(|| (0..self.upstreams.len()).collect())
     }
 
+    /// How long the prober lease lasts without renewal: five ticks, at least one second, so a
+    /// worker that stops ticking (busy, or gone after a reload) hands probing over quickly but a
+    /// slow tick never makes two workers probe at once.
+    pub fn lease_ttl_ns(&self) -> u64 {
+        self.tick_ns().saturating_mul(5).max(1_000_000_000)
+    }
+
     /// Tick period: fine enough to start checks close to their interval.
     pub fn tick_ns(&self) -> u64 {
         let min = self.upstreams.iter().filter_map(|u| u.health_check.as_ref()).map(|h| h.interval_ns).min();
         (min.unwrap_or(1_000_000_000) / 5).clamp(20_000_000, 200_000_000)
-    }
-}
-
-fn dur(field: String, text: &Option<String>, default_ns: u64, allow_zero: bool) -> Result<u64, ConfigError> {
-    match text {
-        None => Ok(default_ns),
-        Some(t) => parse_duration_nanos(t).filter(|d| allow_zero || *d > 0).ok_or_else(|| {
-            ConfigError::new(
-                field,
-                format!("{t:?} is not a valid duration"),
-                "write a duration such as \"250ms\", \"1s\" or \"1m\"",
-            )
-        }),
-    }
-}
-
-fn statuses(field: String, list: &[u16]) -> Result<(), ConfigError> {
-    match list.iter().find(|s| !(100..=599).contains(*s)) {
-        Some(bad) => {
-            Err(ConfigError::new(field, format!("{bad} is not an HTTP status"), "use statuses between 100 and 599"))
-        }
-        None => Ok(()),
     }
 }
 
@@ -261,10 +263,10 @@ impl HealthJson {
                         ));
                     }
                     let expected = h.expected_statuses.unwrap_or_default();
-                    statuses(at("health_check.expected_statuses"), &expected)?;
-                    let interval_ns = dur(at("health_check.interval"), &h.interval, d.interval_ns, false)?;
-                    let timeout_ns = dur(at("health_check.timeout"), &h.timeout, d.timeout_ns, false)?;
-                    let jitter_ns = dur(at("health_check.jitter"), &h.jitter, 0, true)?;
+                    statuses(&at("health_check.expected_statuses"), &expected)?;
+                    let interval_ns = duration(&at("health_check.interval"), h.interval.as_deref(), d.interval_ns, false)?;
+                    let timeout_ns = duration(&at("health_check.timeout"), h.timeout.as_deref(), d.timeout_ns, false)?;
+                    let jitter_ns = duration(&at("health_check.jitter"), h.jitter.as_deref(), 0, true)?;
                     let unhealthy_threshold = h.unhealthy_threshold.unwrap_or(d.unhealthy_threshold);
                     let healthy_threshold = h.healthy_threshold.unwrap_or(d.healthy_threshold);
                     for (name, v) in
@@ -293,7 +295,7 @@ impl HealthJson {
             upstreams.push(Upstream { cluster: u.cluster, weight, health_check });
         }
         let route_header = self.route_header.unwrap_or_else(|| "x-upstream-cluster".into());
-        crate::diagnose::check_header_name("route_header", &route_header)?;
+        crate::config::header_name("route_header", &route_header)?;
         let passive = match self.passive {
             None => None,
             Some(p) => {
@@ -303,10 +305,10 @@ impl HealthJson {
                     return Err(ConfigError::new("passive.consecutive_failures", "is 0", "use 1 or more (default 5)"));
                 }
                 let list = p.statuses.unwrap_or(d.statuses);
-                statuses("passive.statuses".into(), &list)?;
+                statuses("passive.statuses", &list)?;
                 Some(Passive {
                     consecutive_failures,
-                    ejection_ns: dur("passive.ejection".into(), &p.ejection, d.ejection_ns, false)?,
+                    ejection_ns: duration("passive.ejection", p.ejection.as_deref(), d.ejection_ns, false)?,
                     statuses: list,
                 })
             }
@@ -320,7 +322,11 @@ impl HealthJson {
                 ));
             }
         }
-        let trusted = crate::cidr::parse_list("trusted_cidrs", &self.trusted_cidrs)?;
+        let trust = Trust {
+            cidrs: crate::config::cidrs("trusted_cidrs", &self.trusted_cidrs)?,
+            forwarded: self.trust_x_forwarded_for,
+        };
+        let grpc_status = crate::config::grpc_status("grpc_status", self.grpc_status.unwrap_or(14))?;
         let mut routes = Vec::new();
         for (i, r) in self.routes.into_iter().enumerate() {
             let mut idx = Vec::new();
@@ -350,7 +356,8 @@ impl HealthJson {
             passive,
             when_none_healthy: self.when_none_healthy,
             status_path: self.status_path,
-            trusted,
+            trust,
+            grpc_status,
             routes,
         })
     }

@@ -21,6 +21,21 @@ impl CheckResult {
         matches!(self, CheckResult::Passed(_))
     }
 
+    /// Classifies a check's answer. Envoy answers a callout that timed out, was reset or could not
+    /// connect with no headers at all; when the cluster has no healthy host or the connection
+    /// failed, it answers with its own 503 local reply, whose body starts with "upstream connect
+    /// error" or "no healthy upstream": that is no answer from the upstream either.
+    pub fn from_answer(check: &HealthCheck, status: Option<u16>, body_start: &[u8]) -> CheckResult {
+        let envoy_reply = status == Some(503)
+            && (body_start.starts_with(b"upstream connect error") || body_start.starts_with(b"no healthy upstream"));
+        match status {
+            Some(s) if check.expects(s) => CheckResult::Passed(s),
+            _ if envoy_reply => CheckResult::NoResponse,
+            Some(s) => CheckResult::BadStatus(s),
+            None => CheckResult::NoResponse,
+        }
+    }
+
     /// Words for the status endpoint and the fail-fast body.
     pub fn describe(self) -> String {
         match self {
@@ -197,6 +212,20 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_answers_are_classified_like_envoy_reports_them() {
+        let check = HealthCheck::default();
+        assert_eq!(CheckResult::from_answer(&check, Some(200), b"ok"), CheckResult::Passed(200));
+        assert_eq!(CheckResult::from_answer(&check, Some(500), b""), CheckResult::BadStatus(500));
+        assert_eq!(CheckResult::from_answer(&check, None, b""), CheckResult::NoResponse);
+        assert_eq!(
+            CheckResult::from_answer(&check, Some(503), b"upstream connect error or disconnect/reset before headers"),
+            CheckResult::NoResponse
+        );
+        assert_eq!(CheckResult::from_answer(&check, Some(503), b"no healthy upstream"), CheckResult::NoResponse);
+        assert_eq!(CheckResult::from_answer(&check, Some(503), b"maintenance"), CheckResult::BadStatus(503));
+    }
 
     const S: u64 = 1_000_000_000;
 

@@ -3,9 +3,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::algorithm::{Algorithm, Limit};
-use super::key::{KeyPart, RequestView};
-use crate::config::{parse_duration_nanos, ConfigError};
+use super::algorithm::{Algorithm, Decision, Limit};
+use super::key::{KeyPart, RequestView, SEPARATOR};
+use crate::config::ConfigError;
 
 /// Which matching rules apply to a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -38,6 +38,16 @@ pub enum Contention {
     Deny,
 }
 
+impl Contention {
+    /// The decision to use for a rule whose bucket could not be updated.
+    pub fn decision(self, limit: &Limit) -> Decision {
+        match self {
+            Contention::Allow => Decision::Allowed { remaining: 0, reset_ns: limit.period_ns },
+            Contention::Deny => Decision::Limited { retry_after_ns: limit.interval_ns() },
+        }
+    }
+}
+
 /// Where the client address comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -46,11 +56,14 @@ pub struct ClientIp {
     pub trusted_hops: u32,
     /// The header those proxies append to.
     pub header: String,
+    /// Never key on an address Envoy took from `x-forwarded-for` (port 0): such requests share one
+    /// bucket, so a spoofed header never buys a fresh one even on a misconfigured listener.
+    pub require_peer: bool,
 }
 
 impl Default for ClientIp {
     fn default() -> Self {
-        ClientIp { trusted_hops: 0, header: "x-forwarded-for".into() }
+        ClientIp { trusted_hops: 0, header: "x-forwarded-for".into(), require_peer: false }
     }
 }
 
@@ -122,6 +135,8 @@ pub struct RateLimitJson {
     cas_retries: u32,
     #[serde(default = "default_true")]
     response_headers: bool,
+    #[serde(default)]
+    grpc_status: Option<u32>,
 }
 
 fn default_status() -> u16 {
@@ -162,20 +177,22 @@ pub struct RuleMatch {
 }
 
 impl RuleMatch {
-    /// True when `req` meets every condition. Paths are matched without the query string.
-    pub fn matches(&self, req: &dyn RequestView) -> bool {
+    /// True when `req` meets every condition. Paths are matched without the query string, as
+    /// bytes; a regular expression sees a path that is not UTF-8 with each bad byte replaced by
+    /// U+FFFD, so the readable part still matches (a stray byte never escapes a rule).
+    pub fn matches(&self, req: &mut dyn RequestView) -> bool {
         if let Some(m) = &self.method {
-            if req.method().as_deref() != Some(m.as_str()) {
+            if req.method() != Some(m.as_bytes()) {
                 return false;
             }
         }
         if let Some(p) = &self.path {
             let full = req.path().unwrap_or_default();
-            let path = full.split('?').next().unwrap_or_default();
+            let path = full.split(|b| *b == b'?').next().unwrap_or_default();
             let ok = match p {
-                PathMatch::Prefix(pre) => path.starts_with(pre.as_str()),
-                PathMatch::Exact(e) => path == e,
-                PathMatch::Regex(r) => r.is_match(path),
+                PathMatch::Prefix(pre) => path.starts_with(pre.as_bytes()),
+                PathMatch::Exact(e) => path == e.as_bytes(),
+                PathMatch::Regex(r) => r.is_match(&String::from_utf8_lossy(path)),
             };
             if !ok {
                 return false;
@@ -184,8 +201,26 @@ impl RuleMatch {
         self.headers.iter().all(|h| match h {
             HeaderMatch::Present(n) => req.header(n).is_some(),
             HeaderMatch::Absent(n) => req.header(n).is_none(),
-            HeaderMatch::Equals(n, v) => req.header(n).as_deref() == Some(v.as_str()),
+            HeaderMatch::Equals(n, v) => req.header(n) == Some(v.as_bytes()),
         })
+    }
+
+    /// The headers the match reads (for the configure-time read plan).
+    pub fn header_names(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .headers
+            .iter()
+            .map(|h| match h {
+                HeaderMatch::Present(n) | HeaderMatch::Absent(n) | HeaderMatch::Equals(n, _) => n.as_str(),
+            })
+            .collect();
+        if self.path.is_some() {
+            out.push(":path");
+        }
+        if self.method.is_some() {
+            out.push(":method");
+        }
+        out
     }
 }
 
@@ -199,19 +234,26 @@ pub struct Rule {
     pub algorithm: Algorithm,
     /// `RateLimit-Policy` value, computed once.
     pub policy: String,
+    /// The name as a structured-field string, for the `RateLimit` field.
+    pub quoted: String,
 }
 
 impl Rule {
-    /// The bucket key for `req` (parts joined by U+001F).
-    pub fn key(&self, req: &dyn RequestView) -> String {
-        let mut out = String::new();
+    /// The bucket key for `req`: parts joined by 0x1F, as bytes.
+    pub fn key(&self, req: &mut dyn RequestView) -> Vec<u8> {
+        let mut out = Vec::new();
         for (i, part) in self.key.iter().enumerate() {
             if i > 0 {
-                out.push('\u{1f}');
+                out.push(SEPARATOR);
             }
-            out.push_str(&part.value(req));
+            part.append(req, &mut out);
         }
         out
+    }
+
+    /// The shared-data slot of this rule's bucket for `key`.
+    pub fn slot(&self, key: &[u8], max_keys: u32) -> u32 {
+        crate::hash::slot_for(self.name.as_bytes(), key, max_keys)
     }
 }
 
@@ -227,6 +269,9 @@ pub struct RateLimitConfig {
     pub on_contention: Contention,
     pub cas_retries: u32,
     pub response_headers: bool,
+    /// gRPC status of a refusal of a gRPC request (default 8, RESOURCE_EXHAUSTED: not retried
+    /// by gRPC clients the way UNAVAILABLE is).
+    pub grpc_status: u32,
 }
 
 impl RateLimitConfig {
@@ -235,10 +280,35 @@ impl RateLimitConfig {
         crate::config::parse_json::<RateLimitJson>(bytes)?.validate()
     }
 
-    /// The rules that apply to `req`, in order.
-    pub fn matching<'a>(&'a self, req: &'a dyn RequestView) -> impl Iterator<Item = &'a Rule> + 'a {
+    /// The indexes of the rules that apply to `req`, in order (the first only, under
+    /// `apply: first`).
+    pub fn matching(&self, req: &mut dyn RequestView) -> Vec<usize> {
         let take = if self.apply == Apply::First { 1 } else { usize::MAX };
-        self.rules.iter().filter(move |r| r.matcher.matches(req)).take(take)
+        let mut out = Vec::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            if out.len() >= take {
+                break;
+            }
+            if r.matcher.matches(req) {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// Every header any rule reads on the request path (for the configure-time read plan).
+    pub fn header_names(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for r in &self.rules {
+            out.extend(r.matcher.header_names());
+            out.extend(r.key.iter().filter_map(KeyPart::header_name));
+        }
+        if self.client_ip.trusted_hops > 0 && self.rules.iter().any(|r| r.key.contains(&KeyPart::ClientIp)) {
+            out.push(self.client_ip.header.as_str());
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 }
 
@@ -256,13 +326,8 @@ impl RateLimitJson {
                 "add at least one rule, e.g. {\"name\": \"all\", \"limit\": {\"requests\": 100, \"per\": \"1s\"}}",
             ));
         }
-        if !(400..=599).contains(&self.status) {
-            return Err(err(
-                "status".into(),
-                format!("{} is not a 4xx/5xx status", self.status),
-                "use 429 (the default) or 503",
-            ));
-        }
+        crate::config::refusal_status("status", self.status, "use 429 (the default) or 503")?;
+        let grpc_status = crate::config::grpc_status("grpc_status", self.grpc_status.unwrap_or(8))?;
         if !(1..=10_000_000).contains(&self.max_keys) {
             return Err(err(
                 "max_keys".into(),
@@ -284,7 +349,7 @@ impl RateLimitJson {
                 "count the proxies in front of Envoy (0 = use the peer address)",
             ));
         }
-        crate::diagnose::check_header_name("client_ip.header", &self.client_ip.header)?;
+        crate::config::header_name("client_ip.header", &self.client_ip.header)?;
         let mut rules = Vec::with_capacity(self.rules.len());
         for (i, r) in self.rules.into_iter().enumerate() {
             let at = |f: &str| format!("rules[{i}].{f}");
@@ -302,13 +367,7 @@ impl RateLimitJson {
             if l.requests == 0 {
                 return Err(err(at("limit.requests"), "is 0", "use a positive number of requests per period"));
             }
-            let period_ns = parse_duration_nanos(&l.per).filter(|p| *p > 0).ok_or_else(|| {
-                err(
-                    at("limit.per"),
-                    format!("{:?} is not a duration", l.per),
-                    "write a duration such as \"250ms\", \"1s\", \"1m\" or \"1h\"",
-                )
-            })?;
+            let period_ns = crate::config::duration(&at("limit.per"), Some(&l.per), 0, false)?;
             let burst = match (l.burst, r.algorithm) {
                 (Some(0), _) => {
                     return Err(err(
@@ -337,7 +396,8 @@ impl RateLimitJson {
                 Some(parts) => parts.iter().enumerate().map(|(j, p)| key_part(p, &at(&format!("key[{j}]")))).collect::<Result<_, _>>()?,
             };
             let policy = super::headers::policy_header(&r.name, &limit);
-            rules.push(Rule { name: r.name, matcher, key, limit, algorithm: r.algorithm, policy });
+            let quoted = super::headers::quoted(&r.name);
+            rules.push(Rule { name: r.name, matcher, key, limit, algorithm: r.algorithm, policy, quoted });
         }
         Ok(RateLimitConfig {
             rules,
@@ -349,6 +409,7 @@ impl RateLimitJson {
             on_contention: self.on_contention,
             cas_retries: self.cas_retries,
             response_headers: self.response_headers,
+            grpc_status,
         })
     }
 }
@@ -364,7 +425,7 @@ fn key_part(v: &Value, field: &str) -> Result<KeyPart, ConfigError> {
         },
         Value::Object(m) if m.len() == 1 => match m.iter().next() {
             Some((k, Value::String(name))) if k == "header" => {
-                crate::diagnose::check_header_name(field, name)?;
+                crate::config::header_name(field, name)?;
                 Ok(KeyPart::Header(name.clone()))
             }
             Some((k, Value::String(c))) if k == "constant" => Ok(KeyPart::Constant(c.clone())),
@@ -411,7 +472,7 @@ fn validate_match(m: MatchJson, at: &dyn Fn(&str) -> String) -> Result<RuleMatch
     let mut headers = Vec::new();
     for (j, h) in m.headers.into_iter().enumerate() {
         let field = at(&format!("match.headers[{j}]"));
-        crate::diagnose::check_header_name(&format!("{field}.name"), &h.name)?;
+        crate::config::header_name(&format!("{field}.name"), &h.name)?;
         headers.push(match (h.present, h.exact) {
             (None, None) | (Some(true), None) => HeaderMatch::Present(h.name),
             (Some(false), None) => HeaderMatch::Absent(h.name),
@@ -425,7 +486,8 @@ fn validate_match(m: MatchJson, at: &dyn Fn(&str) -> String) -> Result<RuleMatch
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::IpAddr;
+    use crate::peer::ClientAddr;
+    use crate::ratelimit::FixedRequest;
 
     const EXAMPLE: &[u8] =
         br#"{"rules": [{"name": "per-client", "match": {"path_prefix": "/api"}, "key": ["client_ip"],
@@ -434,19 +496,12 @@ mod tests {
                   "algorithm": "sliding_window"}],
        "client_ip": {"trusted_hops": 0}, "mode": "enforce", "status": 429, "max_keys": 100000}"#;
 
-    struct Req(&'static str, &'static str, Vec<(&'static str, &'static str)>);
-    impl RequestView for Req {
-        fn path(&self) -> Option<String> {
-            Some(self.0.into())
-        }
-        fn method(&self) -> Option<String> {
-            Some(self.1.into())
-        }
-        fn header(&self, name: &str) -> Option<String> {
-            self.2.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
-        }
-        fn client_ip(&self) -> Option<IpAddr> {
-            "10.0.0.1".parse().ok()
+    fn req(path: &str, method: &str, headers: Vec<(&str, &str)>) -> FixedRequest {
+        FixedRequest {
+            path: Some(path.as_bytes().to_vec()),
+            method: Some(method.as_bytes().to_vec()),
+            headers: headers.into_iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(),
+            client: Some(ClientAddr::Peer("10.0.0.1".parse().unwrap())),
         }
     }
 
@@ -463,14 +518,11 @@ mod tests {
     #[test]
     fn first_matching_rule_applies_by_default_and_all_on_request() {
         let c = RateLimitConfig::from_json(EXAMPLE).unwrap();
-        let api = Req("/api/x?y=1", "GET", vec![]);
-        assert_eq!(c.matching(&api).map(|r| r.name.as_str()).collect::<Vec<_>>(), ["per-client"]);
+        let mut api = req("/api/x?y=1", "GET", vec![]);
+        assert_eq!(c.matching(&mut api), [0]);
         let all = RateLimitConfig { apply: Apply::All, ..c };
-        assert_eq!(all.matching(&api).count(), 2);
-        assert_eq!(
-            all.matching(&Req("/web", "GET", vec![])).map(|r| r.name.as_str()).collect::<Vec<_>>(),
-            ["per-tenant"]
-        );
+        assert_eq!(all.matching(&mut api), [0, 1]);
+        assert_eq!(all.matching(&mut req("/web", "GET", vec![])), [1]);
     }
 
     #[test]
@@ -482,11 +534,14 @@ mod tests {
         )
         .unwrap();
         let m = &c.rules[0].matcher;
-        assert!(m.matches(&Req("/v2/x", "POST", vec![("x-a", ""), ("x-b", "1")])));
-        assert!(!m.matches(&Req("/v2/x", "GET", vec![("x-a", ""), ("x-b", "1")])));
-        assert!(!m.matches(&Req("/v2/x", "POST", vec![("x-a", ""), ("x-b", "2")])));
-        assert!(!m.matches(&Req("/v2/x", "POST", vec![("x-a", ""), ("x-b", "1"), ("x-c", "")])));
-        assert!(!m.matches(&Req("/x/v2/", "POST", vec![("x-a", ""), ("x-b", "1")])));
+        assert!(m.matches(&mut req("/v2/x", "POST", vec![("x-a", ""), ("x-b", "1")])));
+        assert!(!m.matches(&mut req("/v2/x", "GET", vec![("x-a", ""), ("x-b", "1")])));
+        assert!(!m.matches(&mut req("/v2/x", "POST", vec![("x-a", ""), ("x-b", "2")])));
+        assert!(!m.matches(&mut req("/v2/x", "POST", vec![("x-a", ""), ("x-b", "1"), ("x-c", "")])));
+        assert!(!m.matches(&mut req("/x/v2/", "POST", vec![("x-a", ""), ("x-b", "1")])));
+        let mut odd = req("/v2/\u{0}", "POST", vec![("x-a", ""), ("x-b", "1")]);
+        odd.path = Some(b"/v2/\xff\xfe".to_vec());
+        assert!(m.matches(&mut odd), "a path with bytes that are not UTF-8 still matches its readable prefix");
     }
 
     #[test]
@@ -531,7 +586,7 @@ mod tests {
         let c = RateLimitConfig::from_json(br#"{"rules": [{"name": "a", "limit": {"requests": 5, "per": "1s"}}]}"#)
             .unwrap();
         assert_eq!(c.rules[0].key, vec![KeyPart::ClientIp]);
-        assert_eq!(c.rules[0].key(&Req("/", "GET", vec![])), "10.0.0.1");
+        assert_eq!(c.rules[0].key(&mut req("/", "GET", vec![])), [10, 0, 0, 1]);
         assert_eq!(
             (c.status, c.max_keys, c.cas_retries, c.on_contention, c.mode),
             (429, 100_000, 10, Contention::Allow, Mode::Enforce)

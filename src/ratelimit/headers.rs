@@ -23,7 +23,40 @@ pub fn policy_header(rule: &str, limit: &Limit) -> String {
 
 /// `RateLimit` item: `remaining` requests, quota whole again in `reset_ns`.
 pub fn ratelimit_header(rule: &str, remaining: u64, reset_ns: u64) -> String {
-    format!("{};r={};t={}", sf_string(rule), remaining, reset_ns.div_ceil(NS_PER_S))
+    ratelimit_field(&quoted(rule), remaining, reset_ns)
+}
+
+/// The rule name as a structured-field string (computed once per rule).
+pub fn quoted(rule: &str) -> String {
+    sf_string(rule)
+}
+
+/// `RateLimit` item from an already quoted rule name (the per-request path).
+pub fn ratelimit_field(quoted: &str, remaining: u64, reset_ns: u64) -> String {
+    let mut out = String::with_capacity(quoted.len() + 24);
+    out.push_str(quoted);
+    out.push_str(";r=");
+    push_u64(&mut out, remaining);
+    out.push_str(";t=");
+    push_u64(&mut out, reset_ns.div_ceil(NS_PER_S));
+    out
+}
+
+/// Appends decimal digits without the formatting machinery (this runs on every admitted request).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for d in &digits[i..] {
+        out.push(char::from(*d));
+    }
 }
 
 #[cfg(test)]
@@ -35,6 +68,7 @@ mod tests {
         let l = Limit { requests: 100, period_ns: 60 * NS_PER_S, burst: 100 };
         assert_eq!(policy_header("per-client", &l), r#""per-client";q=100;w=60"#);
         assert_eq!(ratelimit_header("per-client", 0, 1_500_000_000), r#""per-client";r=0;t=2"#);
+        assert_eq!(ratelimit_field(&quoted("a"), 12_345_678_901, 0), r#""a";r=12345678901;t=0"#);
     }
 
     #[test]

@@ -10,7 +10,10 @@ mod config;
 mod headers;
 mod key;
 
+mod verdict;
+
 pub use algorithm::{sliding_window, token_bucket, Algorithm, Decision, Limit, State};
 pub use config::{Apply, ClientIp, Contention, HeaderMatch, Mode, RateLimitConfig, RateLimitJson, Rule, RuleMatch};
-pub use headers::{policy_header, ratelimit_header, retry_after_secs};
-pub use key::{client_ip, slot_for, KeyPart, RequestView};
+pub use headers::{policy_header, quoted, ratelimit_field, ratelimit_header, retry_after_secs};
+pub use key::{FixedRequest, KeyPart, RequestView, MISSING, SEPARATOR};
+pub use verdict::Verdict;

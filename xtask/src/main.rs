@@ -9,8 +9,19 @@ use std::process::{Command, ExitCode};
 
 use test_harness::paths;
 
-/// Every filter crate; each builds `target/wasm32-wasip1/release/<name>.wasm`.
-pub const FILTERS: &[&str] = &["diagnostics", "rate_limiter", "circuit_breaker", "health_router"];
+/// Every module that ships; each builds `target/wasm32-wasip1/release/<name>.wasm`:
+/// `upstream_guard` (all four stages in one module) and each policy alone.
+pub const FILTERS: &[&str] = &["upstream_guard", "diagnostics", "rate_limiter", "circuit_breaker", "health_router"];
+
+/// The cargo package that builds module `filter` (the combined module's package cannot share the
+/// core crate's name).
+fn package_of(filter: &str) -> &str {
+    if filter == "upstream_guard" {
+        "upstream_guard_module"
+    } else {
+        filter
+    }
+}
 /// Filters built for the tests only (never packaged).
 const TEST_FILTERS: &[&str] = &["conformance"];
 const ENVOY_VERSION: &str = "1.40.0";
@@ -254,7 +265,7 @@ fn build() -> Result {
     let mut cmd = cargo();
     cmd.args(["build", "--release", "--target", WASM_TARGET]);
     for f in FILTERS.iter().chain(TEST_FILTERS) {
-        cmd.args(["-p", f]);
+        cmd.args(["-p", package_of(f)]);
     }
     run(&mut cmd)?;
     for f in FILTERS {
@@ -371,8 +382,9 @@ fn lint() -> Result {
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     let mut wasm = cargo();
     wasm.args(["clippy", "--target", WASM_TARGET, "-p", "upstream_guard", "-p", "upstream_guard_glue"]);
+    wasm.args(["-p", "upstream_guard_stages"]);
     for f in FILTERS {
-        wasm.args(["-p", f]);
+        wasm.args(["-p", package_of(f)]);
     }
     wasm.args(["--", "-D", "warnings"]);
     run(&mut wasm)
@@ -386,10 +398,7 @@ fn test() -> Result {
     let host = cargo_test(cargo().args(["test", "--workspace", "--no-fail-fast"]), &mut totals);
     // The adapters are not default members (they are cdylibs for wasm); their unit tests run on the host.
     let mut adapter_tests = cargo();
-    adapter_tests.args(["test", "-p", "upstream_guard_glue"]);
-    for f in FILTERS {
-        adapter_tests.args(["-p", f]);
-    }
+    adapter_tests.args(["test", "-p", "upstream_guard_glue", "-p", "upstream_guard_stages"]);
     let adapters = cargo_test(&mut adapter_tests, &mut totals);
     let wasm32 = core_on_wasm32(&mut totals);
     println!("total: {} passed, {} failed", totals.passed, totals.failed);

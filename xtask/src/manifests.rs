@@ -7,6 +7,14 @@ use serde_json::{json, Value};
 /// whether the proxy should let traffic through when the filter cannot load.
 pub fn filter_meta(filter: &str) -> (Value, i32) {
     match filter {
+        "upstream_guard" => {
+            let section = |f: &str| filter_meta(f).0;
+            (
+                json!({"diagnostics": section("diagnostics"), "rate_limiter": section("rate_limiter"),
+                       "health_router": section("health_router"), "circuit_breaker": section("circuit_breaker")}),
+                40,
+            )
+        }
         "diagnostics" => (json!({"trusted_cidrs": ["10.0.0.0/8"], "json_body": true}), 40),
         "rate_limiter" => (
             json!({"rules": [{"name": "per-client", "key": ["client_ip"], "limit": {"requests": 100, "per": "1s", "burst": 20}}],

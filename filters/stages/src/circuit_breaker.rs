@@ -1,0 +1,276 @@
+//! The circuit breaker stage: closed / open / half-open per upstream cluster (optionally per
+//! cluster and header value), shared by every worker through shared data.
+//!
+//! The common case costs little: each worker keeps a copy of the breakers it has seen, checked
+//! against one version number in shared data (an empty value: reading it allocates nothing), and
+//! re-reads only after a change. A closed circuit and a success that changes nothing write
+//! nothing. Failures, probes and transitions go through compare-and-swap, then bump the version.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use upstream_guard::breaker::{Admission, Breaker, BreakerConfig, Outcome, Phase, Policy, Transition};
+use upstream_guard::details;
+use upstream_guard::ratelimit::retry_after_secs;
+use upstream_guard_glue::shared::{self, Snapshot, UpdateError};
+use upstream_guard_glue::stream::path;
+use upstream_guard_glue::{host, Counter, Cx, Family, Flow, Gauge, Level, LocalReply, Stage};
+
+/// CAS attempts per update; an update that keeps losing races is skipped (and counted): the next
+/// response records again.
+const CAS_ATTEMPTS: u32 = 16;
+
+/// Metrics of one cluster, defined on first use (clusters are bounded by Envoy's config).
+#[derive(Clone, Copy)]
+struct ClusterMetrics {
+    state: Gauge,
+    opened: Counter,
+    half_opened: Counter,
+    closed: Counter,
+    rejected: Counter,
+    failures: Counter,
+    contention: Counter,
+}
+
+fn define(segment: &str) -> ClusterMetrics {
+    let base = format!("upstream_guard.breaker.{segment}");
+    ClusterMetrics {
+        state: Gauge::define(&format!("{base}.state")),
+        opened: Counter::define(&format!("{base}.opened")),
+        half_opened: Counter::define(&format!("{base}.half_opened")),
+        closed: Counter::define(&format!("{base}.closed")),
+        rejected: Counter::define(&format!("{base}.rejected")),
+        failures: Counter::define(&format!("{base}.failures")),
+        contention: Counter::define(&format!("{base}.contention")),
+    }
+}
+
+/// This worker's copies of the breakers it has seen (`None`: no state stored yet), keyed by the
+/// shared-data key (hashed once with the project's hash rather than SipHash on every lookup).
+type Copies = HashMap<Vec<u8>, Option<Breaker>, BuildHasherDefault<KeyHasher>>;
+
+/// FNV-1a over the key bytes: the keys are ours (`ug.cb.<cluster>[.<slot>]`), not attacker-chosen
+/// beyond the bounded slot.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// The stage, configured.
+pub struct CircuitBreaker {
+    config: BreakerConfig,
+    metrics: Family<ClusterMetrics>,
+    copies: Snapshot<Copies>,
+}
+
+impl CircuitBreaker {
+    /// Sets up metrics and the local copies.
+    pub fn new(config: BreakerConfig) -> CircuitBreaker {
+        CircuitBreaker { config, metrics: Family::new(define), copies: Snapshot::new() }
+    }
+
+    /// Whether breaker `key` is closed with no failure counted (this worker's copy, re-read
+    /// after any change): the state in which a request or a success changes nothing.
+    fn idle(&self, epoch: u32, key: &[u8]) -> (bool, bool) {
+        let verdict = |b: Option<&Breaker>| {
+            let closed = b.is_none_or(|b| b.phase == Phase::Closed);
+            (closed, closed && b.is_none_or(|b| b.consecutive == 0))
+        };
+        self.copies.with(epoch, Copies::clear, |copies| {
+            if let Some(b) = copies.get(key) {
+                return verdict(b.as_ref());
+            }
+            let b = host::shared_get(key).ok().flatten().and_then(|(v, _)| Breaker::decode(&v));
+            let v = verdict(b.as_ref());
+            copies.insert(key.to_vec(), b);
+            v
+        })
+    }
+
+    /// Logs and counts a transition once (only the worker whose update caused it sees it).
+    fn report(&self, cluster: &str, key: &[u8], t: Transition) {
+        let m = self.metrics.get(cluster);
+        m.state.set(t.to.gauge());
+        match t.to {
+            Phase::Open => m.opened.inc(),
+            Phase::HalfOpen => m.half_opened.inc(),
+            Phase::Closed => m.closed.inc(),
+        }
+        let level = if t.to == Phase::Open { Level::Warn } else { Level::Info };
+        host::log_with(level, || {
+            format!("circuit_breaker: {}: {} -> {}", String::from_utf8_lossy(key), t.from.name(), t.to.name())
+        });
+    }
+
+    /// Applies `f` to breaker `key` with compare-and-swap; writes (and bumps the version) only
+    /// when the state changed.
+    fn update<T>(&self, key: &[u8], f: impl Fn(&mut Breaker) -> T) -> Result<T, UpdateError> {
+        let mut wrote = false;
+        let r = shared::update(key, CAS_ATTEMPTS, |cur| {
+            let old = cur.and_then(Breaker::decode).unwrap_or_default();
+            let mut next = old.clone();
+            let out = f(&mut next);
+            let changed = !next.same_as(&old);
+            wrote = changed;
+            (changed.then(|| next.encode()), out)
+        });
+        if wrote && r.is_ok() {
+            self.copies.changed();
+        }
+        r
+    }
+
+    fn policy(&self, cluster: &str) -> &Policy {
+        self.config.policy(cluster)
+    }
+}
+
+/// The breaker a stream belongs to.
+#[derive(Debug, Clone)]
+struct Target {
+    cluster: String,
+    key: Vec<u8>,
+}
+
+/// Per stream.
+#[derive(Debug, Default)]
+pub struct BreakerStream {
+    target: Option<Target>,
+    probe: Option<u32>,
+    recorded: bool,
+}
+
+impl Stage for CircuitBreaker {
+    type Stream = BreakerStream;
+
+    fn request(&self, st: &mut BreakerStream, cx: &mut Cx<'_>) -> Flow {
+        // The routed cluster: chosen by the router stage of this module, else Envoy's route (after
+        // an earlier filter rewrote the routing header and cleared the route cache, Envoy has not
+        // re-resolved it yet, and the header is the answer). Unknown names create no state: only
+        // failures and transitions write, and a missing cluster is Envoy's answer (NC), not an
+        // upstream failure.
+        let cluster = match cx.facts().cluster.clone() {
+            Some(c) => c,
+            None => {
+                let from_route = cx.property_text(path::CLUSTER_NAME).filter(|c| !c.is_empty());
+                match from_route.or_else(|| {
+                    cx.request_header(&self.config.cluster_header).map(|b| String::from_utf8_lossy(b).into_owned())
+                }) {
+                    Some(c) if !c.is_empty() => c,
+                    _ => return Flow::Continue,
+                }
+            }
+        };
+        let key = match &self.config.key_header {
+            None => format!("ug.cb.{cluster}").into_bytes(),
+            Some(h) => {
+                let value = cx.request_header(h).unwrap_or_default();
+                let slot = upstream_guard::hash::slot_for(cluster.as_bytes(), value, self.config.max_keys);
+                format!("ug.cb.{cluster}.{slot}").into_bytes()
+            }
+        };
+        // Fast path: a closed (or never used) circuit needs no write.
+        let epoch = cx.epoch();
+        if self.idle(epoch, &key).0 {
+            st.target = Some(Target { cluster, key });
+            return Flow::Continue;
+        }
+        let now = cx.now();
+        let policy = self.policy(&cluster);
+        let outcome = self.update(&key, |b| {
+            let (admission, transition) = b.admit(policy, now);
+            (admission, transition, b.phase)
+        });
+        let (admission, transition, phase) = match outcome {
+            Ok(v) => v,
+            Err(e) => {
+                self.metrics.get(&cluster).contention.inc();
+                if let UpdateError::Host(s) = e {
+                    host::log(Level::Warn, &format!("circuit_breaker: shared data unavailable ({s:?})"));
+                }
+                // Could not take a probe slot: treat as a full half-open circuit.
+                (Admission::Reject { retry_after_ns: 1_000_000_000 }, None, Phase::HalfOpen)
+            }
+        };
+        if let Some(t) = transition {
+            self.report(&cluster, &key, t);
+        }
+        match admission {
+            Admission::Allow => {
+                st.target = Some(Target { cluster, key });
+                Flow::Continue
+            }
+            Admission::Probe(id) => {
+                st.probe = Some(id);
+                st.target = Some(Target { cluster, key });
+                Flow::Continue
+            }
+            Admission::Reject { retry_after_ns } => {
+                self.metrics.get(&cluster).rejected.inc();
+                let retry_after = retry_after_secs(retry_after_ns).to_string();
+                let mut reply = LocalReply::text(
+                    self.config.status,
+                    details::CIRCUIT_OPEN,
+                    format!("circuit {} for upstream {cluster:?}: retry after {retry_after} s\n", phase.name()),
+                )
+                .header("retry-after", retry_after.as_bytes())
+                .header("x-upstream-guard-circuit", phase.name());
+                reply.grpc_status = Some(self.config.grpc_status);
+                Flow::Reply(reply)
+            }
+        }
+    }
+
+    fn response(&self, st: &mut BreakerStream, cx: &mut Cx<'_>) {
+        let Some(target) = st.target.clone() else { return };
+        if cx.facts().replied.is_some() {
+            // A later stage of this module refused the request: it never reached the upstream.
+            return;
+        }
+        let policy = self.policy(&target.cluster);
+        let obs = cx.observation();
+        let outcome = if policy.is_failure(&obs.view()) { Outcome::Failure } else { Outcome::Success };
+        st.recorded = true;
+        let probe = st.probe;
+        // A success on a closed circuit with nothing counted changes nothing: no write, and (with
+        // the local copy current) no read of the state itself.
+        if outcome == Outcome::Success && probe.is_none() && policy.failure.ratio.is_none() {
+            let epoch = cx.epoch();
+            if self.idle(epoch, &target.key).1 {
+                return;
+            }
+        }
+        if outcome == Outcome::Failure {
+            self.metrics.get(&target.cluster).failures.inc();
+        }
+        let now = cx.now();
+        match self.update(&target.key, |b| b.record(policy, now, outcome, probe)) {
+            Ok(Some(t)) => self.report(&target.cluster, &target.key, t),
+            Ok(None) => {}
+            Err(_) => self.metrics.get(&target.cluster).contention.inc(),
+        }
+    }
+
+    fn log(&self, st: &mut BreakerStream, _cx: &mut Cx<'_>) {
+        // A probe whose response never arrived (the client went away) gives its slot back now.
+        let (Some(target), Some(id), false) = (st.target.as_ref(), st.probe, st.recorded) else { return };
+        let _ = self.update(&target.key, |b| b.abandon(id));
+    }
+
+    fn request_headers_read(&self, out: &mut Vec<String>) {
+        if let Some(h) = &self.config.key_header {
+            out.push(h.clone());
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! # upstream_guard_stages: the four policies, written once
+//!
+//! Each policy is a [`Stage`](upstream_guard_glue::Stage) over the glue: [`Diagnostics`],
+//! [`RateLimiter`], [`HealthRouter`], [`CircuitBreaker`]. They compose into
+//! `upstream_guard.wasm` ([`Suite`], all four in one stream context, configured by one JSON
+//! object with a section per policy) or ship alone (a one-element pipeline configured by the
+//! policy's own JSON). The filter crates under `filters/` are one `export_filter!` line each.
+//!
+//! Order is the order of the chain this replaces: diagnostics first (it explains every later
+//! stage's refusal as well as Envoy's), then the rate limiter (refuse before any work), the
+//! health router (choose the upstream), and the circuit breaker last, guarding the cluster the
+//! router chose.
+
+pub mod circuit_breaker;
+pub mod diagnostics;
+pub mod health_router;
+pub mod rate_limiter;
+
+pub use circuit_breaker::CircuitBreaker;
+pub use diagnostics::Diagnostics;
+pub use health_router::HealthRouter;
+pub use rate_limiter::RateLimiter;
+
+use upstream_guard::breaker::BreakerConfig;
+use upstream_guard::config::ConfigError;
+use upstream_guard::diagnose::DiagnosticsConfig;
+use upstream_guard::health::HealthConfig;
+use upstream_guard::ratelimit::RateLimitConfig;
+use upstream_guard::suite::SuiteConfig;
+use upstream_guard_glue::{host, Level};
+
+/// All four stages, each on when its section is present.
+pub type Suite = (Option<Diagnostics>, Option<RateLimiter>, Option<HealthRouter>, Option<CircuitBreaker>);
+
+/// `upstream_guard.wasm`'s configuration.
+pub fn suite(raw: &[u8]) -> Result<Suite, ConfigError> {
+    let c = SuiteConfig::from_json(raw)?;
+    let on = c.stages();
+    if on.is_empty() {
+        host::log(Level::Warn, "upstream_guard: no stage is configured: every request passes untouched");
+    } else {
+        host::log_with(Level::Info, || format!("upstream_guard: stages {}", on.join(" -> ")));
+    }
+    Ok((
+        c.diagnostics.map(Diagnostics::new),
+        c.rate_limiter.map(RateLimiter::new),
+        c.health_router.map(HealthRouter::new),
+        c.circuit_breaker.map(CircuitBreaker::new),
+    ))
+}
+
+/// `diagnostics.wasm`'s configuration.
+pub fn diagnostics(raw: &[u8]) -> Result<(Diagnostics,), ConfigError> {
+    Ok((Diagnostics::new(DiagnosticsConfig::from_json(raw)?),))
+}
+
+/// `rate_limiter.wasm`'s configuration.
+pub fn rate_limiter(raw: &[u8]) -> Result<(RateLimiter,), ConfigError> {
+    Ok((RateLimiter::new(RateLimitConfig::from_json(raw)?),))
+}
+
+/// `health_router.wasm`'s configuration.
+pub fn health_router(raw: &[u8]) -> Result<(HealthRouter,), ConfigError> {
+    Ok((HealthRouter::new(HealthConfig::from_json(raw)?),))
+}
+
+/// `circuit_breaker.wasm`'s configuration.
+pub fn circuit_breaker(raw: &[u8]) -> Result<(CircuitBreaker,), ConfigError> {
+    Ok((CircuitBreaker::new(BreakerConfig::from_json(raw)?),))
+}

@@ -1,0 +1,103 @@
+//! The combined module's configuration: one JSON object with a section per policy.
+//!
+//! `{"diagnostics": {…}, "rate_limiter": {…}, "health_router": {…}, "circuit_breaker": {…}}`:
+//! each section is exactly the single filter's configuration; a missing section turns that stage
+//! off; an unknown section is refused, naming it. Errors inside a section name the full path
+//! (`rate_limiter.rules[0].limit.per`).
+
+use serde::Deserialize;
+
+use crate::breaker::{BreakerConfig, BreakerJson};
+use crate::config::{parse_json, ConfigError};
+use crate::diagnose::{DiagnosticsConfig, DiagnosticsJson};
+use crate::health::{HealthConfig, HealthJson};
+use crate::ratelimit::{RateLimitConfig, RateLimitJson};
+
+/// The JSON document.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteJson {
+    #[serde(default)]
+    pub diagnostics: Option<DiagnosticsJson>,
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimitJson>,
+    #[serde(default)]
+    pub health_router: Option<HealthJson>,
+    #[serde(default)]
+    pub circuit_breaker: Option<BreakerJson>,
+}
+
+/// The validated configuration: one optional stage per policy.
+#[derive(Debug, Clone)]
+pub struct SuiteConfig {
+    pub diagnostics: Option<DiagnosticsConfig>,
+    pub rate_limiter: Option<RateLimitConfig>,
+    pub health_router: Option<HealthConfig>,
+    pub circuit_breaker: Option<BreakerConfig>,
+}
+
+impl SuiteConfig {
+    /// Parses and validates every section.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let json: SuiteJson = parse_json(bytes)?;
+        Ok(SuiteConfig {
+            diagnostics: json.diagnostics.map(|d| d.validate().map_err(|e| e.within("diagnostics"))).transpose()?,
+            rate_limiter: json.rate_limiter.map(|r| r.validate().map_err(|e| e.within("rate_limiter"))).transpose()?,
+            health_router: json
+                .health_router
+                .map(|h| h.validate().map_err(|e| e.within("health_router")))
+                .transpose()?,
+            circuit_breaker: json
+                .circuit_breaker
+                .map(|b| b.validate().map_err(|e| e.within("circuit_breaker")))
+                .transpose()?,
+        })
+    }
+
+    /// The names of the stages that are on, in pipeline order.
+    pub fn stages(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.diagnostics.is_some() {
+            out.push("diagnostics");
+        }
+        if self.rate_limiter.is_some() {
+            out.push("rate_limiter");
+        }
+        if self.health_router.is_some() {
+            out.push("health_router");
+        }
+        if self.circuit_breaker.is_some() {
+            out.push("circuit_breaker");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_sections_turn_stages_off() {
+        let c = SuiteConfig::from_json(br#"{"diagnostics": {}, "circuit_breaker": {}}"#).unwrap();
+        assert_eq!(c.stages(), ["diagnostics", "circuit_breaker"]);
+        assert!(SuiteConfig::from_json(b"{}").unwrap().stages().is_empty());
+    }
+
+    #[test]
+    fn unknown_sections_are_refused_by_name() {
+        let e = SuiteConfig::from_json(br#"{"rate_limitter": {}}"#).unwrap_err();
+        assert!(e.problem.contains("rate_limitter"), "{e}");
+    }
+
+    #[test]
+    fn errors_inside_a_section_name_the_full_path() {
+        let e = SuiteConfig::from_json(br#"{"rate_limiter": {"rules": [{"name": "a", "limit": {"requests": 5, "per": "soon"}}]}}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "rate_limiter.rules[0].limit.per");
+        let e = SuiteConfig::from_json(br#"{"diagnostics": {"trusted_cidrs": ["10.0.0.0/33"]}}"#).unwrap_err();
+        assert_eq!(e.field, "diagnostics.trusted_cidrs[0]");
+        let e = SuiteConfig::from_json(br#"{"health_router": {"upstreams": [], "x": 1}}"#).unwrap_err();
+        assert!(e.field.starts_with("health_router"), "{e}");
+    }
+}
