@@ -174,11 +174,12 @@ fn a_slow_or_failing_rls_gets_the_failure_mode_and_nothing_hangs() {
     let redis = Redis::start().unwrap();
     let rls = RlsServer::start(&redis.url(), &[LimitSpec::new("edge", 2, 3600).any("tenant")]).unwrap();
     let backend = Backend::ok().unwrap();
-    let open = envoy(rls.addr(), &backend, Duration::from_millis(200), false);
-    let closed = envoy(rls.addr(), &backend, Duration::from_millis(200), true);
+    // Long enough that a busy machine answers in time when the RLS is prompt.
+    let open = envoy(rls.addr(), &backend, Duration::from_secs(1), false);
+    let closed = envoy(rls.addr(), &backend, Duration::from_secs(1), true);
     let (open_addr, closed_addr) = (open.main().unwrap(), closed.main().unwrap());
 
-    // Far longer than Envoy's 200 ms timeout, and than the client's limit: only Envoy's timeout
+    // Far longer than Envoy's 1 s timeout, and than the client's limit: only Envoy's timeout
     // lets these requests finish.
     rls.set_delay(Duration::from_secs(60));
     assert_eq!(statuses(open_addr, "a", 3), [200; 3], "fail open when the RLS is late");
