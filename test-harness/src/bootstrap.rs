@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -46,9 +47,57 @@ pub fn cluster(name: &str, addr: SocketAddr) -> Value {
     })
 }
 
+/// A static cluster with one loopback endpoint that speaks HTTP/2 (cleartext, prior knowledge):
+/// for gRPC services such as a rate limit service.
+pub fn http2_cluster(name: &str, addr: SocketAddr) -> Value {
+    let mut c = cluster(name, addr);
+    c["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        },
+    });
+    c
+}
+
 /// A route sending `prefix` to `cluster`.
 pub fn route(prefix: &str, cluster: &str) -> Value {
     json!({"name": format!("route-{cluster}"), "match": {"prefix": prefix}, "route": {"cluster": cluster}})
+}
+
+/// A route sending `prefix` to `cluster` with route-level `rate_limits` (a list of Envoy
+/// `config.route.v3.RateLimit`, each a list of actions that build one descriptor).
+pub fn rate_limited_route(prefix: &str, cluster: &str, rate_limits: Value) -> Value {
+    let mut r = route(prefix, cluster);
+    r["route"]["rate_limits"] = rate_limits;
+    r
+}
+
+/// One `rate_limits` entry whose descriptor is `(descriptor_key, value of request header
+/// header_name)`; requests without the header send no descriptor for it.
+pub fn header_rate_limit(header_name: &str, descriptor_key: &str) -> Value {
+    json!({"actions": [{"request_headers": {"header_name": header_name, "descriptor_key": descriptor_key}}]})
+}
+
+/// Envoy's native global rate limit filter (`envoy.filters.http.ratelimit`) asking the rate
+/// limit service behind cluster `rls_cluster` (see [`http2_cluster`]) about `domain`, waiting
+/// at most `timeout`; when the service fails or is late, requests pass unless
+/// `failure_mode_deny`. Adds the draft-03 `x-ratelimit-*` response headers.
+pub fn native_ratelimit_filter(domain: &str, rls_cluster: &str, timeout: Duration, failure_mode_deny: bool) -> Value {
+    json!({
+        "name": "envoy.filters.http.ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+            "domain": domain,
+            "failure_mode_deny": failure_mode_deny,
+            "timeout": format!("{:.3}s", timeout.as_secs_f64()),
+            "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+            "rate_limit_service": {
+                "grpc_service": {"envoy_grpc": {"cluster_name": rls_cluster}},
+                "transport_api_version": "V3",
+            },
+        },
+    })
 }
 
 /// A bootstrap under construction.

@@ -8,7 +8,9 @@
 //! - [`bootstrap`]: builds Envoy bootstrap configs (JSON) with our wasm filters in them;
 //! - [`backend`]: programmable loopback backends (status codes, hangs, resets, closes, TLS with
 //!   self-signed or expired certificates, a health path that fails or passes on command);
-//! - [`http`]: a small blocking HTTP/1.1 client for assertions on status, headers and body.
+//! - [`http`]: a small blocking HTTP/1.1 client for assertions on status, headers and body;
+//! - [`redis`]: a throw-away `redis-server` on a free loopback port, for global rate limits
+//!   (the `ug-rls-server` crate beside this one is the rate limit service that uses it).
 //!
 //! Nothing here is global: every test owns its Envoy and backends, so tests run in parallel.
 
@@ -18,6 +20,7 @@ pub mod envoy;
 pub mod host;
 pub mod http;
 pub mod paths;
+pub mod redis;
 pub mod wasi_run;
 
 use std::fmt;
