@@ -16,14 +16,14 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use regex_lite::Regex;
 use serde_json::{json, Value};
 use test_harness::backend::{Backend, Behavior};
 use test_harness::bootstrap::{cluster, wasm_filter, Bootstrap};
 use test_harness::envoy::{self, Envoy};
-use test_harness::{http, parse_diagnosis, paths};
+use test_harness::{eventually, http, parse_diagnosis, paths};
 
 fn dir() -> PathBuf {
     paths::workspace_root().join("envoy-examples").join("prometheus")
@@ -200,17 +200,6 @@ fn with_stats_tags(bootstrap: &Value) -> String {
         writeln!(yaml, "{key}: {value}").unwrap();
     }
     yaml
-}
-
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 /// Two scrapes of a tagged Envoy: after normal traffic, and after the faults.
