@@ -108,6 +108,10 @@ fn the_validators_reject_a_broken_manifest() {
 
 #[test]
 fn every_example_envoy_config_passes_envoy_validate() {
+    // The examples load target/wasm32-wasip1/release/*.wasm, which Envoy checks exist.
+    for filter in ["diagnostics", "rate_limiter", "circuit_breaker", "health_router"] {
+        paths::wasm_path(filter).unwrap_or_else(|e| panic!("{e}"));
+    }
     let examples = paths::workspace_root().join("envoy-examples");
     let mut checked = 0;
     for entry in std::fs::read_dir(&examples).unwrap() {
