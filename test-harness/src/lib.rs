@@ -61,6 +61,19 @@ impl std::error::Error for Error {}
 /// Result with the harness error.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Polls `f` every 50 ms until it holds or `limit` has passed, and says whether it held: waits
+/// for an asynchronous effect (a health check, a counter) without a fixed sleep.
+pub fn eventually(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
 /// Parses an `x-upstream-diagnosis` value (an RFC 8941 Dictionary of tokens, strings and
 /// integers) into key → value text, unescaping strings. Returns `None` on anything malformed,
 /// so a test can assert the header is well-formed.

