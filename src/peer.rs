@@ -75,7 +75,11 @@ fn parse_v4_with_port(raw: &[u8]) -> Option<Peer> {
             b':' if part == 3 && digits > 0 => {
                 octets[3] = value as u8;
                 let port = raw.get(i + 1..)?;
-                if port.is_empty() || port.len() > 5 || !port.iter().all(u8::is_ascii_digit) || (port.len() > 1 && port[0] == b'0') {
+                if port.is_empty()
+                    || port.len() > 5
+                    || !port.iter().all(u8::is_ascii_digit)
+                    || (port.len() > 1 && port[0] == b'0')
+                {
                     return None;
                 }
                 let port = port.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
@@ -209,8 +213,21 @@ mod tests {
 
     #[test]
     fn the_fast_ipv4_path_agrees_with_the_general_parser() {
-        for s in ["1.2.3.4:80", "255.255.255.255:65535", "0.0.0.0:0", "10.9.9.9:0", "01.2.3.4:80", "1.2.3.4:080",
-                  "1.2.3.4:65536", "1.2.3:80", "1.2.3.4.5:80", "1.2.3.4:", "256.1.1.1:1", "1..2.3:4", "1.2.3.4:8a"] {
+        for s in [
+            "1.2.3.4:80",
+            "255.255.255.255:65535",
+            "0.0.0.0:0",
+            "10.9.9.9:0",
+            "01.2.3.4:80",
+            "1.2.3.4:080",
+            "1.2.3.4:65536",
+            "1.2.3:80",
+            "1.2.3.4.5:80",
+            "1.2.3.4:",
+            "256.1.1.1:1",
+            "1..2.3:4",
+            "1.2.3.4:8a",
+        ] {
             let general = SocketAddr::from_str(s).ok().map(|a| Peer { ip: a.ip(), port: a.port() });
             assert_eq!(parse_v4_with_port(s.as_bytes()).or(general), general, "{s}");
             if general.is_none() {
@@ -236,7 +253,10 @@ mod tests {
 
     #[test]
     fn keys_follow_envoy_and_say_where_the_address_came_from() {
-        assert_eq!(client_addr(peer("10.0.0.1:555"), Some(b"1.2.3.4"), 0, false), ClientAddr::Peer("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            client_addr(peer("10.0.0.1:555"), Some(b"1.2.3.4"), 0, false),
+            ClientAddr::Peer("10.0.0.1".parse().unwrap())
+        );
         let fwd = client_addr(peer("6.6.6.6:0"), None, 0, false);
         assert_eq!(fwd, ClientAddr::Forwarded("6.6.6.6".parse().unwrap()));
         assert!(fwd.from_client_header());

@@ -92,8 +92,10 @@ mod tests {
 
     #[test]
     fn errors_inside_a_section_name_the_full_path() {
-        let e = SuiteConfig::from_json(br#"{"rate_limiter": {"rules": [{"name": "a", "limit": {"requests": 5, "per": "soon"}}]}}"#)
-            .unwrap_err();
+        let e = SuiteConfig::from_json(
+            br#"{"rate_limiter": {"rules": [{"name": "a", "limit": {"requests": 5, "per": "soon"}}]}}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.field, "rate_limiter.rules[0].limit.per");
         let e = SuiteConfig::from_json(br#"{"diagnostics": {"trusted_cidrs": ["10.0.0.0/33"]}}"#).unwrap_err();
         assert_eq!(e.field, "diagnostics.trusted_cidrs[0]");

@@ -158,9 +158,14 @@ fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy,
         }
     };
     let pick = |o: &Option<String>, b: &Option<String>| o.clone().or_else(|| b.clone());
-    let open_base_ns = duration(&f("open.base"), pick(&over.open.base, &base.open.base).as_deref(), 5_000_000_000, false)?;
-    let open_max_ns =
-        duration(&f("open.max"), pick(&over.open.max, &base.open.max).as_deref(), open_base_ns.max(60_000_000_000), false)?;
+    let open_base_ns =
+        duration(&f("open.base"), pick(&over.open.base, &base.open.base).as_deref(), 5_000_000_000, false)?;
+    let open_max_ns = duration(
+        &f("open.max"),
+        pick(&over.open.max, &base.open.max).as_deref(),
+        open_base_ns.max(60_000_000_000),
+        false,
+    )?;
     if open_max_ns < open_base_ns {
         return Err(ConfigError::new(f("open.max"), "is shorter than open.base", "make open.max at least open.base"));
     }

@@ -52,4 +52,3 @@ impl Policy {
         upstream_failed(observation, &self.failure.statuses)
     }
 }
-

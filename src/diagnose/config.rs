@@ -2,8 +2,8 @@
 
 use serde::Deserialize;
 
-use crate::peer::Trust;
 use crate::config::ConfigError;
+use crate::peer::Trust;
 
 /// When the diagnosis header is added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -264,7 +264,8 @@ impl HealthJson {
                     }
                     let expected = h.expected_statuses.unwrap_or_default();
                     statuses(&at("health_check.expected_statuses"), &expected)?;
-                    let interval_ns = duration(&at("health_check.interval"), h.interval.as_deref(), d.interval_ns, false)?;
+                    let interval_ns =
+                        duration(&at("health_check.interval"), h.interval.as_deref(), d.interval_ns, false)?;
                     let timeout_ns = duration(&at("health_check.timeout"), h.timeout.as_deref(), d.timeout_ns, false)?;
                     let jitter_ns = duration(&at("health_check.jitter"), h.jitter.as_deref(), 0, true)?;
                     let unhealthy_threshold = h.unhealthy_threshold.unwrap_or(d.unhealthy_threshold);

@@ -100,7 +100,8 @@ extern "C" {
         buffer_data: *const u8,
         buffer_size: usize,
     ) -> u32;
-    pub fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
+    pub fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize)
+        -> u32;
     pub fn proxy_get_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -122,8 +123,7 @@ extern "C" {
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
     ) -> u32;
-    pub fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize)
-        -> u32;
+    pub fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize) -> u32;
     pub fn proxy_get_shared_data(
         key_data: *const u8,
         key_size: usize,

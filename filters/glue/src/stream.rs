@@ -247,8 +247,7 @@ impl<'a> Cx<'a> {
             return OwnedObservation { status, flags, ..OwnedObservation::default() };
         }
         let details = self.details().to_string();
-        let transport_failure =
-            if flags.any_failure() { self.transport_failure().to_string() } else { String::new() };
+        let transport_failure = if flags.any_failure() { self.transport_failure().to_string() } else { String::new() };
         OwnedObservation { status, flags, details, transport_failure }
     }
 

@@ -48,7 +48,13 @@ impl Diagnostics {
     }
 
     /// The upstream details a trusted client sees.
-    fn report<'a>(&self, cx: &mut Cx<'_>, obs: &'a OwnedObservation, trusted: bool, names: &'a mut Names) -> Report<'a> {
+    fn report<'a>(
+        &self,
+        cx: &mut Cx<'_>,
+        obs: &'a OwnedObservation,
+        trusted: bool,
+        names: &'a mut Names,
+    ) -> Report<'a> {
         let cause = classify(&obs.view());
         let mut report = Report::new(cause, obs.view());
         if trusted {

@@ -206,4 +206,3 @@ impl Stage for RateLimiter {
         out.extend(self.config.header_names().into_iter().map(str::to_string));
     }
 }
-
