@@ -860,6 +860,15 @@ mod imports {
         }
     }
 
+    /// The request-header map, for a change: like Envoy with ABI 0.2.x modules, changing a request
+    /// header clears the route cache, so the route is matched again with the new headers.
+    fn request_map_changed(s: &mut VmState, t: i32) {
+        if t == 0 {
+            let id = s.effective;
+            s.streams.entry(id).or_default().route_cache_cleared = true;
+        }
+    }
+
     fn buffer_of(s: &mut VmState, t: i32) -> Option<&mut Vec<u8>> {
         let id = s.effective;
         match t {
@@ -939,6 +948,7 @@ mod imports {
             };
             let Some(m) = map_of(c.data_mut(), t) else { return status::NOT_FOUND };
             *m = pairs;
+            request_map_changed(c.data_mut(), t);
             status::OK
         })?;
         l.func_wrap(
@@ -966,6 +976,7 @@ mod imports {
                 let Some(m) = map_of(c.data_mut(), t) else { return status::NOT_FOUND };
                 m.retain(|(k, _)| *k != key);
                 m.push((key, value));
+                request_map_changed(c.data_mut(), t);
                 status::OK
             },
         )?;
@@ -974,6 +985,7 @@ mod imports {
             let key = key.to_ascii_lowercase();
             let Some(m) = map_of(c.data_mut(), t) else { return status::NOT_FOUND };
             m.retain(|(k, _)| *k != key);
+            request_map_changed(c.data_mut(), t);
             status::OK
         })?;
         l.func_wrap(
@@ -985,6 +997,7 @@ mod imports {
                 };
                 let Some(m) = map_of(c.data_mut(), t) else { return status::NOT_FOUND };
                 m.push((key.to_ascii_lowercase(), value));
+                request_map_changed(c.data_mut(), t);
                 status::OK
             },
         )?;
