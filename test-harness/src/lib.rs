@@ -8,7 +8,9 @@
 //! - [`bootstrap`]: builds Envoy bootstrap configs (JSON) with our wasm filters in them;
 //! - [`backend`]: programmable loopback backends (status codes, hangs, resets, closes, TLS with
 //!   self-signed or expired certificates, a health path that fails or passes on command);
-//! - [`http`]: a small blocking HTTP/1.1 client for assertions on status, headers and body.
+//! - [`http`]: a small blocking HTTP/1.1 client for assertions on status, headers and body;
+//! - [`host`]: the deterministic proxy-wasm host (the `proxy-wasm-test-host` crate), and
+//!   [`wasi_run`], which runs a `wasm32-wasip1` command module such as the core's unit tests.
 //!
 //! Nothing here is global: every test owns its Envoy and backends, so tests run in parallel.
 
@@ -18,7 +20,8 @@ pub mod envoy;
 pub mod host;
 pub mod http;
 pub mod paths;
-pub mod wasi_run;
+
+pub use proxy_wasm_test_host::wasi_run;
 
 use std::fmt;
 

@@ -56,7 +56,7 @@ fn main() -> ExitCode {
                             Err(TaskError(format!("{wasm} exited with {code}")))
                         }
                     }
-                    Err(e) => Err(TaskError(e)),
+                    Err(e) => Err(TaskError(e.to_string())),
                 }
             }
             None => Err(TaskError("usage: cargo xtask wasi-run FILE.wasm [ARGS]".into())),
