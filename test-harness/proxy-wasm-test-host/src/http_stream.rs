@@ -1,9 +1,10 @@
 //! Driving an HTTP stream through a filter: request headers, body and trailers, response
 //! headers, body and trailers, `on_log`, done; and reading what the filter did after any step.
 //!
-//! Headers are carried exactly as given (bytes; the `&str` methods are conveniences). A header
-//! map exists for the filter once the test delivered it, as in Envoy. Body chunks accumulate
-//! while the filter holds them back (it returned `Pause`) and are released when it continues.
+//! Headers are carried exactly as given (bytes; the `&str` methods are conveniences). As in
+//! Envoy, the filter can use a header map during its callback, and afterwards only while it
+//! holds the stream there (it returned `Pause`) and in `on_log`. Body chunks accumulate while
+//! the filter holds them back and are released when it continues.
 
 use crate::state::Kind;
 use crate::stream::{property_methods, Core};
@@ -42,16 +43,26 @@ impl Worker {
 impl<'w> HttpStream<'w> {
     property_methods!();
 
+    /// Delivers a map and calls its callback; the filter may use the map during the callback,
+    /// and after it only while it holds the stream there.
     fn headers_callback(&mut self, which: Which, headers: Headers, end_of_stream: bool) -> Result<Action, HostError> {
         let n = headers.len() as i32;
-        self.core.data(|d| *which.slot(d) = Some(headers));
+        let i = which as usize;
+        self.core.data(|d| {
+            *which.slot(d) = Some(headers);
+            d.available[i] = true;
+        });
         let args = [self.core.id as i32, n, i32::from(end_of_stream)];
-        match which {
+        let action = match which {
             Which::RequestHeaders => self.core.callback(|e| &e.on_request_headers, &args),
             Which::ResponseHeaders => self.core.callback(|e| &e.on_response_headers, &args),
             Which::RequestTrailers => self.core.callback(|e| &e.on_request_trailers, &args[..2]),
             Which::ResponseTrailers => self.core.callback(|e| &e.on_response_trailers, &args[..2]),
+        }?;
+        if action == Action::Continue {
+            self.core.data(|d| d.available[i] = false);
         }
+        Ok(action)
     }
 
     fn body_callback(&mut self, request: bool, chunk: &[u8], end_of_stream: bool) -> Result<Action, HostError> {
@@ -201,12 +212,13 @@ impl<'w> HttpStream<'w> {
     }
 }
 
+/// The four stream maps, numbered as `MapType`.
 #[derive(Clone, Copy)]
 enum Which {
-    RequestHeaders,
-    RequestTrailers,
-    ResponseHeaders,
-    ResponseTrailers,
+    RequestHeaders = 0,
+    RequestTrailers = 1,
+    ResponseHeaders = 2,
+    ResponseTrailers = 3,
 }
 
 impl Which {

@@ -55,4 +55,4 @@ pub use types::{
     grpc_status, level, status, Action, BufferType, GrpcKind, Headers, HostError, LocalResponse, MapType, MetricType,
     PeerType, PendingCall, PendingGrpcCall, Status, StreamType,
 };
-pub use worker::Worker;
+pub use worker::{Worker, GRPC_TIMEOUT_MESSAGE};

@@ -58,7 +58,7 @@ pub(crate) struct StreamData {
     pub kind: Kind,
     /// Properties by normalized path (segments joined by NUL).
     pub properties: HashMap<Vec<u8>, Vec<u8>>,
-    /// Header maps: `None` until the stream reached that point (Envoy has no map before).
+    /// Header maps as the next hop sees them: `None` until the stream reached that point.
     pub request_headers: Option<Headers>,
     pub request_trailers: Option<Headers>,
     pub response_headers: Option<Headers>,
@@ -73,7 +73,11 @@ pub(crate) struct StreamData {
     pub continued: [u32; 4],
     /// `proxy_close_stream` calls per `StreamType`.
     pub closed: [u32; 4],
-    /// In `on_log` or later: a missing map is `NotFound`, not `BadArgument` (as in Envoy).
+    /// Which of the four maps (by `MapType`) the filter may use now: during its own callback,
+    /// and after it while the filter holds the stream there (it returned `Pause`), as in Envoy.
+    pub available: [bool; 4],
+    /// In `on_log` or later: every delivered map is readable (not writable), a missing one is
+    /// `NotFound` (Envoy's access-log phase).
     pub log_phase: bool,
 }
 
@@ -88,7 +92,7 @@ pub(crate) struct Delivery {
     pub grpc_trailing: Option<Headers>,
     pub grpc_message: Option<Vec<u8>>,
     pub call_data: Option<Vec<u8>>,
-    /// In `proxy_on_vm_start` or `proxy_on_configure`: the plugin configuration is readable.
+    /// In `proxy_on_configure`: the plugin configuration is readable.
     pub in_configure: bool,
 }
 
@@ -167,6 +171,15 @@ impl VmState {
     pub(crate) fn token(&mut self) -> u32 {
         let t = self.next_token;
         self.next_token = self.next_token.wrapping_add(1).max(1);
+        t
+    }
+
+    /// A fresh gRPC token: even for streams, odd for unary calls, as Envoy numbers them.
+    pub(crate) fn grpc_token(&mut self, stream: bool) -> u32 {
+        let mut t = self.token();
+        if (t % 2 == 0) != stream {
+            t = self.token();
+        }
         t
     }
 }

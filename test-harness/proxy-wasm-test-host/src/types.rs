@@ -117,7 +117,7 @@ pub mod grpc_status {
     pub const UNKNOWN: u32 = 2;
     /// Invalid argument.
     pub const INVALID_ARGUMENT: u32 = 3;
-    /// The deadline passed (what a timed-out call reports).
+    /// The deadline passed.
     pub const DEADLINE_EXCEEDED: u32 = 4;
     /// Not found.
     pub const NOT_FOUND: u32 = 5;
@@ -137,7 +137,8 @@ pub mod grpc_status {
     pub const UNIMPLEMENTED: u32 = 12;
     /// Internal error.
     pub const INTERNAL: u32 = 13;
-    /// The service is unavailable (Envoy's answer when it cannot connect).
+    /// The service is unavailable (Envoy's answer when it cannot connect, and when a call
+    /// times out).
     pub const UNAVAILABLE: u32 = 14;
     /// Data loss.
     pub const DATA_LOSS: u32 = 15;

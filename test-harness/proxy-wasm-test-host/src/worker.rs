@@ -42,6 +42,10 @@ fn owned<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Headers {
     pairs.iter().map(|(k, v)| (k.as_ref().to_vec(), v.as_ref().to_vec())).collect()
 }
 
+/// What Envoy 1.40 reports when a unary gRPC call times out (status `UNAVAILABLE`: the
+/// router's 504 mapped to gRPC).
+pub const GRPC_TIMEOUT_MESSAGE: &[u8] = b"upstream request timeout{response_timeout}";
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -85,11 +89,12 @@ impl Worker {
         }
         let root = ROOT_CONTEXT as i32;
         w.call(|e| &e.on_context_create, &[root, 0])?;
-        w.with_state(|s| s.delivery.in_configure = true);
         let vm_len = opts.vm_config.len() as i32;
         let cfg_len = opts.plugin_config.len() as i32;
-        // A missing `proxy_on_vm_start` / `proxy_on_configure` accepts, as in Envoy.
+        // A missing `proxy_on_vm_start` / `proxy_on_configure` accepts, as in Envoy; the plugin
+        // configuration is readable only during `proxy_on_configure`.
         let started = w.call(|e| &e.on_vm_start, &[root, vm_len])?.unwrap_or(1) != 0;
+        w.with_state(|s| s.delivery.in_configure = true);
         let configured = started && w.call(|e| &e.on_configure, &[root, cfg_len])?.unwrap_or(1) != 0;
         w.with_state(|s| s.delivery.in_configure = false);
         if !configured {
@@ -151,8 +156,9 @@ impl Worker {
         self.index
     }
 
-    /// Delivers callouts whose timeout has passed (HTTP: no headers, as Envoy reports a
-    /// timeout; gRPC: `DEADLINE_EXCEEDED`), then `on_tick` if the filter set a tick period.
+    /// Delivers callouts whose timeout has passed (0 means none), as Envoy 1.40 reports them:
+    /// HTTP with no headers, gRPC with status `UNAVAILABLE` and [`GRPC_TIMEOUT_MESSAGE`]; then
+    /// `on_tick` if the filter set a tick period.
     pub fn tick(&self) -> Result<(), HostError> {
         let (http, grpc) = self.with_state(|s| {
             let now = s.shared.clock.now_nanos();
@@ -170,7 +176,7 @@ impl Worker {
             self.fail_http_call(token)?;
         }
         for token in grpc {
-            self.close_grpc(token, grpc_status::DEADLINE_EXCEEDED, b"")?;
+            self.close_grpc(token, grpc_status::UNAVAILABLE, GRPC_TIMEOUT_MESSAGE)?;
         }
         if self.with_state(|s| s.tick_ms) > 0 {
             self.call_root(|e| &e.on_tick, &[ROOT_CONTEXT as i32])?;

@@ -3,12 +3,14 @@
 //!
 //! The service argument is what Envoy accepts: a serialized `GrpcService` proto (the cluster
 //! is `envoy_grpc.cluster_name`, or `google_grpc.target_uri`) or, when the bytes are not such a
-//! proto, a plain cluster name. An unknown cluster is `BadArgument` when the test listed the
-//! clusters, as for HTTP callouts. Calls and streams wait in
+//! proto, a plain cluster name. When the test listed the clusters, an unknown one fails as in
+//! Envoy 1.40: `ParseFailure` for a plain name, `InternalFailure` for a proto. Calls (odd
+//! tokens) and streams (even tokens, as in Envoy) wait in
 //! [`Worker::pending_grpc_calls`](crate::Worker::pending_grpc_calls) for the test to answer.
-//! Cancelling drops the exchange without a callback; closing half-closes a stream (a second
-//! close drops it) and drops a unary call. `proxy_get_status` reports the status and message of
-//! the gRPC close being delivered.
+//! Sending on a token that is not a stream's is `BadArgument`, on an unknown stream
+//! `NotFound`. Cancelling drops the exchange without a callback; closing half-closes a stream
+//! and drops a unary call. `proxy_get_status` reports the status and message of the gRPC close
+//! being delivered.
 
 use std::time::Duration;
 
@@ -62,22 +64,32 @@ fn fields(b: &[u8]) -> Option<Vec<(u64, &[u8])>> {
     Some(out)
 }
 
+/// Where the cluster of a service argument came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The bytes are the cluster name.
+    Plain,
+    /// `GrpcService.envoy_grpc.cluster_name`.
+    EnvoyGrpc,
+    /// `GrpcService.google_grpc.target_uri` (not a cluster: never checked).
+    GoogleGrpc,
+}
+
 /// The cluster a service argument names: `envoy_grpc.cluster_name` (field 1.1) or
 /// `google_grpc.target_uri` (field 2.1) of a `GrpcService`, else the bytes as a plain name.
-/// The flag says whether it is an Envoy cluster (checked against the known clusters).
-pub(crate) fn service_cluster(service: &[u8]) -> (String, bool) {
+pub(crate) fn service_cluster(service: &[u8]) -> (String, Source) {
     let from_proto = fields(service).and_then(|top| {
         top.iter().find_map(|(n, body)| {
-            let envoy = match n {
-                1 => true,
-                2 => false,
+            let source = match n {
+                1 => Source::EnvoyGrpc,
+                2 => Source::GoogleGrpc,
                 _ => return None,
             };
             let name = fields(body)?.into_iter().find(|(n, _)| *n == 1)?.1;
-            Some((String::from_utf8_lossy(name).into_owned(), envoy))
+            Some((String::from_utf8_lossy(name).into_owned(), source))
         })
     });
-    from_proto.unwrap_or_else(|| (String::from_utf8_lossy(service).into_owned(), true))
+    from_proto.unwrap_or_else(|| (String::from_utf8_lossy(service).into_owned(), Source::Plain))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -94,16 +106,18 @@ fn open(
 ) -> HostResult {
     let token = with(c, |data, s| {
         let service = slice(data, sp, sl)?.to_vec();
-        let (cluster, envoy_cluster) = service_cluster(&service);
-        if envoy_cluster && !s.knows_cluster(cluster.as_bytes()) {
-            return Err(Status::BadArgument);
+        let (cluster, source) = service_cluster(&service);
+        if source != Source::GoogleGrpc && !s.knows_cluster(cluster.as_bytes()) {
+            // Envoy 1.40: a plain name that is no cluster fails to parse as a proto; a proto
+            // naming an unknown cluster fails to get a client.
+            return Err(if source == Source::Plain { Status::ParseFailure } else { Status::InternalFailure });
         }
         let initial_metadata = pairs::decode(slice(data, ip, il)?).ok_or(Status::BadArgument)?;
         let messages = match message {
             Some((p, l)) => vec![slice(data, p, l)?.to_vec()],
             None => Vec::new(),
         };
-        let token = s.token();
+        let token = s.grpc_token(kind == GrpcKind::Stream);
         let call = PendingGrpcCall {
             token,
             kind,
@@ -161,10 +175,11 @@ fn proxy_grpc_stream(
 fn proxy_grpc_send(c: &mut C<'_>, token: i32, ptr: i32, len: i32, end_stream: i32) -> HostResult {
     with(c, |data, s| {
         let message = slice(data, ptr, len)?;
-        let call = s.grpc_calls.get_mut(&(token as u32)).ok_or(Status::NotFound)?;
-        if call.kind != GrpcKind::Stream {
+        // Stream tokens are even: anything else is not a stream at all.
+        if token % 2 != 0 {
             return Err(Status::BadArgument);
         }
+        let call = s.grpc_calls.get_mut(&(token as u32)).ok_or(Status::NotFound)?;
         call.messages.push(message.to_vec());
         call.local_closed |= end_stream != 0;
         Ok(())
@@ -178,7 +193,7 @@ fn proxy_grpc_cancel(c: &mut C<'_>, token: i32) -> HostResult {
 fn proxy_grpc_close(c: &mut C<'_>, token: i32) -> HostResult {
     let calls = &mut c.data_mut().grpc_calls;
     let call = calls.get_mut(&(token as u32)).ok_or(Status::NotFound)?;
-    if call.kind == GrpcKind::Stream && !call.local_closed {
+    if call.kind == GrpcKind::Stream {
         call.local_closed = true;
     } else {
         calls.remove(&(token as u32));
@@ -218,16 +233,16 @@ pub fn add_to_linker(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::service_cluster;
+    use super::{service_cluster, Source};
 
     #[test]
     fn plain_names_and_grpc_service_protos() {
-        assert_eq!(service_cluster(b"ext_authz"), ("ext_authz".to_string(), true));
+        assert_eq!(service_cluster(b"ext_authz"), ("ext_authz".to_string(), Source::Plain));
         // GrpcService { envoy_grpc { cluster_name: "authz" } }
         let proto = [0x0a, 0x07, 0x0a, 0x05, b'a', b'u', b't', b'h', b'z'];
-        assert_eq!(service_cluster(&proto), ("authz".to_string(), true));
+        assert_eq!(service_cluster(&proto), ("authz".to_string(), Source::EnvoyGrpc));
         // GrpcService { google_grpc { target_uri: "h:1" }, timeout { seconds: 1 } }
         let google = [0x12, 0x05, 0x0a, 0x03, b'h', b':', b'1', 0x1a, 0x02, 0x08, 0x01];
-        assert_eq!(service_cluster(&google), ("h:1".to_string(), false));
+        assert_eq!(service_cluster(&google), ("h:1".to_string(), Source::GoogleGrpc));
     }
 }

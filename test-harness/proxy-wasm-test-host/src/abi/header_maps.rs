@@ -2,11 +2,14 @@
 //! `proxy_get_header_map_value`, `proxy_replace_header_map_value`,
 //! `proxy_remove_header_map_value`, `proxy_add_header_map_value`, `proxy_get_header_map_size`.
 //!
-//! Keys and values are bytes, kept exactly as the test gave them. As in Envoy, keys a filter
-//! passes are lowercased, lookups compare against the lowercased key, a map exists only once
-//! the stream reached it (`BadArgument` before, `NotFound` from `on_log` on), callout and gRPC
-//! maps exist only while their callback runs, and only the stream's own four maps can be
-//! changed. `replace` removes every entry of the key and appends one; `add` appends an entry.
+//! Keys and values are bytes, kept exactly as the test gave them. As measured in Envoy 1.40:
+//! keys a filter passes are lowercased and lookups compare against the lowercased key; a
+//! stream's map is usable only during its own callback, and after it while the filter holds
+//! the stream there (it returned `Pause`); in `on_log` every delivered map is readable and a
+//! missing one is `NotFound`; callout and gRPC maps exist only while their callback runs; only
+//! the stream's own maps can be changed. Reading one value of a map that is not available is
+//! `BadArgument`; reading all its pairs gives an empty map. `replace` removes every entry of
+//! the key and appends one; `add` appends an entry.
 
 use wasmtime::Linker;
 
@@ -16,6 +19,7 @@ use crate::state::{Kind, VmState};
 use crate::types::{Headers, MapType, Status};
 
 /// The map of type `t` in the current context; `mutable` refuses the read-only ones.
+/// `BadArgument` when the map is not available now (`NotFound` for a missing map in `on_log`).
 pub(crate) fn map(s: &mut VmState, t: i32, mutable: bool) -> Result<&mut Headers, Status> {
     let t = MapType::from_raw(t as u32).ok_or(Status::BadArgument)?;
     let d = &mut s.delivery;
@@ -26,14 +30,21 @@ pub(crate) fn map(s: &mut VmState, t: i32, mutable: bool) -> Result<&mut Headers
         MapType::HttpCallResponseTrailers => d.http_trailers.as_mut(),
         _ => {
             let stream = s.streams.get_mut(&s.effective).filter(|d| d.kind == Kind::Http).ok_or(Status::BadArgument)?;
-            let missing = if stream.log_phase { Status::NotFound } else { Status::BadArgument };
+            let i = t as usize;
+            let (log_phase, available) = (stream.log_phase, stream.available[i]);
             let m = match t {
                 MapType::HttpRequestHeaders => &mut stream.request_headers,
                 MapType::HttpRequestTrailers => &mut stream.request_trailers,
                 MapType::HttpResponseHeaders => &mut stream.response_headers,
                 _ => &mut stream.response_trailers,
             };
-            return m.as_mut().ok_or(missing);
+            return match (log_phase, m.as_mut()) {
+                (true, Some(_)) if mutable => Err(Status::BadArgument),
+                (true, Some(m)) => Ok(m),
+                (true, None) => Err(Status::NotFound),
+                (false, Some(m)) if available => Ok(m),
+                (false, _) => Err(Status::BadArgument),
+            };
         }
     };
     if mutable {
@@ -49,10 +60,13 @@ fn key_is(stored: &[u8], key: &[u8]) -> bool {
 }
 
 fn proxy_get_header_map_pairs(c: &mut C<'_>, t: i32, ret_ptr: i32, ret_len: i32) -> HostResult {
+    MapType::from_raw(t as u32).ok_or(Status::BadArgument)?;
     give_with(c, ret_ptr, ret_len, |_, s, out| {
-        let m = map(s, t, false)?;
-        if !m.is_empty() {
-            pairs::encode_into(out, m.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+        // A map that is not available reads as empty here (Envoy), unlike single values.
+        if let Ok(m) = map(s, t, false) {
+            if !m.is_empty() {
+                pairs::encode_into(out, m.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+            }
         }
         Ok(())
     })
