@@ -177,7 +177,7 @@ impl VmState {
     /// A fresh gRPC token: even for streams, odd for unary calls, as Envoy numbers them.
     pub(crate) fn grpc_token(&mut self, stream: bool) -> u32 {
         let mut t = self.token();
-        if (t % 2 == 0) != stream {
+        if t.is_multiple_of(2) != stream {
             t = self.token();
         }
         t
