@@ -82,3 +82,17 @@ fn host_calls_and_allocations_are_counted_per_worker() {
     w0.reset_host_calls();
     assert_eq!((w0.host_calls().total(), w0.host_calls().allocations), (0, 0));
 }
+
+#[test]
+fn host_wide_properties_are_seen_unless_the_stream_has_its_own() {
+    let host = Host::new();
+    host.property("source.address", "10.9.9.9:1");
+    let p = load(&host);
+    let mut s = p.worker(0).http_stream();
+    s.request_headers(&[(":path", "/")], true).unwrap();
+    assert_eq!(s.request_header("x-conf-source").as_deref(), Some("10.9.9.9:1"));
+    let mut t = p.worker(0).http_stream().property_bytes("source.address", b"10.0.0.1:2");
+    t.request_headers(&[(":path", "/")], true).unwrap();
+    assert_eq!(t.request_header("x-conf-source").as_deref(), Some("10.0.0.1:2"));
+    assert_eq!(t.property_value("conf.set").as_deref(), Some(&b"stored"[..]), "what the filter set, as bytes");
+}

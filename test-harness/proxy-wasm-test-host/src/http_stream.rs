@@ -65,24 +65,6 @@ impl<'w> HttpStream<'w> {
         Ok(action)
     }
 
-    fn body_callback(&mut self, request: bool, chunk: &[u8], end_of_stream: bool) -> Result<Action, HostError> {
-        let len = self.core.data(|d| {
-            let flow = if request { &mut d.request_body } else { &mut d.response_body };
-            flow.pending.extend_from_slice(chunk);
-            flow.pending.len()
-        });
-        let args = [self.core.id as i32, len as i32, i32::from(end_of_stream)];
-        let action = if request {
-            self.core.callback(|e| &e.on_request_body, &args)?
-        } else {
-            self.core.callback(|e| &e.on_response_body, &args)?
-        };
-        if action == Action::Continue {
-            self.core.data(|d| if request { d.request_body.release() } else { d.response_body.release() });
-        }
-        Ok(action)
-    }
-
     /// `on_http_request_headers` with these headers.
     pub fn request_headers(&mut self, headers: &[(&str, &str)], end_of_stream: bool) -> Result<Action, HostError> {
         self.request_headers_bytes(&bytes_of(headers), end_of_stream)
@@ -99,7 +81,7 @@ impl<'w> HttpStream<'w> {
 
     /// `on_http_request_body` with this chunk added to what the filter holds back.
     pub fn request_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Result<Action, HostError> {
-        self.body_callback(true, chunk, end_of_stream)
+        self.core.data_callback(|d| &mut d.request_body, |e| &e.on_request_body, chunk, end_of_stream)
     }
 
     /// `on_http_request_trailers` with these trailers.
@@ -128,7 +110,7 @@ impl<'w> HttpStream<'w> {
 
     /// `on_http_response_body` with this chunk added to what the filter holds back.
     pub fn response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Result<Action, HostError> {
-        self.body_callback(false, chunk, end_of_stream)
+        self.core.data_callback(|d| &mut d.response_body, |e| &e.on_response_body, chunk, end_of_stream)
     }
 
     /// `on_http_response_trailers` with these trailers.

@@ -3,7 +3,7 @@
 //! when dropped).
 
 use crate::exports::{Callback, Exports};
-use crate::state::{dotted_key, segments_key, StreamData};
+use crate::state::{dotted_key, segments_key, Flow, StreamData};
 use crate::types::{Action, HostError};
 use crate::worker::Worker;
 
@@ -36,6 +36,27 @@ impl<'w> Core<'w> {
         self.worker.with_state(|s| s.effective = id);
         let r = self.worker.call(pick, args)?;
         Ok(if r.unwrap_or(0) == 0 { Action::Continue } else { Action::Pause })
+    }
+
+    /// Adds `chunk` to the data the filter holds back in `flow`, calls the data callback with
+    /// its size, and releases it if the filter continues.
+    pub fn data_callback(
+        &mut self,
+        flow: fn(&mut StreamData) -> &mut Flow,
+        pick: impl Fn(&Exports) -> &Callback,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Action, HostError> {
+        let len = self.data(|d| {
+            let f = flow(d);
+            f.pending.extend_from_slice(chunk);
+            f.pending.len()
+        });
+        let action = self.callback(pick, &[self.id as i32, len as i32, i32::from(end_of_stream)])?;
+        if action == Action::Continue {
+            self.data(|d| flow(d).release());
+        }
+        Ok(action)
     }
 
     pub fn set_property_key(&self, key: Vec<u8>, value: &[u8]) {

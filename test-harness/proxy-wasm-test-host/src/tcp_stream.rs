@@ -33,32 +33,14 @@ impl<'w> TcpStream<'w> {
         self.core.callback(|e| &e.on_new_connection, &[id])
     }
 
-    fn data_callback(&mut self, downstream: bool, chunk: &[u8], end_of_stream: bool) -> Result<Action, HostError> {
-        let len = self.core.data(|d| {
-            let flow = if downstream { &mut d.downstream } else { &mut d.upstream };
-            flow.pending.extend_from_slice(chunk);
-            flow.pending.len()
-        });
-        let args = [self.core.id as i32, len as i32, i32::from(end_of_stream)];
-        let action = if downstream {
-            self.core.callback(|e| &e.on_downstream_data, &args)?
-        } else {
-            self.core.callback(|e| &e.on_upstream_data, &args)?
-        };
-        if action == Action::Continue {
-            self.core.data(|d| if downstream { d.downstream.release() } else { d.upstream.release() });
-        }
-        Ok(action)
-    }
-
     /// `on_downstream_data`: the client sent `chunk`.
     pub fn downstream_data(&mut self, chunk: &[u8], end_of_stream: bool) -> Result<Action, HostError> {
-        self.data_callback(true, chunk, end_of_stream)
+        self.core.data_callback(|d| &mut d.downstream, |e| &e.on_downstream_data, chunk, end_of_stream)
     }
 
     /// `on_upstream_data`: the upstream sent `chunk`.
     pub fn upstream_data(&mut self, chunk: &[u8], end_of_stream: bool) -> Result<Action, HostError> {
-        self.data_callback(false, chunk, end_of_stream)
+        self.core.data_callback(|d| &mut d.upstream, |e| &e.on_upstream_data, chunk, end_of_stream)
     }
 
     /// `on_downstream_connection_close`: the client side closed.
