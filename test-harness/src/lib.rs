@@ -11,6 +11,8 @@
 //! - [`http`]: a small blocking HTTP/1.1 client for assertions on status, headers and body;
 //! - [`redis`]: a throw-away `redis-server` on a free loopback port, for global rate limits
 //!   (the `ug-rls-server` crate beside this one is the rate limit service that uses it).
+//! - [`host`]: the deterministic proxy-wasm host (the `proxy-wasm-test-host` crate), and
+//!   [`wasi_run`], which runs a `wasm32-wasip1` command module such as the core's unit tests.
 //!
 //! Nothing here is global: every test owns its Envoy and backends, so tests run in parallel.
 
@@ -21,7 +23,8 @@ pub mod host;
 pub mod http;
 pub mod paths;
 pub mod redis;
-pub mod wasi_run;
+
+pub use proxy_wasm_test_host::wasi_run;
 
 use std::fmt;
 

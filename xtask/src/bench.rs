@@ -6,7 +6,9 @@
 //! - **Circuit breaker latency**: a request to a hanging upstream vs a request refused while open.
 //! - **Failover**: steady load, the primary killed mid-run; failed requests and time to failover,
 //!   native (aggregate cluster + health checks + outlier detection) vs the health router.
-//! - **Harness micro-benchmarks**: ns per request round per filter and VM start + configure.
+//! - **Harness micro-benchmarks**: ns, host calls and guest allocations per request round per
+//!   filter; the first load of each filter (compiling it) and a cached load (VM start +
+//!   configure of an already-compiled module). `bench --harness` runs only these.
 //!
 //! Figures only: nothing here fails on a number.
 
@@ -406,10 +408,11 @@ fn failover(plan: &Plan) -> Result<Value, BenchError> {
               "health_router": {"requests": o_total, "failed": o_fail, "time_to_failover_s": o_time}}))
 }
 
-fn harness_micro(plan: &Plan) -> Result<Value, BenchError> {
+/// The harness micro-benchmarks alone (what `bench --harness` runs).
+pub fn harness_micro(plan: &Plan) -> Result<Value, BenchError> {
     println!("Harness (wasmtime): one request round = create stream, request headers, response headers, log, done");
-    println!("| filter | ns per round | VM start + configure µs |");
-    println!("|---|---:|---:|");
+    println!("| filter | ns per round | host calls per round | guest allocations per round | first load ms (compile) | cached load µs |");
+    println!("|---|---:|---:|---:|---:|---:|");
     let configs = [
         ("diagnostics", diag_config()),
         ("rate_limiter", rl_config()),
@@ -419,15 +422,20 @@ fn harness_micro(plan: &Plan) -> Result<Value, BenchError> {
     let mut out = Vec::new();
     for (name, cfg) in configs {
         let path = wasm(name)?;
-        let loads = 5;
+        // The first load in this process compiles (the on-disk cache is bypassed); later loads
+        // reuse the compiled module: instantiate, start and configure one VM.
+        let t = Instant::now();
+        Host::new().no_disk_cache().load(&path, cfg.clone()).map_err(err)?;
+        let first_ms = t.elapsed().as_secs_f64() * 1e3;
+        let loads = 20;
         let t = Instant::now();
         for _ in 0..loads {
             Host::new().load(&path, cfg.clone()).map_err(err)?;
         }
-        let start_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(loads);
+        let cached_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(loads);
         let host = Host::new();
         let p = host.load(&path, cfg.clone()).map_err(err)?;
-        let round = |i: u32| -> Result<(), BenchError> {
+        let round = || -> Result<(), BenchError> {
             let mut s = p
                 .worker(0)
                 .http_stream()
@@ -437,19 +445,24 @@ fn harness_micro(plan: &Plan) -> Result<Value, BenchError> {
             s.set_property_u64("response.code", 200);
             s.response_headers(&[(":status", "200")], true).map_err(err)?;
             s.log().map_err(err)?;
-            let _ = i;
             s.finish().map_err(err)
         };
-        for i in 0..100 {
-            round(i)?;
+        for _ in 0..100 {
+            round()?;
         }
+        p.worker(0).reset_host_calls();
         let t = Instant::now();
-        for i in 0..plan.harness_rounds {
-            round(i)?;
+        for _ in 0..plan.harness_rounds {
+            round()?;
         }
         let ns = t.elapsed().as_nanos() as f64 / f64::from(plan.harness_rounds);
-        println!("| {name} | {ns:.0} | {start_us:.0} |");
-        out.push(json!({"filter": name, "ns_per_round": ns, "vm_start_configure_us": start_us}));
+        let calls = p.worker(0).host_calls();
+        let per_round = |n: u64| n as f64 / f64::from(plan.harness_rounds);
+        let (host_calls, allocations) = (per_round(calls.total()), per_round(calls.allocations));
+        println!("| {name} | {ns:.0} | {host_calls:.1} | {allocations:.1} | {first_ms:.0} | {cached_us:.0} |");
+        out.push(json!({"filter": name, "ns_per_round": ns, "host_calls_per_round": host_calls,
+                        "guest_allocations_per_round": allocations, "first_load_ms": first_ms,
+                        "cached_load_us": cached_us, "by_name": calls.by_name}));
     }
     println!();
     Ok(Value::Array(out))

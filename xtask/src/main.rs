@@ -67,11 +67,16 @@ fn main() -> ExitCode {
                             Err(TaskError(format!("{wasm} exited with {code}")))
                         }
                     }
-                    Err(e) => Err(TaskError(e)),
+                    Err(e) => Err(TaskError(e.to_string())),
                 }
             }
             None => Err(TaskError("usage: cargo xtask wasi-run FILE.wasm [ARGS]".into())),
         },
+        Some("bench") if args.iter().any(|a| a == "--harness") => {
+            setup_target().and_then(|()| build()).and_then(|()| {
+                xtask::bench::harness_micro(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
+            })
+        }
         Some("bench") => setup().and_then(|()| build()).and_then(|()| {
             let plan = if args.iter().any(|a| a == "--smoke") {
                 xtask::bench::Plan::smoke()
@@ -115,10 +120,11 @@ usage: cargo xtask <command>
   manifests [--registry REGISTRY/PREFIX] [--tag TAG]
           regenerate envoy-examples/istio/ and envoy-examples/envoy-gateway/ pinned to the
           digests of the images built from this checkout (default ghcr.io/upstream-guard)
-  bench [--smoke]
+  bench [--smoke | --harness]
           throughput and latency in real Envoy (passthrough, each filter, the chain, native
-          equivalents), breaker latency, failover vs native, harness ns/round; prints tables and
-          writes target/bench/results.json (--smoke: a few seconds, to keep it working)
+          equivalents), breaker latency, failover vs native, harness ns/round and load times;
+          prints tables and writes target/bench/results.json (--smoke: a few seconds, to keep it
+          working; --harness: only the harness figures, printed, not saved)
   demo    run Envoy with the filters in front of demo backends and print a tour [--serve: keep running]
 ";
 
