@@ -3,5 +3,6 @@
 
 pub mod bench;
 pub mod demo;
+pub mod fuzz;
 pub mod manifests;
 pub mod oci;
