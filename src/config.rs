@@ -41,12 +41,19 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let fix = if inner.is_syntax() || inner.is_eof() {
-            "the plugin configuration must be one JSON object, e.g. {} for all defaults"
-        } else {
-            "see the filter's configuration reference in README.md for the accepted fields and types"
-        };
-        ConfigError::new(path, inner.to_string(), fix)
+        if inner.is_syntax() || inner.is_eof() {
+            // Not JSON: the document is at fault (the message says where), not a field.
+            return ConfigError::new(
+                ".",
+                inner.to_string(),
+                "the plugin configuration must be one JSON object, e.g. {} for all defaults",
+            );
+        }
+        ConfigError::new(
+            path,
+            inner.to_string(),
+            "see the filter's configuration reference in README.md for the accepted fields and types",
+        )
     })?;
     de.end().map_err(|e| ConfigError::new(".", e.to_string(), "remove the text after the JSON object"))?;
     Ok(value)
@@ -168,6 +175,11 @@ pub fn parse_duration_nanos(text: &str) -> Option<u64> {
     match number.split_once('.') {
         None => number.parse::<u64>().ok()?.checked_mul(scale),
         Some((whole, frac)) => {
+            // One decimal point at most: "1.5.5s" is no duration (the fraction used to take the
+            // second '.' for a digit).
+            if !frac.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
             let whole = whole.parse::<u64>().ok()?.checked_mul(scale)?;
             let mut frac_nanos: u64 = 0;
             let mut place = scale;
@@ -210,6 +222,15 @@ mod tests {
     }
 
     #[test]
+    fn text_that_is_not_json_names_the_document() {
+        for bad in [&b"{\"names\": [1,"[..], b"{\"\xff\": 1}", b"{\"names\" 1}"] {
+            let e = parse_json::<Sample>(bad).unwrap_err();
+            assert_eq!(e.field, ".", "{e}");
+            assert!(e.problem.contains("line 1"), "{e}");
+        }
+    }
+
+    #[test]
     fn trailing_garbage_is_refused() {
         assert!(parse_json::<Sample>(b"{} x").is_err());
     }
@@ -225,7 +246,7 @@ mod tests {
 
     #[test]
     fn durations_without_a_known_unit_are_refused() {
-        for bad in ["", "10", "ms", "-1s", "1x", "1.s", ".5s", "99999999999999999999h"] {
+        for bad in ["", "10", "ms", "-1s", "1x", "1.s", ".5s", "99999999999999999999h", "1.5.5s", "1..5s", "1.5.s"] {
             assert_eq!(parse_duration_nanos(bad), None, "{bad}");
         }
     }

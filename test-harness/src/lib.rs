@@ -18,6 +18,7 @@
 
 pub mod backend;
 pub mod bootstrap;
+pub mod config_fuzz;
 pub mod envoy;
 pub mod fuzz;
 pub mod host;
