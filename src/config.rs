@@ -49,9 +49,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
                 "the plugin configuration must be one JSON object, e.g. {} for all defaults",
             );
         }
+        // serde's message repeats the value it refused ("invalid type: integer `424242`"): never
+        // for a field that holds a secret, which would then sit in Envoy's log.
+        let last = path.rsplit(['.', '[']).next().unwrap_or_default();
+        let problem = if ["token", "secret", "password"].iter().any(|w| last.contains(w)) {
+            "has the wrong type (its value is not repeated here: the field holds a secret)".to_string()
+        } else {
+            inner.to_string()
+        };
         ConfigError::new(
             path,
-            inner.to_string(),
+            problem,
             "see the filter's configuration reference in README.md for the accepted fields and types",
         )
     })?;
@@ -228,6 +236,18 @@ mod tests {
             assert_eq!(e.field, ".", "{e}");
             assert!(e.problem.contains("line 1"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_secret_field_of_the_wrong_type_is_not_repeated() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct WithToken {
+            debug_token: String,
+        }
+        let e = parse_json::<WithToken>(br#"{"debug_token": 424242}"#).unwrap_err();
+        assert_eq!(e.field, "debug_token");
+        assert!(!e.to_string().contains("424242"), "{e}");
     }
 
     #[test]

@@ -163,3 +163,30 @@ impl Bootstrap {
         })
     }
 }
+
+/// Turns a static bootstrap (as [`Bootstrap::build`] makes it) into one whose listeners come
+/// from a file (LDS from a path, as a control plane that writes files would serve them): the
+/// bootstrap, and the listener to write with [`write_lds`]. Envoy watches the file's directory
+/// and applies each new version; a version it refuses leaves the previous one serving.
+pub fn file_lds(mut bootstrap: Value, lds_path: &Path) -> (Value, Value) {
+    let listener = bootstrap["static_resources"]["listeners"][0].take();
+    if let Some(r) = bootstrap["static_resources"].as_object_mut() {
+        r.remove("listeners");
+    }
+    bootstrap["node"] = json!({"id": "upstream-guard-test", "cluster": "upstream-guard-test"});
+    bootstrap["dynamic_resources"] = json!({
+        "lds_config": {"path_config_source": {"path": lds_path.display().to_string()}, "resource_api_version": "V3"},
+    });
+    (bootstrap, listener)
+}
+
+/// Writes version `version` of the listeners file atomically (a new file moved into place, which
+/// is what Envoy's file watcher reacts to).
+pub fn write_lds(lds_path: &Path, version: u32, listener: &Value) -> std::io::Result<()> {
+    let mut l = listener.clone();
+    l["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    let doc = json!({"version_info": version.to_string(), "resources": [l]});
+    let tmp = lds_path.with_extension(format!("tmp{version}"));
+    std::fs::write(&tmp, doc.to_string())?;
+    std::fs::rename(&tmp, lds_path)
+}

@@ -38,7 +38,22 @@ impl Envoy {
         Self::start_file("envoy.json", &config.to_string(), concurrency, false)
     }
 
+    /// Starts Envoy at log level `level` with component levels `components` (`"wasm:trace"`):
+    /// for tests about what is logged.
+    pub fn start_logging(config: &Value, concurrency: u32, level: &str, components: &str) -> Result<Envoy> {
+        Self::spawn("envoy.json", &config.to_string(), concurrency, &["-l", level, "--component-log-level", components])
+    }
+
     fn start_file(name: &str, text: &str, concurrency: u32, verbose: bool) -> Result<Envoy> {
+        let levels: [&str; 4] = if verbose {
+            ["-l", "info", "--component-log-level", "wasm:debug"]
+        } else {
+            ["-l", "warn", "--component-log-level", "wasm:warn"]
+        };
+        Self::spawn(name, text, concurrency, &levels)
+    }
+
+    fn spawn(name: &str, text: &str, concurrency: u32, levels: &[&str]) -> Result<Envoy> {
         let bin = paths::envoy_bin()?;
         let dir = tempfile::Builder::new().prefix("ug-envoy-").tempdir().map_err(Error::io("temp dir"))?;
         let config_path = dir.path().join(name);
@@ -54,11 +69,7 @@ impl Envoy {
             .arg("--disable-hot-restart")
             .arg("--admin-address-path")
             .arg(&admin_path)
-            .args(if verbose {
-                ["-l", "info", "--component-log-level", "wasm:debug"]
-            } else {
-                ["-l", "warn", "--component-log-level", "wasm:warn"]
-            })
+            .args(levels)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))
@@ -158,6 +169,16 @@ impl Envoy {
     /// Everything Envoy has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// Envoy's process id (for its memory, say).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The directory holding the config and the log.

@@ -191,3 +191,39 @@ fn round_robin_spreads_over_healthy_upstreams() {
     let picks: Vec<String> = (0..4).map(|_| route(&p, 0).unwrap()).collect();
     assert_eq!(picks, ["primary", "secondary", "primary", "secondary"]);
 }
+
+#[test]
+fn checks_to_missing_or_silent_clusters_stay_bounded_and_say_so_once() {
+    // "ghost" is unknown to the host (dispatch fails), "silent" never answers (every check times
+    // out): thousands of intervals later, at most one check per upstream is in flight, the VM's
+    // memory has not grown, and the unknown cluster was logged once, not once per interval.
+    let host = Host::new().workers(2).clusters(&["silent", "ok"]);
+    let hc = json!({"path": "/healthz", "interval": "100ms", "timeout": "50ms", "unhealthy_threshold": 1});
+    let p = load(
+        &host,
+        json!({"upstreams": [{"cluster": "ok", "health_check": hc}, {"cluster": "ghost", "health_check": hc},
+                             {"cluster": "silent", "health_check": hc}]}),
+    );
+    let mut memory = Vec::new();
+    for round in 0..5_000 {
+        host.clock().advance(Duration::from_millis(20));
+        p.tick_all().unwrap();
+        for w in p.workers() {
+            let pending = w.pending_http_calls();
+            assert!(pending.len() <= 2, "round {round}: {} checks in flight", pending.len());
+            for call in pending.iter().filter(|c| c.cluster == "ok") {
+                w.respond_http_call(call.token, 200, &[], b"").unwrap();
+            }
+        }
+        if round % 1000 == 999 {
+            memory.push(p.workers().iter().map(|w| w.host_calls().memory_bytes).sum::<u64>());
+        }
+    }
+    assert!(memory.windows(2).all(|m| m[1] == m[0]), "guest memory grew: {memory:?}");
+    assert!(host.counter("upstream_guard.health.ghost.checks_failed") >= 900);
+    assert!(host.counter("upstream_guard.health.silent.checks_failed") >= 600);
+    let warned = p.logs().iter().filter(|(_, m)| m.contains("cannot send a health check")).count();
+    assert_eq!(warned, 1, "the unknown cluster is logged once");
+    assert!(host.shared_data_keys("health_router") <= 3 + 3, "{}", host.shared_data_keys("health_router"));
+    assert_eq!(route(&p, 0).unwrap(), "ok");
+}

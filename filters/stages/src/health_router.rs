@@ -52,6 +52,8 @@ struct Prober {
     in_flight: HashMap<u32, (usize, u64)>,
     /// When this VM last dispatched a check per upstream.
     last_dispatch: Vec<u64>,
+    /// Upstreams whose last check could not be sent (logged once until one is sent again).
+    undispatchable: Vec<bool>,
 }
 
 /// The stage, configured.
@@ -82,7 +84,11 @@ impl HealthRouter {
                 }
             })
             .collect();
-        let prober = Prober { last_dispatch: vec![0; config.upstreams.len()], ..Prober::default() };
+        let prober = Prober {
+            last_dispatch: vec![0; config.upstreams.len()],
+            undispatchable: vec![false; config.upstreams.len()],
+            ..Prober::default()
+        };
         HealthRouter {
             config,
             metrics,
@@ -289,15 +295,25 @@ impl Stage for HealthRouter {
             match host::http_call(&u.cluster, &headers, &[], timeout_ms) {
                 Ok(token) => {
                     prober.in_flight.insert(token, (i, now));
+                    if let Some(flag) = prober.undispatchable.get_mut(i) {
+                        *flag = false;
+                    }
                 }
                 Err(status) => {
-                    host::log(
-                        Level::Warn,
-                        &format!(
-                            "health_router: cannot send a health check to cluster {:?} ({status:?}): is it defined in Envoy?",
-                            u.cluster
-                        ),
-                    );
+                    // Said once, not on every interval: the failed checks are counted, and the
+                    // status endpoint and fail-fast reasons say it too.
+                    let first = prober.undispatchable.get_mut(i).is_some_and(|flag| !std::mem::replace(flag, true));
+                    if first {
+                        host::log(
+                            Level::Warn,
+                            &format!(
+                                "health_router: cannot send a health check to cluster {:?} ({status:?}): is it defined in \
+                                 Envoy? (counted in upstream_guard.health.<cluster>.checks_failed; not logged again \
+                                 until a check is sent)",
+                                u.cluster
+                            ),
+                        );
+                    }
                     if let Some(m) = self.metrics.get(i) {
                         m.checks_failed.inc();
                     }

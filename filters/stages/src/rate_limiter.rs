@@ -58,10 +58,12 @@ impl RateLimiter {
         if !self.warned.replace(true) {
             host::log(
                 Level::Warn,
-                "rate_limiter: a client address came from x-forwarded-for (source.address has port 0), a header \
-                 the client can write: the listener's HttpConnectionManager has use_remote_address: false (the \
-                 default). Set use_remote_address: true on an edge listener (with xff_num_trusted_hops behind \
-                 proxies you trust), or client_ip.require_peer: true to never key on such addresses. Counted in \
+                "rate_limiter: a client address came from x-forwarded-for (source.address has port 0). Either the \
+                 listener's HttpConnectionManager has use_remote_address: false (the default: Envoy believes the \
+                 header's last entry, which the client can write; set use_remote_address: true on an edge \
+                 listener, or client_ip.require_peer: true to never key on such addresses), or it trusts \
+                 xff_num_trusted_hops: N proxies in front (then key on the entry they appended with \
+                 client_ip.trusted_hops: N + 1, counting the entry Envoy appends itself). Counted in \
                  upstream_guard.ratelimit.client_ip_from_header.",
             );
         }
