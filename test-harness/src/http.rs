@@ -117,3 +117,32 @@ fn read_response(r: &mut impl BufRead, head_only: bool) -> Result<Response> {
     }
     Ok(resp)
 }
+
+/// A keep-alive HTTP/1.1 connection: many requests, one after another, on one TCP connection
+/// (a load generator's view; [`request`] opens one per request).
+#[derive(Debug)]
+pub struct Connection {
+    reader: BufReader<TcpStream>,
+}
+
+impl Connection {
+    /// Connects to `addr`; every read waits at most `timeout`.
+    pub fn open(addr: SocketAddr, timeout: Duration) -> Result<Connection> {
+        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(Error::io(format!("connect {addr}")))?;
+        stream.set_read_timeout(Some(timeout)).map_err(Error::io("set timeout"))?;
+        stream.set_nodelay(true).map_err(Error::io("set nodelay"))?;
+        Ok(Connection { reader: BufReader::new(stream) })
+    }
+
+    /// `GET path` with extra headers, keeping the connection open. After an error, or a response
+    /// with `connection: close` or a truncated body, open a new one.
+    pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
+        let mut head = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        self.reader.get_mut().write_all(head.as_bytes()).map_err(Error::io("send request"))?;
+        read_response(&mut self.reader, false)
+    }
+}

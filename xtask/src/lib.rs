@@ -6,3 +6,4 @@ pub mod demo;
 pub mod fuzz;
 pub mod manifests;
 pub mod oci;
+pub mod soak;

@@ -76,6 +76,10 @@ fn main() -> ExitCode {
             setup_target().and_then(|()| build())?;
             xtask::fuzz::run(minutes, seed, target).map(drop).map_err(|e| TaskError(e.0))
         }),
+        Some("soak") => soak_minutes(&args[1..]).and_then(|minutes| {
+            setup_target().and_then(|()| setup_envoy()).and_then(|()| build())?;
+            soak(minutes)
+        }),
         Some("bench") if args.iter().any(|a| a == "--harness") => {
             setup_target().and_then(|()| build()).and_then(|()| {
                 xtask::bench::harness_micro(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
@@ -124,6 +128,10 @@ usage: cargo xtask <command>
   manifests [--registry REGISTRY/PREFIX] [--tag TAG]
           regenerate envoy-examples/istio/ and envoy-examples/envoy-gateway/ pinned to the
           digests of the images built from this checkout (default ghcr.io/upstream-guard)
+  soak [--minutes N]
+          upstream_guard.wasm with all four stages in Envoy (2 workers) under steady load for N
+          minutes (default 10; `test` runs 2): RSS, VM memory, shared-data keys and errors
+          sampled to target/soak/soak.csv and soak.png; fails on growth, traps or unexpected 5xx
   bench [--smoke | --harness]
           throughput and latency in real Envoy (passthrough, each filter, the chain, native
           equivalents), breaker latency, failover vs native, harness ns/round and load times;
@@ -445,7 +453,55 @@ fn test() -> Result {
     let adapters = cargo_test(&mut adapter_tests, &mut totals);
     let wasm32 = core_on_wasm32(&mut totals);
     println!("total: {} passed, {} failed", totals.passed, totals.failed);
-    host.and(adapters).and(wasm32)
+    // Last, on a machine the tests no longer load: two minutes of steady load in real Envoy.
+    let soaked = soak(2.0);
+    host.and(adapters).and(wasm32).and(soaked)
+}
+
+/// `--minutes N` (default 10).
+fn soak_minutes(args: &[String]) -> Result<f64> {
+    match flag(args, "--minutes") {
+        Some(m) => m
+            .parse::<f64>()
+            .ok()
+            .filter(|m| *m >= 2.0)
+            .ok_or_else(|| TaskError(format!("--minutes {m:?}: give a number of at least 2 (memory is compared between the second minute and the last)"))),
+        None => Ok(10.0),
+    }
+}
+
+/// Runs the soak and says whether it passed.
+fn soak(minutes: f64) -> Result {
+    let out = paths::target_dir().join("soak");
+    let outcome = xtask::soak::run(&xtask::soak::Plan::minutes(minutes), &out).map_err(|e| TaskError(e.0))?;
+    let last = outcome.samples.last().cloned().unwrap_or_default();
+    let at = |minute: f64| {
+        outcome.samples.iter().rfind(|s| s.t <= minute * 60.0).map(|s| s.rss_kib as f64 / 1024.0).unwrap_or(0.0)
+    };
+    println!(
+        "soak: RSS {:.1} MiB at minute 2, {:.1} MiB at the end; average {:.1} MiB over the second minute, {:.1} MiB over the last; \
+         VM memory {:.1} MiB; {} shared-data keys (bound {}); {} ok, {} rate limited, {} expected 5xx, {} unexpected; {} fault lines in the log",
+        at(2.0),
+        last.rss_kib as f64 / 1024.0,
+        outcome.rss_second_minute / 1024.0,
+        outcome.rss_last_minute / 1024.0,
+        last.vm_bytes as f64 / 1_048_576.0,
+        last.keys,
+        outcome.key_bound,
+        last.counts.ok,
+        last.counts.limited,
+        last.counts.expected_5xx,
+        last.counts.unexpected,
+        outcome.fault_lines.len()
+    );
+    println!("soak: {} and {}", outcome.csv.display(), outcome.png.display());
+    let failures = outcome.failures();
+    if failures.is_empty() {
+        println!("soak: passed");
+        Ok(())
+    } else {
+        Err(TaskError(format!("soak failed:\n{}", failures.join("\n"))))
+    }
 }
 
 /// The pure core's unit tests compiled to wasm32-wasip1 (32-bit `usize`, no threads), run on

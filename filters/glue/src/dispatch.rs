@@ -281,6 +281,7 @@ pub fn tick<P: Pipeline>(vm: VmKey<P>, root_id: u32) {
     if let Some(root) = root(vm, root_id) {
         root.pipeline.tick(host::now());
     }
+    crate::metrics::report_memory();
 }
 
 /// `proxy_on_http_call_response`.

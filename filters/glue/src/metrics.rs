@@ -1,7 +1,7 @@
 //! Counters and gauges, defined once at configure time (or once per name, for families keyed by
 //! a cluster). They show in Envoy's `/stats` and Prometheus output under the name given.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use crate::host::{self, MetricKind};
@@ -45,6 +45,50 @@ impl Gauge {
             let _ = host::record_metric(id, value);
         }
     }
+}
+
+impl Gauge {
+    /// Adds `n` (Envoy adds to a gauge as it does to a counter).
+    pub fn add(self, n: u64) {
+        if let Some(id) = self.0 {
+            let _ = host::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// The gauge of the linear memory of every VM of the module, in bytes: each VM adds what its
+/// memory grew by since it last reported (a Wasm memory never shrinks), so the gauge is the sum
+/// over the VMs, and a leak in any of them shows as growth. A VM that Envoy replaced stays counted.
+pub const VM_MEMORY: &str = "upstream_guard.vm.memory_bytes";
+
+thread_local! {
+    /// The gauge, and the size this VM last added to it.
+    static MEMORY: Cell<Option<(Gauge, u64)>> = const { Cell::new(None) };
+}
+
+/// This VM's linear memory in bytes (0 where there is none to measure, as in native tests).
+fn linear_memory() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        u64::try_from(core::arch::wasm32::memory_size(0)).unwrap_or(u64::MAX).saturating_mul(65_536)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
+}
+
+/// Adds this VM's memory growth to [`VM_MEMORY`] (called on every tick: one host call, none
+/// when the memory did not grow).
+pub fn report_memory() {
+    MEMORY.with(|m| {
+        let (gauge, reported) = m.get().unwrap_or_else(|| (Gauge::define(VM_MEMORY), 0));
+        let now = linear_memory();
+        if now > reported {
+            gauge.add(now - reported);
+        }
+        m.set(Some((gauge, now.max(reported))));
+    });
 }
 
 /// Makes `name` safe inside a metric name: ASCII letters, digits, `_` and `-`; anything else

@@ -12,9 +12,30 @@ use std::cell::{Cell, RefCell};
 
 use crate::abi::Status;
 use crate::host;
+use crate::metrics::Counter;
 
 /// The CAS sent when creating a key.
 pub const CREATE_CAS: u32 = u32::MAX;
+
+/// The counter of keys [`update`] created: as keys are never deleted, the number of keys the
+/// module holds in shared data (plus the few fixed ones, such as [`Epoch::KEY`]). A soak watches
+/// it stay within the configured bounds.
+pub const KEYS_CREATED: &str = "upstream_guard.shared_data.keys_created";
+
+thread_local! {
+    /// [`KEYS_CREATED`], defined on the first key this VM creates.
+    static CREATED: Cell<Option<Counter>> = const { Cell::new(None) };
+}
+
+/// Counts one key created (the write that created it won, so each key counts once over all
+/// workers: a second creator's write is refused and it retries on the first one's value).
+fn count_created() {
+    CREATED.with(|c| {
+        let counter = c.get().unwrap_or_else(|| Counter::define(KEYS_CREATED));
+        c.set(Some(counter));
+        counter.inc();
+    });
+}
 
 /// Why an update did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,9 +62,15 @@ pub fn update<T>(
         };
         let (new, out) = f(value);
         let Some(new) = new else { return Ok(out) };
-        let cas = if cas == 0 { CREATE_CAS } else { cas };
+        let creating = cas == 0;
+        let cas = if creating { CREATE_CAS } else { cas };
         match host::shared_set(key, &new, cas) {
-            Ok(()) => return Ok(out),
+            Ok(()) => {
+                if creating {
+                    count_created();
+                }
+                return Ok(out);
+            }
             Err(Status::CasMismatch) => continue,
             Err(other) => return Err(UpdateError::Host(other)),
         }
