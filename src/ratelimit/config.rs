@@ -4,6 +4,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::algorithm::{Algorithm, Decision, Limit};
+use super::global::{Global, ServiceJson, Target};
 use super::key::{KeyPart, RequestView, SEPARATOR};
 use crate::config::ConfigError;
 
@@ -112,6 +113,10 @@ struct RuleJson {
     limit: LimitJson,
     #[serde(default)]
     algorithm: Algorithm,
+    #[serde(default)]
+    global: bool,
+    #[serde(default)]
+    service: Option<ServiceJson>,
 }
 
 /// The JSON plugin configuration.
@@ -236,6 +241,9 @@ pub struct Rule {
     pub policy: String,
     /// The name as a structured-field string, for the `RateLimit` field.
     pub quoted: String,
+    /// Set for a global rule: counted by a rate limit service for the whole fleet; `limit` and
+    /// `algorithm` then describe the local bucket it falls back to.
+    pub global: Option<Global>,
 }
 
 impl Rule {
@@ -272,6 +280,8 @@ pub struct RateLimitConfig {
     /// gRPC status of a refusal of a gRPC request (default 8, RESOURCE_EXHAUSTED: not retried
     /// by gRPC clients the way UNAVAILABLE is).
     pub grpc_status: u32,
+    /// The rate limit services global rules call (see [`Global::target`]).
+    pub targets: Vec<Target>,
 }
 
 impl RateLimitConfig {
@@ -294,6 +304,11 @@ impl RateLimitConfig {
             }
         }
         out
+    }
+
+    /// True when some rule is global (the filter then handles gRPC answers).
+    pub fn any_global(&self) -> bool {
+        self.rules.iter().any(|r| r.global.is_some())
     }
 
     /// Every header any rule reads on the request path (for the configure-time read plan).
@@ -351,6 +366,7 @@ impl RateLimitJson {
         }
         crate::config::header_name("client_ip.header", &self.client_ip.header)?;
         let mut rules = Vec::with_capacity(self.rules.len());
+        let mut targets = Vec::new();
         for (i, r) in self.rules.into_iter().enumerate() {
             let at = |f: &str| format!("rules[{i}].{f}");
             if r.name.is_empty() || !r.name.bytes().all(|b| (b' '..=b'~').contains(&b)) {
@@ -395,9 +411,29 @@ impl RateLimitJson {
                 }
                 Some(parts) => parts.iter().enumerate().map(|(j, p)| key_part(p, &at(&format!("key[{j}]")))).collect::<Result<_, _>>()?,
             };
+            let global = match (r.global, r.service) {
+                (false, None) => None,
+                (true, Some(service)) => {
+                    Some(service.validate(&key, &|f| at(&format!("service.{f}")), &mut targets)?)
+                }
+                (true, None) => {
+                    return Err(err(
+                        at("service"),
+                        "is missing for a global rule",
+                        "add \"service\": {\"cluster\": \"<Envoy cluster of the rate limit service>\", \"domain\": \"<domain>\"}",
+                    ))
+                }
+                (false, Some(_)) => {
+                    return Err(err(
+                        at("global"),
+                        "is false but the rule has a service section",
+                        "set \"global\": true to count this rule in the service, or remove \"service\"",
+                    ))
+                }
+            };
             let policy = super::headers::policy_header(&r.name, &limit);
             let quoted = super::headers::quoted(&r.name);
-            rules.push(Rule { name: r.name, matcher, key, limit, algorithm: r.algorithm, policy, quoted });
+            rules.push(Rule { name: r.name, matcher, key, limit, algorithm: r.algorithm, policy, quoted, global });
         }
         Ok(RateLimitConfig {
             rules,
@@ -410,6 +446,7 @@ impl RateLimitJson {
             cas_retries: self.cas_retries,
             response_headers: self.response_headers,
             grpc_status,
+            targets,
         })
     }
 }
