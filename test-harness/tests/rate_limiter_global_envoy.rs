@@ -325,3 +325,39 @@ fn a_body_sent_while_the_request_waits_never_slips_through() {
     assert_eq!(backend.requests(), 1);
     assert_eq!(stat(&envoy, "upstream_guard.ratelimit.tenant.global_ok"), 1);
 }
+
+#[test]
+fn the_example_runs_against_the_test_service() {
+    let _serial = serial();
+    let dir = paths::workspace_root().join("envoy-examples/global-rate-limit");
+    // The limits file the example's README starts the test service with is valid.
+    let text = std::fs::read_to_string(dir.join("ug-rls-limits.json")).unwrap();
+    assert_eq!(ug_rls_server::parse_limits(&text).unwrap().len(), 2);
+    // Tighter limits than the file's, so that the test does not depend on a one-second window.
+    let redis = Redis::start().unwrap();
+    let limits =
+        [LimitSpec::new("edge", 3, 3600).any("tenant"), LimitSpec::new("edge", 1000, 3600).any("remote_address")];
+    let rls = RlsServer::start(&redis.url(), &limits).unwrap();
+    let backend = Backend::ok().unwrap();
+    let target = paths::target_dir().display().to_string();
+    let yaml = std::fs::read_to_string(dir.join("envoy.yaml"))
+        .unwrap()
+        .replace("port_value: 10000", "port_value: 0")
+        .replace("port_value: 9901", "port_value: 0")
+        .replace("port_value: 8080", &format!("port_value: {}", backend.addr().port()))
+        .replace("port_value: 8081", &format!("port_value: {}", rls.addr().port()))
+        .replace("filename: target/", &format!("filename: {target}/"));
+    let envoy = Envoy::start_yaml(&yaml, 2).unwrap();
+    let addr = envoy.main().unwrap();
+    let got: Vec<http::Response> = (0..4).map(|_| get(addr, "/", "acme")).collect();
+    assert_eq!(got.iter().map(|r| r.status).collect::<Vec<_>>(), [200, 200, 200, 429]);
+    assert_eq!(got[0].header("ratelimit-policy"), Some(r#""per-tenant";q=3;w=3600"#), "{:?}", got[0].headers);
+    assert_eq!(got[0].header("ratelimit"), Some(r#""per-tenant";r=2;t=3600"#));
+    assert_eq!(cause(&got[3]), "rate_limited");
+    assert_eq!(got[3].header("ratelimit-policy"), Some(r#""per-tenant";q=3;w=3600"#));
+    // Without x-tenant only the per-client rule applies, and the service admits it.
+    let r = http::get(addr, "/", &[]).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.header("ratelimit").unwrap().starts_with(r#""per-client";r="#), "{:?}", r.headers);
+    assert_eq!(rls.stats().errors, 0);
+}

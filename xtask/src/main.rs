@@ -77,6 +77,9 @@ fn main() -> ExitCode {
                 xtask::bench::harness_micro(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
             })
         }
+        Some("bench") if args.iter().any(|a| a == "--global") => setup().and_then(|()| build()).and_then(|()| {
+            xtask::bench::global_rate_limit(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
+        }),
         Some("bench") => setup().and_then(|()| build()).and_then(|()| {
             let plan = if args.iter().any(|a| a == "--smoke") {
                 xtask::bench::Plan::smoke()
@@ -120,11 +123,12 @@ usage: cargo xtask <command>
   manifests [--registry REGISTRY/PREFIX] [--tag TAG]
           regenerate envoy-examples/istio/ and envoy-examples/envoy-gateway/ pinned to the
           digests of the images built from this checkout (default ghcr.io/upstream-guard)
-  bench [--smoke | --harness]
+  bench [--smoke | --harness | --global]
           throughput and latency in real Envoy (passthrough, each filter, the chain, native
-          equivalents), breaker latency, failover vs native, harness ns/round and load times;
-          prints tables and writes target/bench/results.json (--smoke: a few seconds, to keep it
-          working; --harness: only the harness figures, printed, not saved)
+          equivalents), breaker latency, failover vs native, global rate limits vs local and
+          native, harness ns/round and load times; prints tables and writes
+          target/bench/results.json (--smoke: a few seconds, to keep it working; --harness or
+          --global: only those figures, printed, not saved)
   demo    run Envoy with the filters in front of demo backends and print a tour [--serve: keep running]
 ";
 
