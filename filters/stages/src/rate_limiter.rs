@@ -210,13 +210,19 @@ impl RateLimiter {
             let sent = room
                 .then(|| host::grpc_call(&t.grpc_service, rls::SERVICE, rls::METHOD, &[], &message, t.timeout_ms).ok())
                 .flatten();
-            match sent {
-                Some(token) => {
-                    if let Ok(mut w) = self.waiters.try_borrow_mut() {
-                        w.insert(token, cx.id);
-                    }
-                    waiting.calls.push(Call { token: Some(token), parts });
+            // A call nobody is registered for would never resume its stream: cancel it instead.
+            let registered = sent.filter(|token| match self.waiters.try_borrow_mut() {
+                Ok(mut w) => {
+                    w.insert(*token, cx.id);
+                    true
                 }
+                Err(_) => {
+                    let _ = host::grpc_cancel(*token);
+                    false
+                }
+            });
+            match registered {
+                Some(token) => waiting.calls.push(Call { token: Some(token), parts }),
                 None => {
                     for part in parts {
                         self.failed(&mut waiting, part, ServiceError::NotSent, now);
