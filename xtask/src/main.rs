@@ -53,7 +53,14 @@ fn main() -> ExitCode {
         Some("manifests") => setup_target().and_then(|()| build()).and_then(|()| manifests(&args[1..])),
         Some("demo") => setup()
             .and_then(|()| build())
-            .and_then(|()| xtask::demo::run(args.iter().any(|a| a == "--serve")).map_err(|e| TaskError(e.0))),
+            .and_then(|()| {
+                let example = if args.iter().any(|a| a == "--chain") {
+                    xtask::demo::Example::Chain
+                } else {
+                    xtask::demo::Example::Module
+                };
+                xtask::demo::run(example, args.iter().any(|a| a == "--serve")).map_err(|e| TaskError(e.0))
+            }),
         Some("wasi-run") => match args.get(1) {
             Some(wasm) => {
                 let mut argv = vec!["test".to_string()];
@@ -125,7 +132,8 @@ usage: cargo xtask <command>
           equivalents), breaker latency, failover vs native, harness ns/round and load times;
           prints tables and writes target/bench/results.json (--smoke: a few seconds, to keep it
           working; --harness: only the harness figures, printed, not saved)
-  demo    run Envoy with the filters in front of demo backends and print a tour [--serve: keep running]
+  demo    run Envoy with upstream_guard.wasm in front of demo backends and print a tour
+          [--chain: the four single-policy filters instead] [--serve: keep running]
 ";
 
 fn root() -> PathBuf {
