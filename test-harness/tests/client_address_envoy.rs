@@ -30,7 +30,11 @@ fn diagnosis(addr: std::net::SocketAddr, headers: &[(&str, &str)]) -> BTreeMap<S
 
 fn dead_backend_envoy(b: Bootstrap, module: &str, config: Value) -> Envoy {
     let port = backend::closed_port().unwrap();
-    let cfg = b.filter(filter(module, "diagnostics", config)).route(route("/", "dead")).cluster(cluster("dead", port)).build();
+    let cfg = b
+        .filter(filter(module, "diagnostics", config))
+        .route(route("/", "dead"))
+        .cluster(cluster("dead", port))
+        .build();
     Envoy::start_with(&cfg, 2).unwrap()
 }
 
@@ -57,8 +61,16 @@ fn the_real_peer_and_the_debug_token_still_unlock_details() {
         let config = json!({"trusted_cidrs": ["127.0.0.1/32"], "debug_header": "x-debug", "debug_token": "s3cret"});
         let envoy = dead_backend_envoy(Bootstrap::new(), module, config);
         let addr = envoy.main().unwrap();
-        assert_eq!(diagnosis(addr, &[])["cluster"], "dead", "{module}: the loopback peer (a real connection) is trusted");
-        let envoy = dead_backend_envoy(Bootstrap::new().edge(), module, json!({"debug_header": "x-debug", "debug_token": "s3cret"}));
+        assert_eq!(
+            diagnosis(addr, &[])["cluster"],
+            "dead",
+            "{module}: the loopback peer (a real connection) is trusted"
+        );
+        let envoy = dead_backend_envoy(
+            Bootstrap::new().edge(),
+            module,
+            json!({"debug_header": "x-debug", "debug_token": "s3cret"}),
+        );
         let addr = envoy.main().unwrap();
         assert_eq!(diagnosis(addr, &[("x-debug", "s3cret")])["cluster"], "dead", "{module}: the token works");
         assert!(!diagnosis(addr, &[("x-debug", "guess")]).contains_key("cluster"), "{module}");
@@ -85,7 +97,8 @@ fn the_health_status_endpoint_ignores_spoofed_addresses() {
             .cluster(cluster("backend", backend.addr()))
             .build();
         let envoy = Envoy::start_with(&cfg, 2).unwrap();
-        let r = http::get(envoy.main().unwrap(), "/.well-known/upstream-health", &[("x-forwarded-for", "10.1.2.3")]).unwrap();
+        let r = http::get(envoy.main().unwrap(), "/.well-known/upstream-health", &[("x-forwarded-for", "10.1.2.3")])
+            .unwrap();
         assert!(!r.text().contains("\"upstreams\""), "{module}: the status went to a spoofed client: {}", r.text());
     }
 }
@@ -163,5 +176,8 @@ fn header_derived_addresses_are_counted_and_warned_about_exactly_when_they_occur
     let log = envoy.log();
     let warnings = log.lines().filter(|l| l.contains(WARNING)).count();
     assert!((1..=2).contains(&warnings), "once per worker at most: {warnings}\n{log}");
-    assert!(log.contains("use_remote_address") && log.contains("xff_num_trusted_hops"), "the warning names the settings");
+    assert!(
+        log.contains("use_remote_address") && log.contains("xff_num_trusted_hops"),
+        "the warning names the settings"
+    );
 }

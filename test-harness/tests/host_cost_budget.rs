@@ -74,7 +74,12 @@ fn budgets() -> Vec<(&'static str, Value, u64, u64)> {
         ("health_router", hr(), 4, 0),
         // The four together: each value read once and shared by the stages (the cluster comes from
         // the router stage, the epoch once per callback for the router and the breaker).
-        ("upstream_guard", json!({"diagnostics": diag(), "rate_limiter": rl(), "health_router": hr(), "circuit_breaker": cb()}), 12, 3),
+        (
+            "upstream_guard",
+            json!({"diagnostics": diag(), "rate_limiter": rl(), "health_router": hr(), "circuit_breaker": cb()}),
+            12,
+            3,
+        ),
     ]
 }
 
@@ -84,7 +89,12 @@ fn each_module_keeps_its_success_path_within_its_host_call_budget() {
     let mut over = Vec::new();
     for (module, config, max_calls, max_allocations) in budgets() {
         let (calls, growth) = measure(module, &config);
-        report.push(format!("{module}: {} calls ({} returning data) {:?}", calls.total(), calls.allocations, calls.by_name));
+        report.push(format!(
+            "{module}: {} calls ({} returning data) {:?}",
+            calls.total(),
+            calls.allocations,
+            calls.by_name
+        ));
         if calls.total() > max_calls || calls.allocations > max_allocations {
             over.push(format!(
                 "{module}: {} calls / {} allocations per request, budget {max_calls} / {max_allocations}: {:?}",
@@ -103,10 +113,15 @@ fn each_module_keeps_its_success_path_within_its_host_call_budget() {
 fn the_combined_module_reads_shared_values_once_not_once_per_stage() {
     let all = json!({"diagnostics": diag(), "rate_limiter": rl(), "health_router": hr(), "circuit_breaker": cb()});
     let (combined, _) = measure("upstream_guard", &all);
-    let singles: u64 = [("diagnostics", diag()), ("rate_limiter", rl()), ("health_router", hr()), ("circuit_breaker", cb())]
-        .iter()
-        .map(|(m, c)| measure(m, c).0.total())
-        .sum();
+    let singles: u64 =
+        [("diagnostics", diag()), ("rate_limiter", rl()), ("health_router", hr()), ("circuit_breaker", cb())]
+            .iter()
+            .map(|(m, c)| measure(m, c).0.total())
+            .sum();
     assert!(combined.total() < singles, "combined {} calls vs {singles} for four filters", combined.total());
-    assert_eq!(combined.calls("proxy_get_current_time_nanoseconds"), 1, "the clock is read once per callback that needs it");
+    assert_eq!(
+        combined.calls("proxy_get_current_time_nanoseconds"),
+        1,
+        "the clock is read once per callback that needs it"
+    );
 }

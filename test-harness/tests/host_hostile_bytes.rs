@@ -42,7 +42,10 @@ fn configs() -> Vec<(&'static str, Value)> {
         ("rate_limiter", rl.clone()),
         ("circuit_breaker", cb.clone()),
         ("health_router", hr.clone()),
-        ("upstream_guard", json!({"diagnostics": diag, "rate_limiter": rl, "health_router": hr, "circuit_breaker": cb})),
+        (
+            "upstream_guard",
+            json!({"diagnostics": diag, "rate_limiter": rl, "health_router": hr, "circuit_breaker": cb}),
+        ),
     ]
 }
 
@@ -142,8 +145,12 @@ fn every_module_survives_hostile_bytes_in_everything_it_reads() {
                 if let Err(e) = normal_round(&p) {
                     failures.push(format!("{module}: after {name} {what}: {e}"));
                 }
-                let panics: Vec<String> =
-                    p.logs().into_iter().filter(|(l, m)| *l >= level::CRITICAL || m.contains("panicked")).map(|(_, m)| m).collect();
+                let panics: Vec<String> = p
+                    .logs()
+                    .into_iter()
+                    .filter(|(l, m)| *l >= level::CRITICAL || m.contains("panicked"))
+                    .map(|(_, m)| m)
+                    .collect();
                 if !panics.is_empty() {
                     failures.push(format!("{module}: {name} {what}: {panics:?}"));
                 }
@@ -157,7 +164,8 @@ fn every_module_survives_hostile_bytes_in_everything_it_reads() {
 #[test]
 fn a_non_utf8_key_is_keyed_as_its_bytes_and_never_escapes_the_limit() {
     for module in ["rate_limiter", "upstream_guard"] {
-        let rl = json!({"rules": [{"name": "t", "key": [{"header": "x-tenant"}], "limit": {"requests": 1, "per": "1h"}}]});
+        let rl =
+            json!({"rules": [{"name": "t", "key": [{"header": "x-tenant"}], "limit": {"requests": 1, "per": "1h"}}]});
         let config = if module == "upstream_guard" { json!({"rate_limiter": rl}) } else { rl };
         let host = Host::new().workers(2);
         let p = host.load(wasm_path(module).unwrap(), &config).unwrap();
@@ -198,7 +206,8 @@ fn a_non_utf8_accept_is_simply_not_json() {
         s.set_property_u64("response.code", 503);
         s.set_property_u64("response.flags", 0x20);
         s.set_property("response.code_details", "upstream_reset_before_response_started{connection_failure}");
-        s.response_headers(&[(":status", "503"), ("content-type", "text/plain"), ("content-length", "22")], false).unwrap();
+        s.response_headers(&[(":status", "503"), ("content-type", "text/plain"), ("content-length", "22")], false)
+            .unwrap();
         s.response_body(b"upstream connect error", true).unwrap();
         let body = String::from_utf8_lossy(&s.response_body_now()).into_owned();
         assert_eq!(body.starts_with('{'), json_expected, "{accept:?}: {body}");

@@ -39,7 +39,12 @@ impl Example {
 }
 
 /// An example with its fixed ports swapped for this run's.
-pub fn example_config(example: Example, primary: SocketAddr, secondary: SocketAddr, flaky: SocketAddr) -> Result<String> {
+pub fn example_config(
+    example: Example,
+    primary: SocketAddr,
+    secondary: SocketAddr,
+    flaky: SocketAddr,
+) -> Result<String> {
     let path = paths::workspace_root().join("envoy-examples").join(example.dir()).join("envoy.yaml");
     let text = std::fs::read_to_string(&path).map_err(|e| TaskError(format!("{}: {e}", path.display())))?;
     let target = paths::target_dir().display().to_string();
