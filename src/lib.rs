@@ -17,6 +17,8 @@ pub mod hash;
 pub mod health;
 pub mod peer;
 pub mod ratelimit;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod sfv;
 pub mod suite;
 
