@@ -9,6 +9,7 @@
 //!   into the typed values the data path uses; every rejection names the field and the fix.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod breaker;
 pub mod cidr;
 pub mod config;

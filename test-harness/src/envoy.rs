@@ -25,20 +25,25 @@ impl Envoy {
 
     /// Starts Envoy with `concurrency` workers and waits (up to 60 s) for `/ready`.
     pub fn start_with(config: &Value, concurrency: u32) -> Result<Envoy> {
-        Self::start_file("envoy.json", &config.to_string(), concurrency, true)
+        Self::start_file("envoy.json", &config.to_string(), concurrency, true, &[])
+    }
+
+    /// Starts Envoy with extra command-line arguments (`--file-flush-interval-msec 50`, say).
+    pub fn start_with_args(config: &Value, concurrency: u32, args: &[&str]) -> Result<Envoy> {
+        Self::start_file("envoy.json", &config.to_string(), concurrency, true, args)
     }
 
     /// Starts Envoy from YAML text (an example config with its ports rewritten, say).
     pub fn start_yaml(yaml: &str, concurrency: u32) -> Result<Envoy> {
-        Self::start_file("envoy.yaml", yaml, concurrency, true)
+        Self::start_file("envoy.yaml", yaml, concurrency, true, &[])
     }
 
     /// Starts Envoy logging warnings only (no per-request wasm debug lines): for benchmarks.
     pub fn start_quiet(config: &Value, concurrency: u32) -> Result<Envoy> {
-        Self::start_file("envoy.json", &config.to_string(), concurrency, false)
+        Self::start_file("envoy.json", &config.to_string(), concurrency, false, &[])
     }
 
-    fn start_file(name: &str, text: &str, concurrency: u32, verbose: bool) -> Result<Envoy> {
+    fn start_file(name: &str, text: &str, concurrency: u32, verbose: bool, extra: &[&str]) -> Result<Envoy> {
         let bin = paths::envoy_bin()?;
         let dir = tempfile::Builder::new().prefix("ug-envoy-").tempdir().map_err(Error::io("temp dir"))?;
         let config_path = dir.path().join(name);
@@ -59,6 +64,7 @@ impl Envoy {
             } else {
                 ["-l", "warn", "--component-log-level", "wasm:warn"]
             })
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))

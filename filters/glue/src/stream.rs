@@ -251,6 +251,13 @@ impl<'a> Cx<'a> {
         OwnedObservation { status, flags, details, transport_failure }
     }
 
+    /// Publishes a stage's verdict for the access log: Envoy keeps it as filter state
+    /// `wasm.<key>`, printed by `%FILTER_STATE(wasm.<key>:PLAIN)%`. One host call that returns
+    /// nothing; a host without the call (or a stream without stream info) simply keeps nothing.
+    pub fn publish(&mut self, key: &str, fields: &upstream_guard::access_log::Fields) {
+        let _ = host::set_property(key.as_bytes(), fields.as_str().as_bytes());
+    }
+
     /// A string property, lossily (for names and addresses shown to trusted clients).
     pub fn property_text(&mut self, path: &[u8]) -> Option<String> {
         host::property(path).map(|b| String::from_utf8_lossy(&b).into_owned())

@@ -7,6 +7,7 @@
 
 use std::cell::Cell;
 
+use upstream_guard::access_log::{key, Fields};
 use upstream_guard::details;
 use upstream_guard::peer::{client_addr, ClientAddr};
 use upstream_guard::ratelimit::{
@@ -171,6 +172,11 @@ impl Stage for RateLimiter {
         match verdict {
             Verdict::Pass => Flow::Continue,
             Verdict::Admitted { rule, remaining, reset_ns } => {
+                if let Some(r) = config.rules.get(rule) {
+                    let fields =
+                        Fields::new().add("rule", &r.name).add("decision", "allowed").num("remaining", remaining);
+                    view.cx.publish(key::RATE_LIMITER, &fields);
+                }
                 if config.response_headers {
                     st.fields = Some((rule, remaining, reset_ns));
                 }
@@ -181,6 +187,10 @@ impl Stage for RateLimiter {
                     return Flow::Continue;
                 };
                 if config.mode == Mode::Shadow {
+                    view.cx.publish(
+                        key::RATE_LIMITER,
+                        &Fields::new().add("rule", &r.name).add("decision", "shadow_limited"),
+                    );
                     m.shadow_limited.inc();
                     host::log_with(Level::Info, || {
                         format!("rate_limiter: shadow mode: rule {:?} would have refused this request", r.name)
@@ -188,6 +198,11 @@ impl Stage for RateLimiter {
                     return Flow::Continue;
                 }
                 m.limited.inc();
+                let fields = Fields::new()
+                    .add("rule", &r.name)
+                    .add("decision", "limited")
+                    .num("retry_after", retry_after_secs(retry_after_ns));
+                view.cx.publish(key::RATE_LIMITER, &fields);
                 Flow::Reply(self.reply(rule, retry_after_ns))
             }
         }
