@@ -215,3 +215,19 @@ fn four_filters_log_the_same_fields() {
     let expected = tour(envoy.main().unwrap());
     check(&log, &expected);
 }
+
+#[test]
+fn every_example_logs_the_verdict_of_each_of_its_stages() {
+    let examples = paths::workspace_root().join("envoy-examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let yaml = entry.unwrap().path().join("envoy.yaml");
+        let Ok(text) = std::fs::read_to_string(&yaml) else { continue };
+        for stage in STAGES.iter().filter(|s| text.contains(&format!("root_id: {s}"))) {
+            let field = format!("{stage}: \"%FILTER_STATE(wasm.upstream_guard.{stage}:PLAIN)%\"");
+            assert!(text.contains(&field), "{}: the access log lacks {field}", yaml.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 9, "{checked} stage fields checked");
+}
