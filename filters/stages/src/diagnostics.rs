@@ -134,7 +134,10 @@ impl Stage for Diagnostics {
             st.token_sent = ok.unwrap_or(false);
         }
         if config.json_body {
-            st.wants_json = cx.request_header("accept").is_some_and(accepts_json);
+            // A gRPC client gets its diagnosis in the header only: a local reply's body becomes
+            // its grpc-message, and the upstream's body is never ours to touch.
+            let grpc = cx.request_header("content-type").is_some_and(|t| t.starts_with(b"application/grpc"));
+            st.wants_json = !grpc && cx.request_header("accept").is_some_and(accepts_json);
         }
         Flow::Continue
     }
@@ -232,6 +235,7 @@ impl Stage for Diagnostics {
         }
         if self.config.json_body {
             out.push("accept".into());
+            out.push("content-type".into());
         }
     }
 }
