@@ -31,7 +31,12 @@ impl Envoy {
     /// Starts Envoy with extra command-line arguments (`--file-flush-interval-msec 50`, say).
     pub fn start_with_args(config: &Value, concurrency: u32, args: &[&str]) -> Result<Envoy> {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        Self::start_full("envoy.json", &config.to_string(), &Launch { concurrency, verbose: true, ..Launch::default() }, &args)
+        Self::start_full(
+            "envoy.json",
+            &config.to_string(),
+            &Launch { concurrency, verbose: true, ..Launch::default() },
+            &args,
+        )
     }
 
     /// Starts Envoy from YAML text (an example config with its ports rewritten, say).
