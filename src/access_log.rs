@@ -3,10 +3,12 @@
 //! A stage publishes its verdict as a property (Envoy keeps it as filter state `wasm.<key>`), and
 //! the access log prints it with `%FILTER_STATE(wasm.<key>:PLAIN)%`. Envoy runs its access
 //! loggers before a filter's own `on_log`, so verdicts are written on the request and response
-//! headers, never at the end. Each write is a host call, so a stage writes only when it acted:
-//! the rate limiter when a rule applied, the circuit breaker when it refused, probed or changed
-//! state, diagnostics when it diagnosed; the health router on every request it routes. A stage
-//! that did nothing leaves its field empty (`-` in the log).
+//! headers, never at the end. Each write is a host call (and a filter-state object in Envoy:
+//! about 4,600 instructions measured), so a stage writes only when it acted: the rate limiter
+//! when a rule applied, the circuit breaker when it refused, probed or changed state, diagnostics
+//! when it diagnosed, the health router when its choice says more than `%UPSTREAM_CLUSTER%` (an
+//! upstream passed over, panic routing, a refusal, its status endpoint). A stage that did nothing
+//! leaves its field empty (`-` in the log).
 //!
 //! Values are logfmt (`cause=connection_refused flags=UF`): space-separated `key=value` pairs,
 //! a value quoted (with `\"` and `\\` escaped) when it holds a space, `=`, a quote or a byte
@@ -23,9 +25,9 @@ pub mod key {
     /// Circuit breaker: `cluster`, `state` (`closed`, `open`, `half-open`), `decision`
     /// (`refused`, `probe`, `tripped`, `closed`, `reopened`).
     pub const CIRCUIT_BREAKER: &str = "upstream_guard.circuit_breaker";
-    /// Health router: `upstream`, `reason` (`first_choice`, `failover`, `round_robin`,
-    /// `weighted`, `panic`, `none_healthy`, `status_endpoint`), `skipped` (upstreams passed over,
-    /// each with why: `primary:unhealthy`, `primary:ejected`).
+    /// Health router: `upstream`, `reason` (`failover`, `round_robin`, `weighted`, `panic`,
+    /// `none_healthy`, `status_endpoint`), `skipped` (upstreams passed over, each with why:
+    /// `primary:unhealthy`, `primary:ejected`). Not written for a plain choice.
     pub const HEALTH_ROUTER: &str = "upstream_guard.health_router";
 }
 

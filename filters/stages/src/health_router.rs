@@ -257,8 +257,12 @@ impl Stage for HealthRouter {
         // is matched again with this header (the explicit `clear_route_cache` foreign function
         // would cost another entry into the host for nothing).
         cx.set_request_header(&config.route_header, upstream.cluster.as_bytes());
-        let fields = Fields::new().add("upstream", &upstream.cluster).add("reason", reason);
-        cx.publish(key::HEALTH_ROUTER, &if skipped.is_empty() { fields } else { fields.add("skipped", &skipped) });
+        // A plain choice (the first in order, or the next in rotation, with nothing passed over)
+        // says nothing `%UPSTREAM_CLUSTER%` does not: no write, the common request stays cheap.
+        if !skipped.is_empty() || reason == "panic" {
+            let fields = Fields::new().add("upstream", &upstream.cluster).add("reason", reason);
+            cx.publish(key::HEALTH_ROUTER, &if skipped.is_empty() { fields } else { fields.add("skipped", &skipped) });
+        }
         if let Some(m) = self.metrics.get(chosen) {
             m.routed.inc();
         }
