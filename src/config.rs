@@ -6,6 +6,7 @@
 use std::fmt;
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 /// Why a plugin configuration was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,22 +35,38 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Parses a plugin configuration. Empty input (no `configuration` in Envoy) means `{}`, so every
-/// filter runs with its defaults when given nothing.
+/// filter runs with its defaults when given nothing. A top-level `"$schema"` string (an editor's
+/// pointer to the configuration's JSON Schema) is ignored.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
     let mut de = serde_json::Deserializer::from_slice(text);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let fix = if inner.is_syntax() || inner.is_eof() {
-            "the plugin configuration must be one JSON object, e.g. {} for all defaults"
-        } else {
-            "see the filter's configuration reference in README.md for the accepted fields and types"
-        };
-        ConfigError::new(path, inner.to_string(), fix)
+    let mut value = serde_json::Value::deserialize(&mut de).map_err(|e| {
+        ConfigError::new(
+            ".",
+            e.to_string(),
+            "the plugin configuration must be one JSON object, e.g. {} for all defaults",
+        )
     })?;
     de.end().map_err(|e| ConfigError::new(".", e.to_string(), "remove the text after the JSON object"))?;
-    Ok(value)
+    let serde_json::Value::Object(fields) = &mut value else {
+        // serde would read an array as the struct's fields in order: refuse it plainly.
+        return Err(ConfigError::new(
+            ".",
+            "is not a JSON object",
+            "the plugin configuration must be one JSON object, e.g. {} for all defaults",
+        ));
+    };
+    if fields.get("$schema").is_some_and(serde_json::Value::is_string) {
+        fields.remove("$schema");
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::new(
+            path,
+            e.into_inner().to_string(),
+            "see the filter's configuration reference in README.md for the accepted fields and types",
+        )
+    })
 }
 
 /// A header name field: non-empty lowercase HTTP token (HTTP/2 forbids uppercase), not a
@@ -207,6 +224,21 @@ mod tests {
     fn wrong_type_names_the_nested_path() {
         let e = parse_json::<Sample>(br#"{"names": [1, "x"]}"#).unwrap_err();
         assert_eq!(e.field, "names[1]");
+    }
+
+    #[test]
+    fn a_top_level_schema_pointer_is_ignored() {
+        let s: Sample = parse_json(br#"{"$schema": "./x.schema.json", "names": [1]}"#).unwrap();
+        assert_eq!(s.names, [1]);
+        assert!(parse_json::<Sample>(br#"{"$schema": 1}"#).is_err(), "only a string is an editor's pointer");
+    }
+
+    #[test]
+    fn only_an_object_is_a_configuration() {
+        for bad in ["[]", "[[1]]", "5", "\"x\"", "null"] {
+            let e = parse_json::<Sample>(bad.as_bytes()).unwrap_err();
+            assert_eq!(e.field, ".", "{bad}");
+        }
     }
 
     #[test]

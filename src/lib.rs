@@ -9,6 +9,7 @@
 //!   into the typed values the data path uses; every rejection names the field and the fix.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod breaker;
 pub mod cidr;
 pub mod config;
@@ -17,6 +18,8 @@ pub mod hash;
 pub mod health;
 pub mod peer;
 pub mod ratelimit;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod sfv;
 pub mod suite;
 

@@ -43,6 +43,7 @@ pub const MAX_HEADER_VALUE: usize = 8192;
 /// What a global rule does when its service cannot answer (unreachable, timed out, a gRPC error,
 /// an answer that is not a rate limit response).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OnServiceError {
     /// Count in the rule's local bucket instead (exact across this Envoy's workers), so the limit
@@ -55,20 +56,40 @@ pub enum OnServiceError {
     Deny,
 }
 
-/// The `service` section of a global rule, as written.
+/// The `service` section of a global rule, as written: the rate limit service (Envoy's RLS
+/// protocol, `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`) that counts for the
+/// whole fleet.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ServiceJson {
+    /// The Envoy cluster of the service (HTTP/2, e.g. `ratelimit`).
+    #[cfg_attr(feature = "schema", schemars(pattern(r"^[ -~]+$")))]
     cluster: String,
+    /// The domain the service's limits are configured under.
+    #[cfg_attr(feature = "schema", schemars(pattern(r"^[ -~]+$")))]
     domain: String,
+    /// How long a request may wait for the answer, 1ms to 60s (default `100ms`).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "100ms"), pattern(crate::schema::DURATION)))]
     #[serde(default)]
     timeout: Option<String>,
+    /// The descriptor key of each part of the rule's `key`, in order (default: `client_ip` →
+    /// `remote_address`, a header → its name, `path`, `method`, a constant → `generic_key`).
     #[serde(default)]
     descriptor_keys: Option<Vec<String>>,
+    /// What the rule does when the service gives no verdict (unreachable, timed out, an error):
+    /// `local` counts in this Envoy's own bucket (default), `allow` admits, `deny` refuses with
+    /// `error_status`.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "local")))]
     #[serde(default)]
     on_service_error: OnServiceError,
+    /// Status of a refusal under `on_service_error: deny` (default 503).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 503), range(min = 400, max = 599)))]
     #[serde(default)]
     error_status: Option<u16>,
+    /// How long an over-limit answer is remembered so the same key is refused without asking
+    /// again (bounded by the answer's own reset time; `0s` never; default `10s`).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "10s"), pattern(crate::schema::DURATION_OR_ZERO)))]
     #[serde(default)]
     cache_over_limit: Option<String>,
 }

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
             .and_then(|_| setup_target())
             .and_then(|()| build())
             .and_then(|()| push(&args[1..])),
+        Some("schemas") => schemas(),
         Some("manifests") => setup_target().and_then(|()| build()).and_then(|()| manifests(&args[1..])),
         Some("demo") => setup().and_then(|()| build()).and_then(|()| {
             let example = if args.iter().any(|a| a == "--chain") {
@@ -128,6 +129,7 @@ usage: cargo xtask <command>
   manifests [--registry REGISTRY/PREFIX] [--tag TAG]
           regenerate envoy-examples/istio/ and envoy-examples/envoy-gateway/ pinned to the
           digests of the images built from this checkout (default ghcr.io/upstream-guard)
+  schemas regenerate envoy-examples/schemas/<module>.schema.json from the configuration types
   bench [--smoke | --harness | --global]
           throughput and latency in real Envoy (passthrough, each filter, the chain, native
           equivalents), breaker latency, failover vs native, global rate limits vs local and
@@ -187,7 +189,7 @@ fn setup_npm() -> Result {
     let manifest = std::fs::read(src.join("package.json")).map_err(|e| TaskError(format!("package.json: {e}")))?;
     let fresh = std::fs::read(dst.join("package.json")).ok().as_deref() == Some(manifest.as_slice())
         && dst.join("node_modules").join("ajv").is_dir();
-    for f in ["package.json", "validate-manifests.mjs"] {
+    for f in ["package.json", "validate-manifests.mjs", "validate-configs.mjs"] {
         std::fs::copy(src.join(f), dst.join(f)).map_err(|e| TaskError(format!("copy {f}: {e}")))?;
     }
     if fresh {
@@ -395,6 +397,20 @@ fn manifests(args: &[String]) -> Result {
             std::fs::write(&path, text).map_err(|e| TaskError(format!("{}: {e}", path.display())))?;
             println!("{}", path.display());
         }
+    }
+    Ok(())
+}
+
+/// Writes every configuration's JSON Schema (`upstream_guard::schema`) to
+/// `envoy-examples/schemas/`; the `config_schemas` test fails when these files are stale.
+fn schemas() -> Result {
+    let dir = root().join("envoy-examples").join("schemas");
+    std::fs::create_dir_all(&dir).map_err(|e| TaskError(format!("{}: {e}", dir.display())))?;
+    for (name, schema) in upstream_guard::schema::all() {
+        let path = dir.join(format!("{name}.schema.json"));
+        std::fs::write(&path, upstream_guard::schema::file_text(&schema))
+            .map_err(|e| TaskError(format!("{}: {e}", path.display())))?;
+        println!("{}", path.display());
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use upstream_guard::access_log::{key, Fields};
 use upstream_guard::details;
 use upstream_guard::hash::hash64;
 use upstream_guard::peer::{client_addr, ClientAddr};
@@ -325,6 +326,10 @@ impl RateLimiter {
             Verdict::Pass | Verdict::Admitted { .. } => {
                 if let Some(rule) = from.as_ref().and_then(|f| f.denied).and_then(|i| config.rules.get(i)) {
                     if config.mode == Mode::Shadow {
+                        cx.publish(
+                            key::RATE_LIMITER,
+                            &Fields::new().add("rule", &rule.name).add("decision", "shadow_unavailable"),
+                        );
                         host::log_with(Level::Info, || {
                             format!(
                                 "rate_limiter: shadow mode: rule {:?} would have refused this request (service unavailable)",
@@ -332,11 +337,22 @@ impl RateLimiter {
                             )
                         });
                     } else {
+                        cx.publish(
+                            key::RATE_LIMITER,
+                            &Fields::new().add("rule", &rule.name).add("decision", "service_unavailable"),
+                        );
                         return Flow::Reply(self.unavailable(rule));
                     }
                 }
-                if let (Verdict::Admitted { rule, remaining, reset_ns }, true) = (verdict, config.response_headers) {
-                    st.fields = Some((rule, remaining, reset_ns));
+                if let Verdict::Admitted { rule, remaining, reset_ns } = verdict {
+                    if let Some(r) = config.rules.get(rule) {
+                        let fields =
+                            Fields::new().add("rule", &r.name).add("decision", "allowed").num("remaining", remaining);
+                        cx.publish(key::RATE_LIMITER, &fields);
+                    }
+                    if config.response_headers {
+                        st.fields = Some((rule, remaining, reset_ns));
+                    }
                 }
                 if let Some(f) = from {
                     for (name, value) in &f.request_headers {
@@ -357,6 +373,10 @@ impl RateLimiter {
                     return Flow::Continue;
                 };
                 if config.mode == Mode::Shadow {
+                    cx.publish(
+                        key::RATE_LIMITER,
+                        &Fields::new().add("rule", &r.name).add("decision", "shadow_limited"),
+                    );
                     m.shadow_limited.inc();
                     host::log_with(Level::Info, || {
                         format!("rate_limiter: shadow mode: rule {:?} would have refused this request", r.name)
@@ -364,6 +384,11 @@ impl RateLimiter {
                     return Flow::Continue;
                 }
                 m.limited.inc();
+                let fields = Fields::new()
+                    .add("rule", &r.name)
+                    .add("decision", "limited")
+                    .num("retry_after", retry_after_secs(retry_after_ns));
+                cx.publish(key::RATE_LIMITER, &fields);
                 let mut reply = self.reply(rule, retry_after_ns, from.as_ref().and_then(|f| f.policy(rule)));
                 for (name, value) in from.iter().flat_map(|f| &f.response_headers) {
                     reply.set_header(name, value.clone());
