@@ -6,6 +6,7 @@
 use std::fmt;
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 /// Why a plugin configuration was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,37 +35,46 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Parses a plugin configuration. Empty input (no `configuration` in Envoy) means `{}`, so every
-/// filter runs with its defaults when given nothing.
+/// filter runs with its defaults when given nothing. A top-level `"$schema"` string (an editor's
+/// pointer to the configuration's JSON Schema) is ignored.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
     let mut de = serde_json::Deserializer::from_slice(text);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let mut value = serde_json::Value::deserialize(&mut de).map_err(|e| {
+        ConfigError::new(
+            ".",
+            e.to_string(),
+            "the plugin configuration must be one JSON object, e.g. {} for all defaults",
+        )
+    })?;
+    de.end().map_err(|e| ConfigError::new(".", e.to_string(), "remove the text after the JSON object"))?;
+    let serde_json::Value::Object(fields) = &mut value else {
+        // serde would read an array as the struct's fields in order: refuse it plainly.
+        return Err(ConfigError::new(
+            ".",
+            "is not a JSON object",
+            "the plugin configuration must be one JSON object, e.g. {} for all defaults",
+        ));
+    };
+    if fields.get("$schema").is_some_and(serde_json::Value::is_string) {
+        fields.remove("$schema");
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            // Not JSON: the document is at fault (the message says where), not a field.
-            return ConfigError::new(
-                ".",
-                inner.to_string(),
-                "the plugin configuration must be one JSON object, e.g. {} for all defaults",
-            );
-        }
         // serde's message repeats the value it refused ("invalid type: integer `424242`"): never
         // for a field that holds a secret, which would then sit in Envoy's log.
         let last = path.rsplit(['.', '[']).next().unwrap_or_default();
         let problem = if ["token", "secret", "password"].iter().any(|w| last.contains(w)) {
             "has the wrong type (its value is not repeated here: the field holds a secret)".to_string()
         } else {
-            inner.to_string()
+            e.into_inner().to_string()
         };
         ConfigError::new(
             path,
             problem,
             "see the filter's configuration reference in README.md for the accepted fields and types",
         )
-    })?;
-    de.end().map_err(|e| ConfigError::new(".", e.to_string(), "remove the text after the JSON object"))?;
-    Ok(value)
+    })
 }
 
 /// A header name field: non-empty lowercase HTTP token (HTTP/2 forbids uppercase), not a
@@ -235,6 +245,21 @@ mod tests {
             let e = parse_json::<Sample>(bad).unwrap_err();
             assert_eq!(e.field, ".", "{e}");
             assert!(e.problem.contains("line 1"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_top_level_schema_pointer_is_ignored() {
+        let s: Sample = parse_json(br#"{"$schema": "./x.schema.json", "names": [1]}"#).unwrap();
+        assert_eq!(s.names, [1]);
+        assert!(parse_json::<Sample>(br#"{"$schema": 1}"#).is_err(), "only a string is an editor's pointer");
+    }
+
+    #[test]
+    fn only_an_object_is_a_configuration() {
+        for bad in ["[]", "[[1]]", "5", "\"x\"", "null"] {
+            let e = parse_json::<Sample>(bad.as_bytes()).unwrap_err();
+            assert_eq!(e.field, ".", "{bad}");
         }
     }
 

@@ -9,6 +9,7 @@
 //!   into the typed values the data path uses; every rejection names the field and the fix.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod breaker;
 pub mod cidr;
 pub mod config;
@@ -17,6 +18,8 @@ pub mod hash;
 pub mod health;
 pub mod peer;
 pub mod ratelimit;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod sfv;
 pub mod suite;
 
@@ -27,6 +30,9 @@ pub mod details {
     pub const CIRCUIT_OPEN: &str = "upstream_guard.circuit_open";
     /// The rate limiter rejected the request.
     pub const RATE_LIMITED: &str = "upstream_guard.rate_limited";
+    /// A global rate limit rule with `on_service_error: deny` refused the request because its
+    /// rate limit service could not be asked (unreachable, timed out, failed): not a limit.
+    pub const RATE_LIMIT_SERVICE_UNAVAILABLE: &str = "upstream_guard.rate_limit_service_unavailable";
     /// The health router found no healthy upstream and failed fast.
     pub const NO_HEALTHY_UPSTREAM: &str = "upstream_guard.no_healthy_upstream";
     /// The health router answered its status endpoint (not an error).

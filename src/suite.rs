@@ -13,16 +13,24 @@ use crate::diagnose::{DiagnosticsConfig, DiagnosticsJson};
 use crate::health::{HealthConfig, HealthJson};
 use crate::ratelimit::{RateLimitConfig, RateLimitJson};
 
-/// The JSON document.
+/// # upstream_guard
+///
+/// upstream_guard.wasm's plugin configuration: one section per policy, each exactly that
+/// filter's own configuration. A missing section turns that stage off.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SuiteJson {
+    /// The diagnostics stage (first: it explains every later stage's refusal).
     #[serde(default)]
     pub diagnostics: Option<DiagnosticsJson>,
+    /// The rate limiter stage.
     #[serde(default)]
     pub rate_limiter: Option<RateLimitJson>,
+    /// The health router stage.
     #[serde(default)]
     pub health_router: Option<HealthJson>,
+    /// The circuit breaker stage (last: it guards the cluster the router chose).
     #[serde(default)]
     pub circuit_breaker: Option<BreakerJson>,
 }

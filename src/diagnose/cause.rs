@@ -34,6 +34,7 @@ pub enum Cause {
     ClusterNotFound,
     DnsResolutionFailed,
     RateLimited,
+    RateLimitServiceUnavailable,
     LocalHealthCheckFailed,
     DownstreamDisconnected,
     UpstreamErrorResponse,
@@ -48,7 +49,7 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in the order the README's table lists them.
-    pub const ALL: [Cause; 23] = [
+    pub const ALL: [Cause; 24] = [
         Cause::ConnectionRefused,
         Cause::ConnectTimeout,
         Cause::TlsHandshakeFailed,
@@ -62,6 +63,7 @@ impl Cause {
         Cause::ClusterNotFound,
         Cause::DnsResolutionFailed,
         Cause::RateLimited,
+        Cause::RateLimitServiceUnavailable,
         Cause::LocalHealthCheckFailed,
         Cause::DownstreamDisconnected,
         Cause::UpstreamErrorResponse,
@@ -90,6 +92,7 @@ impl Cause {
             Cause::ClusterNotFound => "cluster_not_found",
             Cause::DnsResolutionFailed => "dns_resolution_failed",
             Cause::RateLimited => "rate_limited",
+            Cause::RateLimitServiceUnavailable => "rate_limit_service_unavailable",
             Cause::LocalHealthCheckFailed => "local_health_check_failed",
             Cause::DownstreamDisconnected => "downstream_disconnected",
             Cause::UpstreamErrorResponse => "upstream_error_response",
@@ -141,6 +144,9 @@ impl Cause {
                 "the upstream hostname could not be resolved: check DNS and service discovery for the cluster"
             }
             Cause::RateLimited => "the request went over a rate limit: slow down and retry after the Retry-After delay",
+            Cause::RateLimitServiceUnavailable => {
+                "a global rate limit could not be checked because its rate limit service failed or did not answer in time, and the rule refuses what it cannot check: check the service, its Envoy cluster and its store, or set on_service_error to local"
+            }
             Cause::LocalHealthCheckFailed => {
                 "this proxy failed its own health check and is draining: check why the local service is unhealthy"
             }
@@ -241,6 +247,7 @@ fn own_local_reply(details: &str) -> Option<Cause> {
     match details {
         details::CIRCUIT_OPEN => Some(Cause::CircuitOpen),
         details::RATE_LIMITED => Some(Cause::RateLimited),
+        details::RATE_LIMIT_SERVICE_UNAVAILABLE => Some(Cause::RateLimitServiceUnavailable),
         details::NO_HEALTHY_UPSTREAM => Some(Cause::NoHealthyUpstream),
         details::HEALTH_STATUS => Some(Cause::None),
         d if d.starts_with(details::PREFIX) => Some(Cause::Unknown),
@@ -452,6 +459,10 @@ mod tests {
     fn own_local_replies_are_named_even_without_flags() {
         assert_eq!(classify(&obs(503, 0, details::CIRCUIT_OPEN, "")), Cause::CircuitOpen);
         assert_eq!(classify(&obs(429, 0, details::RATE_LIMITED, "")), Cause::RateLimited);
+        let unavailable = obs(503, 0, details::RATE_LIMIT_SERVICE_UNAVAILABLE, "");
+        assert_eq!(classify(&unavailable), Cause::RateLimitServiceUnavailable);
+        assert!(is_error(&unavailable));
+        assert!(!upstream_failed(&unavailable, &[503]), "the upstream was never asked");
         assert_eq!(classify(&obs(503, 0, details::NO_HEALTHY_UPSTREAM, "")), Cause::NoHealthyUpstream);
         assert!(is_error(&obs(429, 0, details::RATE_LIMITED, "")));
     }

@@ -26,7 +26,8 @@ impl<'a> Report<'a> {
         Report { cause, observation, cluster: None, upstream: None, route: None, attempts: None }
     }
 
-    fn flags_text(&self) -> String {
+    /// Envoy's short flag names (`UF,URX`), `-` for none.
+    pub fn flags_text(&self) -> String {
         let names = self.observation.flags.short_names();
         if names.is_empty() {
             "-".into()

@@ -7,17 +7,21 @@ use crate::peer::Trust;
 
 /// How requests are spread over healthy upstreams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// The first healthy upstream in configured order.
     #[default]
     Failover,
+    /// Each healthy upstream in turn.
     RoundRobin,
+    /// Healthy upstreams in proportion to their `weight`.
     Weighted,
 }
 
 /// What to do when no upstream is available.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NoneHealthy {
     /// 503 at once, with every upstream's reason.
@@ -27,76 +31,146 @@ pub enum NoneHealthy {
     Panic,
 }
 
+/// Active checks: `GET` callouts on the tick, sent by one worker at a time.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct HealthCheckJson {
+    /// The path checked with `GET`.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "/healthz"), pattern(crate::schema::PATH)))]
     #[serde(default)]
     path: Option<String>,
+    /// `:authority` of the check (default: the cluster name).
     #[serde(default)]
     authority: Option<String>,
+    /// Statuses that pass (default: any 2xx).
+    #[cfg_attr(feature = "schema", schemars(inner(range(min = 100, max = 599))))]
     #[serde(default)]
     expected_statuses: Option<Vec<u16>>,
+    /// Time between checks.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "1s"), pattern(crate::schema::DURATION)))]
     #[serde(default)]
     interval: Option<String>,
+    /// A check not answered by then fails.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "250ms"), pattern(crate::schema::DURATION)))]
     #[serde(default)]
     timeout: Option<String>,
+    /// A fixed per-upstream offset in `[0, jitter)` added to the interval, so that checks of
+    /// several upstreams spread out.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "0s"), pattern(crate::schema::DURATION_OR_ZERO)))]
     #[serde(default)]
     jitter: Option<String>,
+    /// Failed checks in a row that mark the upstream unhealthy.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 2), range(min = 1)))]
     #[serde(default)]
     unhealthy_threshold: Option<u32>,
+    /// Passed checks in a row that bring it back.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 2), range(min = 1)))]
     #[serde(default)]
     healthy_threshold: Option<u32>,
 }
 
+/// One upstream cluster.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct UpstreamJson {
+    /// An Envoy cluster (printable ASCII without spaces; each listed once, checked by the filter
+    /// only).
+    #[cfg_attr(feature = "schema", schemars(pattern(r"^[!-~]+$")))]
     cluster: String,
+    /// Share of traffic under `strategy: weighted`.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 1), range(min = 1)))]
     #[serde(default)]
     weight: Option<u32>,
+    /// Active checks; without them only passive detection applies.
     #[serde(default)]
     health_check: Option<HealthCheckJson>,
 }
 
+/// Passive detection: failed responses in a row eject the upstream at once.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct PassiveJson {
+    /// Failed responses in a row (a status in `statuses`, or UF/UT/UC/UR/UH) that eject the
+    /// upstream.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 5), range(min = 1)))]
     #[serde(default)]
     consecutive_failures: Option<u32>,
+    /// How long an ejected upstream stays out.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "10s"), pattern(crate::schema::DURATION)))]
     #[serde(default)]
     ejection: Option<String>,
+    /// Statuses that count as failures.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(extend("default" = [500, 502, 503, 504]), inner(range(min = 100, max = 599)))
+    )]
     #[serde(default)]
     statuses: Option<Vec<u16>>,
 }
 
+/// A per-path upstream list.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct RouteJson {
+    /// Requests whose path starts with this use `upstreams`.
     path_prefix: String,
+    /// Clusters named in `upstreams` (checked by the filter only), in preference order.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     upstreams: Vec<String>,
 }
 
-/// The JSON plugin configuration.
+/// # health_router
+///
+/// The health router's plugin configuration (also the `health_router` section of
+/// upstream_guard.wasm's). Routes each request to a healthy upstream cluster by setting
+/// `route_header`, which the route's `cluster_header` reads.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HealthJson {
+    /// The Envoy clusters to route to, in failover order.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     upstreams: Vec<UpstreamJson>,
+    /// `failover` (first available in configured order), `round_robin` or `weighted`.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "failover")))]
     #[serde(default)]
     strategy: Strategy,
+    /// The header the route's `cluster_header` reads; always overwritten, so clients cannot pick
+    /// the upstream.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "x-upstream-cluster"), pattern(crate::schema::HEADER_NAME)))]
     #[serde(default)]
     route_header: Option<String>,
+    /// Passive detection (default: off).
     #[serde(default)]
     passive: Option<PassiveJson>,
+    /// `fail_fast`: a 503 at once with every upstream's reason; `panic`: the configured order
+    /// anyway.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "fail_fast")))]
     #[serde(default)]
     when_none_healthy: NoneHealthy,
+    /// A path answered with every upstream's health as JSON, to `trusted_cidrs` only.
+    #[cfg_attr(feature = "schema", schemars(pattern(crate::schema::PATH)))]
     #[serde(default)]
     status_path: Option<String>,
+    /// Client address blocks that may read `status_path`.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = []), inner(pattern(crate::schema::CIDR))))]
     #[serde(default)]
     trusted_cidrs: Vec<String>,
+    /// Also trust client addresses Envoy took from `x-forwarded-for`: only safe behind a proxy
+    /// that overwrites that header.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
     #[serde(default)]
     trust_x_forwarded_for: bool,
+    /// Per-path upstream lists; the first match picks the list, otherwise every upstream.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = [])))]
     #[serde(default)]
     routes: Vec<RouteJson>,
+    /// gRPC status of the fail-fast refusal of a gRPC request (0–16; 14 is UNAVAILABLE).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 14), range(max = 16)))]
     #[serde(default)]
     grpc_status: Option<u32>,
 }

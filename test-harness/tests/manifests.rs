@@ -34,6 +34,7 @@ fn check_plugin_config(filter: &str, config: &Value) -> Result<(), String> {
         "rate_limiter" => upstream_guard::ratelimit::RateLimitConfig::from_json(&bytes).map(drop),
         "circuit_breaker" => upstream_guard::breaker::BreakerConfig::from_json(&bytes).map(drop),
         "health_router" => upstream_guard::health::HealthConfig::from_json(&bytes).map(drop),
+        "upstream_guard" => upstream_guard::suite::SuiteConfig::from_json(&bytes).map(drop),
         other => return Err(format!("unknown filter {other}")),
     };
     r.map_err(|e| e.to_string())
@@ -45,8 +46,8 @@ fn istio_and_envoy_gateway_manifests_validate_and_carry_valid_plugin_configs() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.iter().filter(|l| l["kind"] == "WasmPlugin").count(), 4, "one WasmPlugin per filter");
-    assert_eq!(lines.iter().filter(|l| l["kind"] == "EnvoyExtensionPolicy").count(), 4, "one policy per filter");
+    assert_eq!(lines.iter().filter(|l| l["kind"] == "WasmPlugin").count(), 5, "one WasmPlugin per module");
+    assert_eq!(lines.iter().filter(|l| l["kind"] == "EnvoyExtensionPolicy").count(), 5, "one policy per module");
     for l in &lines {
         check_plugin_config(l["filter"].as_str().unwrap(), &l["config"])
             .unwrap_or_else(|e| panic!("{}: {e}", l["file"]));
@@ -109,7 +110,7 @@ fn the_validators_reject_a_broken_manifest() {
 #[test]
 fn every_example_envoy_config_passes_envoy_validate() {
     // The examples load target/wasm32-wasip1/release/*.wasm, which Envoy checks exist.
-    for filter in ["diagnostics", "rate_limiter", "circuit_breaker", "health_router"] {
+    for filter in ["upstream_guard", "diagnostics", "rate_limiter", "circuit_breaker", "health_router"] {
         paths::wasm_path(filter).unwrap_or_else(|e| panic!("{e}"));
     }
     let examples = paths::workspace_root().join("envoy-examples");

@@ -1,11 +1,14 @@
 //! `cargo xtask bench`: what each filter costs, measured in one run on this machine.
 //!
-//! - **Envoy throughput and latency** (`wrk`, keep-alive, one Envoy worker each): passthrough, each
-//!   filter alone (configured so requests pass), all four chained, and Envoy's native
-//!   equivalents; interleaved A/B/A/B over several rounds so drift hits every row alike.
+//! - **Per-request cost in Envoy** ([`crate::bench_cost`]): throughput, latency, instructions per
+//!   request (callgrind) and resident memory for passthrough, the floor (an empty SDK filter),
+//!   every module and stage, the chain of four filters, and Envoy's native equivalents.
 //! - **Circuit breaker latency**: a request to a hanging upstream vs a request refused while open.
 //! - **Failover**: steady load, the primary killed mid-run; failed requests and time to failover,
 //!   native (aggregate cluster + health checks + outlier detection) vs the health router.
+//! - **Global rate limit**: the latency a global rule's call to a rate limit service adds (one
+//!   connection, p50/p99) against a local rule, and throughput against Envoy's native
+//!   `envoy.filters.http.ratelimit` asking the same service (`ug-rls-server` on a local Redis).
 //! - **Harness micro-benchmarks**: ns, host calls and guest allocations per request round per
 //!   filter; the first load of each filter (compiling it) and a cached load (VM start +
 //!   configure of an already-compiled module). `bench --harness` runs only these.
@@ -21,9 +24,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use test_harness::backend::{Backend, Behavior};
-use test_harness::bootstrap::{cluster, route, wasm_filter, Bootstrap};
+use test_harness::bootstrap::{
+    cluster, header_rate_limit, http2_cluster, native_ratelimit_filter, rate_limited_route, route, wasm_filter,
+    Bootstrap,
+};
 use test_harness::envoy::Envoy;
 use test_harness::host::Host;
+use test_harness::redis::Redis;
 use test_harness::{http, paths};
 
 /// A bench failure.
@@ -43,16 +50,34 @@ pub struct Plan {
     pub failover_rps: u32,
     pub failover_seconds: u32,
     pub harness_rounds: u32,
+    /// Requests counted by callgrind per configuration (0: skip the instruction counts).
+    pub callgrind_requests: u32,
 }
 
 impl Plan {
     /// The full benchmark (a few minutes).
     pub fn full() -> Plan {
-        Plan { rounds: 3, seconds: 5, connections: 32, failover_rps: 500, failover_seconds: 20, harness_rounds: 5000 }
+        Plan {
+            rounds: 3,
+            seconds: 5,
+            connections: 32,
+            failover_rps: 500,
+            failover_seconds: 20,
+            harness_rounds: 5000,
+            callgrind_requests: 2000,
+        }
     }
     /// A smoke run that keeps the command working (seconds).
     pub fn smoke() -> Plan {
-        Plan { rounds: 1, seconds: 1, connections: 4, failover_rps: 100, failover_seconds: 4, harness_rounds: 200 }
+        Plan {
+            rounds: 1,
+            seconds: 1,
+            connections: 4,
+            failover_rps: 100,
+            failover_seconds: 4,
+            harness_rounds: 200,
+            callgrind_requests: 0,
+        }
     }
 }
 
@@ -60,96 +85,21 @@ fn wasm(name: &str) -> Result<std::path::PathBuf, BenchError> {
     paths::wasm_path(name).map_err(err)
 }
 
-fn rl_config() -> Value {
-    json!({"rules": [{"name": "all", "key": ["client_ip"], "limit": {"requests": 1_000_000_000u64, "per": "1s"}}]})
-}
+use crate::bench_cost::{cb_config, diag_config, hr_config, rl_config};
 
-fn hr_config() -> Value {
-    json!({"upstreams": [{"cluster": "backend", "health_check": {"path": "/healthz", "interval": "1s"}}]})
-}
-
-fn cb_config() -> Value {
-    json!({"failure": {"consecutive": 5}})
-}
-
-fn diag_config() -> Value {
-    json!({"trusted_cidrs": ["127.0.0.1/32"]})
-}
-
-/// One row of the throughput table: a name and its Envoy config.
-struct Row {
-    name: &'static str,
-    config: Value,
-}
-
-fn rows(backend: SocketAddr) -> Result<Vec<Row>, BenchError> {
-    let plain = |filters: Vec<Value>, header_route: bool| {
-        let mut b = Bootstrap::new();
-        for f in filters {
-            b = b.filter(f);
-        }
-        let r = if header_route {
-            json!({"match": {"prefix": "/"}, "route": {"cluster_header": "x-upstream-cluster"}})
-        } else {
-            route("/", "backend")
-        };
-        b.route(r).cluster(cluster("backend", backend)).build()
-    };
-    let native_rl = json!({
-        "name": "envoy.filters.http.local_ratelimit",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
-            "stat_prefix": "native_rl",
-            "token_bucket": {"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"},
-            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enabled"},
-            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enforced"},
-        },
-    });
-    let mut native_health = plain(vec![], false);
-    let c = &mut native_health["static_resources"]["clusters"][0];
-    c["health_checks"] = json!([{"timeout": "0.25s", "interval": "1s", "no_traffic_interval": "1s", "unhealthy_threshold": 2,
-        "healthy_threshold": 2, "http_health_check": {"path": "/healthz"}}]);
-    c["outlier_detection"] = json!({"consecutive_5xx": 3, "consecutive_gateway_failure": 3,
-        "enforcing_consecutive_gateway_failure": 100, "base_ejection_time": "10s"});
-    Ok(vec![
-        Row { name: "passthrough", config: plain(vec![], false) },
-        Row {
-            name: "diagnostics",
-            config: plain(vec![wasm_filter("diagnostics", &wasm("diagnostics")?, &diag_config())], false),
-        },
-        Row {
-            name: "rate_limiter",
-            config: plain(vec![wasm_filter("rate_limiter", &wasm("rate_limiter")?, &rl_config())], false),
-        },
-        Row { name: "native local_ratelimit", config: plain(vec![native_rl], false) },
-        Row {
-            name: "circuit_breaker",
-            config: plain(vec![wasm_filter("circuit_breaker", &wasm("circuit_breaker")?, &cb_config())], false),
-        },
-        Row {
-            name: "health_router",
-            config: plain(vec![wasm_filter("health_router", &wasm("health_router")?, &hr_config())], true),
-        },
-        Row { name: "native health checks + outlier detection", config: native_health },
-        Row {
-            name: "all four chained",
-            config: plain(
-                vec![
-                    wasm_filter("diagnostics", &wasm("diagnostics")?, &diag_config()),
-                    wasm_filter("rate_limiter", &wasm("rate_limiter")?, &rl_config()),
-                    wasm_filter("health_router", &wasm("health_router")?, &hr_config()),
-                    wasm_filter("circuit_breaker", &wasm("circuit_breaker")?, &cb_config()),
-                ],
-                true,
-            ),
-        },
-    ])
-}
-
-/// One wrk run: (requests/s, p50 ms, p99 ms, non-2xx).
-fn wrk(addr: SocketAddr, plan: &Plan) -> Result<(f64, f64, f64, u64), BenchError> {
-    let out = Command::new("wrk")
-        .args(["-t1", &format!("-c{}", plan.connections), &format!("-d{}s", plan.seconds), "--latency"])
+/// One wrk run over `connections` connections for `seconds`, with extra request headers.
+fn wrk_with(
+    addr: SocketAddr,
+    seconds: u32,
+    connections: u32,
+    headers: &[&str],
+) -> Result<(f64, f64, f64, u64), BenchError> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd
         .arg(format!("http://{addr}/"))
         .output()
         .map_err(|e| BenchError(format!("wrk: {e} (cargo xtask setup installs it)")))?;
@@ -196,75 +146,21 @@ pub fn run(plan: Plan) -> Result<Value, BenchError> {
             .unwrap_or_default()
     );
     println!("upstream-guard benchmarks on {machine}\n");
-    let throughput = throughput(&plan)?;
+    let throughput = crate::bench_cost::run(&plan)?;
     let breaker = breaker_latency()?;
     let failover = failover(&plan)?;
+    let global = global_rate_limit(&plan)?;
     let harness = harness_micro(&plan)?;
     let sizes: Vec<Value> = crate_filters()
         .iter()
         .map(|f| json!({"filter": f, "bytes": std::fs::metadata(paths::wasm_path(f).unwrap_or_default()).map(|m| m.len()).unwrap_or(0)}))
         .collect();
     Ok(json!({"machine": machine, "plan": format!("{plan:?}"), "throughput": throughput, "breaker_latency": breaker,
-              "failover": failover, "harness": harness, "wasm_sizes": sizes}))
+              "failover": failover, "global_rate_limit": global, "harness": harness, "wasm_sizes": sizes}))
 }
 
 fn crate_filters() -> [&'static str; 4] {
     ["diagnostics", "rate_limiter", "circuit_breaker", "health_router"]
-}
-
-fn throughput(plan: &Plan) -> Result<Value, BenchError> {
-    let backend = Backend::ok().map_err(err)?;
-    let rows = rows(backend.addr())?;
-    let mut envoys = Vec::new();
-    for r in &rows {
-        let e = Envoy::start_quiet(&r.config, 1).map_err(err)?;
-        let addr = e.main().map_err(err)?;
-        // Warm up: connections, VMs, caches.
-        for _ in 0..20 {
-            let _ = http::get(addr, "/", &[]);
-        }
-        envoys.push((e, addr));
-    }
-    let mut samples: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); rows.len()];
-    for round in 0..plan.rounds {
-        for (i, (_, addr)) in envoys.iter().enumerate() {
-            let s = wrk(*addr, plan)?;
-            eprintln!("  round {} {:<42} {:>9.0} req/s", round + 1, rows[i].name, s.0);
-            samples[i].push(s);
-        }
-    }
-    let mean = |v: &[(f64, f64, f64, u64)], f: fn(&(f64, f64, f64, u64)) -> f64| {
-        v.iter().map(f).sum::<f64>() / v.len().max(1) as f64
-    };
-    let base = mean(&samples[0], |s| s.0);
-    let native_rl = mean(&samples[3], |s| s.0);
-    let native_health = mean(&samples[6], |s| s.0);
-    println!(
-        "Envoy 1.40, --concurrency 1, wrk -c{} -d{}s, {} interleaved rounds",
-        plan.connections, plan.seconds, plan.rounds
-    );
-    println!("| configuration | req/s | p50 ms | p99 ms | vs passthrough | vs native |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    let mut out = Vec::new();
-    for (i, r) in rows.iter().enumerate() {
-        let (rps, p50, p99) = (mean(&samples[i], |s| s.0), mean(&samples[i], |s| s.1), mean(&samples[i], |s| s.2));
-        let non2xx: u64 = samples[i].iter().map(|s| s.3).sum();
-        let native = match r.name {
-            "rate_limiter" => Some(rps / native_rl),
-            "health_router" => Some(rps / native_health),
-            _ => None,
-        };
-        println!(
-            "| {} | {rps:.0} | {p50:.2} | {p99:.2} | {:.3} | {} |",
-            r.name,
-            rps / base,
-            native.map(|n| format!("{n:.3}")).unwrap_or_else(|| "—".into())
-        );
-        out.push(json!({"configuration": r.name, "rps": rps, "p50_ms": p50, "p99_ms": p99, "ratio_to_passthrough": rps / base,
-                        "ratio_to_native": native, "non_2xx": non2xx}));
-    }
-    println!();
-    Ok(Value::Array(out))
 }
 
 fn breaker_latency() -> Result<Value, BenchError> {
@@ -406,6 +302,143 @@ fn failover(plan: &Plan) -> Result<Value, BenchError> {
     println!("| health_router | {o_total} | {o_fail} | {o_time:.2} |\n");
     Ok(json!({"native": {"requests": n_total, "failed": n_fail, "time_to_failover_s": n_time},
               "health_router": {"requests": o_total, "failed": o_fail, "time_to_failover_s": o_time}}))
+}
+
+/// A global rule against a local rule and against Envoy's native rate limit filter, all keyed on
+/// `x-tenant` with a limit never reached, the global ones asking one `ug-rls-server` on Redis.
+/// Latency: one connection (no queueing), so the p50/p99 difference is what the check adds.
+/// Throughput: `plan.connections` connections, interleaved rounds as in the main table.
+/// Then a flood over the limit: what the local pre-check (a refusal by the service remembered
+/// for `cache_over_limit`) saves in service calls and throughput, against no pre-check and native.
+pub fn global_rate_limit(plan: &Plan) -> Result<Value, BenchError> {
+    use ug_rls_server::{LimitSpec, RlsServer};
+    let redis = Redis::start().map_err(err)?;
+    let limits = [
+        LimitSpec::new("edge", 1_000_000_000, 3600).any("tenant"),
+        LimitSpec::new("edge", 100, 3600).value("tenant", "flood"),
+    ];
+    let rls = RlsServer::start(&redis.url(), &limits).map_err(err)?;
+    let backend = Backend::ok().map_err(err)?;
+    let limit = json!({"requests": 1_000_000_000u64, "per": "1h"});
+    let local = json!({"rules": [{"name": "tenant", "key": [{"header": "x-tenant"}], "limit": limit}]});
+    let global_with = |cache: &str| {
+        json!({"rules": [{"name": "tenant", "key": [{"header": "x-tenant"}], "limit": limit, "global": true,
+            "service": {"cluster": "rls", "domain": "edge", "timeout": "1s", "descriptor_keys": ["tenant"],
+                        "cache_over_limit": cache}}]})
+    };
+    let global = global_with("10s");
+    let with = |filter: Value, route: Value| {
+        Bootstrap::new()
+            .filter(filter)
+            .route(route)
+            .cluster(cluster("backend", backend.addr()))
+            .cluster(http2_cluster("rls", rls.addr()))
+            .build()
+    };
+    let rows = [
+        (
+            "local rule (rate_limiter)",
+            with(wasm_filter("rate_limiter", &wasm("rate_limiter")?, &local), route("/", "backend")),
+        ),
+        (
+            "global rule (rate_limiter)",
+            with(wasm_filter("rate_limiter", &wasm("rate_limiter")?, &global), route("/", "backend")),
+        ),
+        (
+            "native envoy.filters.http.ratelimit",
+            with(
+                native_ratelimit_filter("edge", "rls", Duration::from_secs(1), false),
+                rate_limited_route("/", "backend", json!([header_rate_limit("x-tenant", "tenant")])),
+            ),
+        ),
+    ];
+    let header = ["x-tenant: bench"];
+    let mut envoys = Vec::new();
+    for (_, cfg) in &rows {
+        let e = Envoy::start_quiet(cfg, 1).map_err(err)?;
+        let addr = e.main().map_err(err)?;
+        for _ in 0..20 {
+            let _ = http::get(addr, "/", &[("x-tenant", "bench")]);
+        }
+        envoys.push((e, addr));
+    }
+    let mut latency: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); rows.len()];
+    let mut load: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); rows.len()];
+    for round in 0..plan.rounds {
+        for (i, (_, addr)) in envoys.iter().enumerate() {
+            latency[i].push(wrk_with(*addr, plan.seconds, 1, &header)?);
+            let s = wrk_with(*addr, plan.seconds, plan.connections, &header)?;
+            eprintln!("  round {} {:<42} {:>9.0} req/s", round + 1, rows[i].0, s.0);
+            load[i].push(s);
+        }
+    }
+    let calls = rls.stats();
+    let mean = |v: &[(f64, f64, f64, u64)], f: fn(&(f64, f64, f64, u64)) -> f64| {
+        v.iter().map(f).sum::<f64>() / v.len().max(1) as f64
+    };
+    let native_rps = mean(&load[2], |s| s.0);
+    println!(
+        "Global rate limit: one rule keyed on x-tenant, never reached; ug-rls-server on Redis, loopback; \
+         Envoy --concurrency 1; latency with wrk -c1, throughput with wrk -c{} -d{}s, {} interleaved rounds",
+        plan.connections, plan.seconds, plan.rounds
+    );
+    println!("| configuration | p50 ms (1 connection) | p99 ms (1 connection) | req/s | p50 ms | p99 ms | vs native |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut out = Vec::new();
+    for (i, (name, _)) in rows.iter().enumerate() {
+        let (l50, l99) = (mean(&latency[i], |s| s.1), mean(&latency[i], |s| s.2));
+        let (rps, p50, p99) = (mean(&load[i], |s| s.0), mean(&load[i], |s| s.1), mean(&load[i], |s| s.2));
+        let non2xx: u64 = latency[i].iter().chain(&load[i]).map(|s| s.3).sum();
+        println!("| {name} | {l50:.3} | {l99:.3} | {rps:.0} | {p50:.2} | {p99:.2} | {:.3} |", rps / native_rps);
+        out.push(json!({"configuration": name, "latency_p50_ms": l50, "latency_p99_ms": l99, "rps": rps,
+                        "p50_ms": p50, "p99_ms": p99, "ratio_to_native": rps / native_rps, "non_2xx": non2xx}));
+    }
+    let added = |f: fn(&(f64, f64, f64, u64)) -> f64| mean(&latency[1], f) - mean(&latency[0], f);
+    let (added50, added99) = (added(|s| s.1), added(|s| s.2));
+    println!(
+        "A global check adds {added50:.3} ms at p50 and {added99:.3} ms at p99 to a local rule; the service answered \
+         {} calls ({} errors).\n",
+        calls.calls, calls.errors
+    );
+
+    // Over the limit: every request is refused; how many reach the service?
+    let no_precheck =
+        with(wasm_filter("rate_limiter", &wasm("rate_limiter")?, &global_with("0s")), route("/", "backend"));
+    let e = Envoy::start_quiet(&no_precheck, 1).map_err(err)?;
+    let addr = e.main().map_err(err)?;
+    let native = envoys.remove(2);
+    let flood_rows = [
+        ("global rule, pre-check (cache_over_limit 10s)", envoys.remove(1)),
+        ("global rule, no pre-check (cache_over_limit 0s)", (e, addr)),
+        ("native envoy.filters.http.ratelimit", native),
+    ];
+    for _ in 0..101 {
+        let _ = http::get(flood_rows[2].1 .1, "/", &[("x-tenant", "flood")]);
+    }
+    let flood = ["x-tenant: flood"];
+    let mut flood_samples: Vec<Vec<(f64, u64, u64)>> = vec![Vec::new(); flood_rows.len()];
+    for _ in 0..plan.rounds {
+        for (i, (_, (_, addr))) in flood_rows.iter().enumerate() {
+            let before = rls.stats().calls;
+            let (rps, _, _, non2xx) = wrk_with(*addr, plan.seconds, plan.connections, &flood)?;
+            flood_samples[i].push((rps, non2xx, rls.stats().calls - before));
+        }
+    }
+    println!("Over the limit (every request refused), wrk -c{} -d{}s", plan.connections, plan.seconds);
+    println!("| configuration | req/s | service calls per refused request |");
+    println!("|---|---:|---:|");
+    let mut flood_out = Vec::new();
+    for (i, (name, _)) in flood_rows.iter().enumerate() {
+        let v = &flood_samples[i];
+        let rps = v.iter().map(|s| s.0).sum::<f64>() / v.len().max(1) as f64;
+        let (refused, calls): (u64, u64) = v.iter().fold((0, 0), |(r, c), s| (r + s.1, c + s.2));
+        let per = calls as f64 / refused.max(1) as f64;
+        println!("| {name} | {rps:.0} | {per:.4} |");
+        flood_out.push(json!({"configuration": name, "rps": rps, "refused": refused, "service_calls": calls}));
+    }
+    println!();
+    Ok(json!({"rows": out, "added_p50_ms": added50, "added_p99_ms": added99, "service_calls": calls.calls,
+              "service_errors": calls.errors, "over_limit": flood_out}))
 }
 
 /// The harness micro-benchmarks alone (what `bench --harness` runs).

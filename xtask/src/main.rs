@@ -23,7 +23,7 @@ fn package_of(filter: &str) -> &str {
     }
 }
 /// Filters built for the tests only (never packaged).
-const TEST_FILTERS: &[&str] = &["conformance", "faulty"];
+const TEST_FILTERS: &[&str] = &["conformance", "floor", "faulty"];
 const ENVOY_VERSION: &str = "1.40.0";
 const WASM_TARGET: &str = "wasm32-wasip1";
 
@@ -50,10 +50,16 @@ fn main() -> ExitCode {
             .and_then(|_| setup_target())
             .and_then(|()| build())
             .and_then(|()| push(&args[1..])),
+        Some("schemas") => schemas(),
         Some("manifests") => setup_target().and_then(|()| build()).and_then(|()| manifests(&args[1..])),
-        Some("demo") => setup()
-            .and_then(|()| build())
-            .and_then(|()| xtask::demo::run(args.iter().any(|a| a == "--serve")).map_err(|e| TaskError(e.0))),
+        Some("demo") => setup().and_then(|()| build()).and_then(|()| {
+            let example = if args.iter().any(|a| a == "--chain") {
+                xtask::demo::Example::Chain
+            } else {
+                xtask::demo::Example::Module
+            };
+            xtask::demo::run(example, args.iter().any(|a| a == "--serve")).map_err(|e| TaskError(e.0))
+        }),
         Some("wasi-run") => match args.get(1) {
             Some(wasm) => {
                 let mut argv = vec!["test".to_string()];
@@ -85,6 +91,9 @@ fn main() -> ExitCode {
                 xtask::bench::harness_micro(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
             })
         }
+        Some("bench") if args.iter().any(|a| a == "--global") => setup().and_then(|()| build()).and_then(|()| {
+            xtask::bench::global_rate_limit(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
+        }),
         Some("bench") => setup().and_then(|()| build()).and_then(|()| {
             let plan = if args.iter().any(|a| a == "--smoke") {
                 xtask::bench::Plan::smoke()
@@ -128,20 +137,23 @@ usage: cargo xtask <command>
   manifests [--registry REGISTRY/PREFIX] [--tag TAG]
           regenerate envoy-examples/istio/ and envoy-examples/envoy-gateway/ pinned to the
           digests of the images built from this checkout (default ghcr.io/upstream-guard)
+  schemas regenerate envoy-examples/schemas/<module>.schema.json from the configuration types
   soak [--minutes N]
           upstream_guard.wasm with all four stages in Envoy (2 workers) under steady load for N
           minutes (default 10; `test` runs 2): RSS, VM memory, shared-data keys and errors
           sampled to target/soak/soak.csv and soak.png; fails on growth, traps or unexpected 5xx
-  bench [--smoke | --harness]
+  bench [--smoke | --harness | --global]
           throughput and latency in real Envoy (passthrough, each filter, the chain, native
-          equivalents), breaker latency, failover vs native, harness ns/round and load times;
-          prints tables and writes target/bench/results.json (--smoke: a few seconds, to keep it
-          working; --harness: only the harness figures, printed, not saved)
+          equivalents), breaker latency, failover vs native, global rate limits vs local and
+          native, harness ns/round and load times; prints tables and writes
+          target/bench/results.json (--smoke: a few seconds, to keep it working; --harness or
+          --global: only those figures, printed, not saved)
   fuzz [--minutes N] [--seed S] [--target NAME]
           fuzz every module's callbacks on the deterministic host for N minutes (default 10), all
           modules at once; a failure prints the seed, the shortest failing sequence and how to
           replay it (the test suite runs 1,000,000 callbacks per module)
-  demo    run Envoy with the filters in front of demo backends and print a tour [--serve: keep running]
+  demo    run Envoy with upstream_guard.wasm in front of demo backends and print a tour
+          [--chain: the four single-policy filters instead] [--serve: keep running]
 ";
 
 fn root() -> PathBuf {
@@ -180,6 +192,8 @@ fn setup() -> Result {
     // benchmarks, Redis for the global rate limit tests (test-harness/rls-server counts in it), and
     // promtool (Debian's prometheus package) for the alerting rules' tests.
     apt_install(&["docker-registry", "skopeo", "wrk", "redis-server", "prometheus"])?;
+    // The benchmarks count instructions per request with callgrind and load Envoy with hey.
+    apt_install(&["valgrind", "hey"])?;
     setup_npm()
 }
 
@@ -191,7 +205,7 @@ fn setup_npm() -> Result {
     let manifest = std::fs::read(src.join("package.json")).map_err(|e| TaskError(format!("package.json: {e}")))?;
     let fresh = std::fs::read(dst.join("package.json")).ok().as_deref() == Some(manifest.as_slice())
         && dst.join("node_modules").join("ajv").is_dir();
-    for f in ["package.json", "validate-manifests.mjs"] {
+    for f in ["package.json", "validate-manifests.mjs", "validate-configs.mjs"] {
         std::fs::copy(src.join(f), dst.join(f)).map_err(|e| TaskError(format!("copy {f}: {e}")))?;
     }
     if fresh {
@@ -424,6 +438,20 @@ fn manifests(args: &[String]) -> Result {
             std::fs::write(&path, text).map_err(|e| TaskError(format!("{}: {e}", path.display())))?;
             println!("{}", path.display());
         }
+    }
+    Ok(())
+}
+
+/// Writes every configuration's JSON Schema (`upstream_guard::schema`) to
+/// `envoy-examples/schemas/`; the `config_schemas` test fails when these files are stale.
+fn schemas() -> Result {
+    let dir = root().join("envoy-examples").join("schemas");
+    std::fs::create_dir_all(&dir).map_err(|e| TaskError(format!("{}: {e}", dir.display())))?;
+    for (name, schema) in upstream_guard::schema::all() {
+        let path = dir.join(format!("{name}.schema.json"));
+        std::fs::write(&path, upstream_guard::schema::file_text(&schema))
+            .map_err(|e| TaskError(format!("{}: {e}", path.display())))?;
+        println!("{}", path.display());
     }
     Ok(())
 }

@@ -87,6 +87,9 @@ pub struct Facts {
     /// The response reached its end (headers, body or trailers said end of stream): nothing can
     /// fail after the headers any more. Only known in modules that export the body callbacks.
     pub response_complete: bool,
+    /// The response is a gRPC trailers-only answer with a status other than OK: HTTP 200, yet
+    /// possibly Envoy's own refusal (a gRPC client's "connection refused" is a 200 with UF).
+    grpc_failed: Option<bool>,
 }
 
 /// A stage's handle on the stream during one callback.
@@ -234,7 +237,7 @@ impl<'a> Cx<'a> {
             return OwnedObservation { status: Some(r.status), details: r.details.to_string(), ..Default::default() };
         }
         let status = self.status();
-        let below_400 = status.is_some_and(|s| s < 400);
+        let below_400 = status.is_some_and(|s| s < 400) && !self.grpc_failed();
         if below_400 && self.phase != Phase::Log {
             return OwnedObservation { status, ..OwnedObservation::default() };
         }
@@ -249,6 +252,27 @@ impl<'a> Cx<'a> {
         let details = self.details().to_string();
         let transport_failure = if flags.any_failure() { self.transport_failure().to_string() } else { String::new() };
         OwnedObservation { status, flags, details, transport_failure }
+    }
+
+    /// Publishes a stage's verdict for the access log: Envoy keeps it as filter state
+    /// `wasm.<key>`, printed by `%FILTER_STATE(wasm.<key>:PLAIN)%`. One host call that returns
+    /// nothing; a host without the call (or a stream without stream info) simply keeps nothing.
+    pub fn publish(&mut self, key: &str, fields: &upstream_guard::access_log::Fields) {
+        let _ = host::set_property(key.as_bytes(), fields.as_str().as_bytes());
+    }
+
+    /// True for a gRPC trailers-only response whose `grpc-status` is not 0. Read (one header)
+    /// only for a response whose headers end the stream, once per stream.
+    fn grpc_failed(&mut self) -> bool {
+        if let Some(f) = self.facts.grpc_failed {
+            return f;
+        }
+        if self.phase != Phase::Response || !self.end_of_stream {
+            return false;
+        }
+        let failed = host::header(MapType::ResponseHeaders, "grpc-status").is_some_and(|s| s.as_slice() != b"0");
+        self.facts.grpc_failed = Some(failed);
+        failed
     }
 
     /// A string property, lossily (for names and addresses shown to trusted clients).

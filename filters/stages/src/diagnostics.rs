@@ -8,6 +8,7 @@
 //! property read at all. At the end of the stream the final flags are classified again and
 //! counted, so a reset after the headers left is still counted.
 
+use upstream_guard::access_log::{key, Fields};
 use upstream_guard::diagnose::{classify, is_error, Cause, DiagnosticsConfig, Expose, Observation, Report, When};
 use upstream_guard_glue::stream::{path, OwnedObservation};
 use upstream_guard_glue::{host, BodyAction, BufferType, Counter, Cx, Flow, Level, LocalReply, Stage};
@@ -39,6 +40,15 @@ impl Diagnostics {
         };
         st.trusted = Some(t);
         t
+    }
+
+    /// The verdict for the access log: cause and flags.
+    fn publish(st: &mut DiagnosticsStream, cx: &mut Cx<'_>, report: &Report<'_>) {
+        cx.publish(
+            key::DIAGNOSTICS,
+            &Fields::new().add("cause", report.cause.token()).add("flags", &report.flags_text()),
+        );
+        st.published = Some(report.cause);
     }
 
     fn count(&self, cause: Cause) {
@@ -90,6 +100,8 @@ pub struct DiagnosticsStream {
     decorated: bool,
     /// JSON body to put in place of a local reply's body.
     replacement: Option<Vec<u8>>,
+    /// The cause published for the access log.
+    published: Option<Cause>,
 }
 
 /// Compares without an early exit, so response timing does not reveal how much of a guessed
@@ -122,7 +134,10 @@ impl Stage for Diagnostics {
             st.token_sent = ok.unwrap_or(false);
         }
         if config.json_body {
-            st.wants_json = cx.request_header("accept").is_some_and(accepts_json);
+            // A gRPC client gets its diagnosis in the header only: a local reply's body becomes
+            // its grpc-message, and the upstream's body is never ours to touch.
+            let grpc = cx.request_header("content-type").is_some_and(|t| t.starts_with(b"application/grpc"));
+            st.wants_json = !grpc && cx.request_header("accept").is_some_and(accepts_json);
         }
         Flow::Continue
     }
@@ -140,6 +155,7 @@ impl Stage for Diagnostics {
         let mut names = Names::default();
         let report = self.report(cx, &obs, trusted, &mut names);
         reply.set_header(&self.config.header, report.header_value(trusted));
+        Self::publish(st, cx, &report);
         let json_reply = reply.header_value("content-type").is_some_and(|t| t.starts_with(b"application/json"));
         if self.config.json_body && st.wants_json && !json_reply {
             reply.body = report.json(trusted).into_bytes();
@@ -160,6 +176,7 @@ impl Stage for Diagnostics {
         let mut names = Names::default();
         let report = self.report(cx, &obs, trusted, &mut names);
         cx.set_response_header(&self.config.header, report.header_value(trusted).as_bytes());
+        Self::publish(st, cx, &report);
         if report.cause != Cause::None {
             host::log_with(Level::Debug, || format!("diagnostics: {}", report.header_value(true)));
         }
@@ -193,13 +210,19 @@ impl Stage for Diagnostics {
         BodyAction::Continue
     }
 
-    fn log(&self, _st: &mut DiagnosticsStream, cx: &mut Cx<'_>) {
+    fn log(&self, st: &mut DiagnosticsStream, cx: &mut Cx<'_>) {
         // Count with the final flags: a reset after the headers went out is only known now.
         let obs = cx.observation();
         let view: Observation<'_> = obs.view();
         if is_error(&view) {
             let cause = classify(&view);
             self.count(cause);
+            if st.published != Some(cause) {
+                // A failure the response headers did not show (a reset in the body). Envoy 1.40
+                // runs the HTTP connection manager's access loggers after this callback, so the
+                // log line still shows it; where a host logs earlier, the header-time value stays.
+                Self::publish(st, cx, &Report::new(cause, view));
+            }
             host::log_with(Level::Debug, || {
                 format!("diagnostics: stream ended: {}", Report::new(cause, view).header_value(true))
             });
@@ -212,6 +235,7 @@ impl Stage for Diagnostics {
         }
         if self.config.json_body {
             out.push("accept".into());
+            out.push("content-type".into());
         }
     }
 }

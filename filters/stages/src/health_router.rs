@@ -17,8 +17,10 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
+use upstream_guard::access_log::{key, Fields};
 use upstream_guard::details;
 use upstream_guard::diagnose::upstream_failed;
+use upstream_guard::health::Strategy;
 use upstream_guard::health::{
     report_json, select, Candidate, CheckResult, Health, HealthConfig, HealthTransition, Lease, NoneHealthy,
 };
@@ -154,6 +156,28 @@ impl HealthRouter {
         }
     }
 
+    /// The unavailable upstreams passed over, each with why (`primary:unhealthy`,
+    /// `primary:ejected`): under failover those before the one chosen, otherwise all of them.
+    fn skipped(&self, candidates: &[Candidate], states: &[Health], chosen: Option<usize>, now: u64) -> String {
+        let before_chosen = self.config.strategy == Strategy::Failover && chosen.is_some();
+        let mut out = String::new();
+        for c in candidates {
+            if before_chosen && Some(c.index) == chosen {
+                break;
+            }
+            let (Some(h), Some(u)) = (states.get(c.index), self.config.upstreams.get(c.index)) else { continue };
+            if h.available(now) {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(&u.cluster);
+            out.push_str(if h.healthy { ":ejected" } else { ":unhealthy" });
+        }
+        out
+    }
+
     /// This worker's prober id, from a shared counter (once).
     fn worker_id(&self, prober: &mut Prober) -> Option<u64> {
         if prober.worker_id.is_none() {
@@ -189,6 +213,7 @@ impl Stage for HealthRouter {
             let mut reply = LocalReply::text(200, details::HEALTH_STATUS, String::new());
             reply.body = body.into_bytes();
             reply.set_header("content-type", "application/json");
+            cx.publish(key::HEALTH_ROUTER, &Fields::new().add("reason", "status_endpoint"));
             return Flow::Reply(reply);
         }
 
@@ -203,10 +228,26 @@ impl Stage for HealthRouter {
             .collect();
         let counter = self.rotation.get();
         self.rotation.set(counter.wrapping_add(1));
-        let chosen = match select(config.strategy, &candidates, counter) {
+        let selected = select(config.strategy, &candidates, counter);
+        // Why this upstream: the access log's `reason` and the upstreams passed over.
+        let reason = match (selected, config.strategy) {
+            (None, _) if config.when_none_healthy == NoneHealthy::Panic => "panic",
+            (None, _) => "none_healthy",
+            (Some(i), Strategy::Failover) if indexes.first() == Some(&i) => "first_choice",
+            (Some(_), Strategy::Failover) => "failover",
+            (Some(_), Strategy::RoundRobin) => "round_robin",
+            (Some(_), Strategy::Weighted) => "weighted",
+        };
+        let skipped = self.skipped(&candidates, &states, selected, now);
+        let chosen = match selected {
             Some(i) => i,
             None if config.when_none_healthy == NoneHealthy::Panic => indexes.first().copied().unwrap_or(0),
             None => {
+                let fields = Fields::new().add("reason", reason);
+                cx.publish(
+                    key::HEALTH_ROUTER,
+                    &if skipped.is_empty() { fields } else { fields.add("skipped", &skipped) },
+                );
                 self.no_healthy.inc();
                 // Every upstream and why it is out, for trusted clients only (the same who may read
                 // the status endpoint): cluster names and check results are internal. Others get
@@ -231,6 +272,12 @@ impl Stage for HealthRouter {
         // is matched again with this header (the explicit `clear_route_cache` foreign function
         // would cost another entry into the host for nothing).
         cx.set_request_header(&config.route_header, upstream.cluster.as_bytes());
+        // A plain choice (the first in order, or the next in rotation, with nothing passed over)
+        // says nothing `%UPSTREAM_CLUSTER%` does not: no write, the common request stays cheap.
+        if !skipped.is_empty() || reason == "panic" {
+            let fields = Fields::new().add("upstream", &upstream.cluster).add("reason", reason);
+            cx.publish(key::HEALTH_ROUTER, &if skipped.is_empty() { fields } else { fields.add("skipped", &skipped) });
+        }
         if let Some(m) = self.metrics.get(chosen) {
             m.routed.inc();
         }

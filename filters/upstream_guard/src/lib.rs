@@ -3,5 +3,5 @@ upstream_guard_glue::export_filter!(
     "upstream_guard",
     upstream_guard_stages::Suite,
     upstream_guard_stages::suite,
-    [response_body, response_trailers, log, tick, http_calls]
+    [response_body, response_trailers, log, tick, http_calls, grpc]
 );
