@@ -543,17 +543,18 @@ impl RateLimitJson {
                 (true, Some(service)) => {
                     Some(service.validate(&key, &|f| at(&format!("service.{f}")), &mut targets)?)
                 }
+                // Each error names the field that is there (the one missing cannot be pointed at).
                 (true, None) => {
                     return Err(err(
-                        at("service"),
-                        "is missing for a global rule",
+                        at("global"),
+                        "is true but the rule has no service section",
                         "add \"service\": {\"cluster\": \"<Envoy cluster of the rate limit service>\", \"domain\": \"<domain>\"}",
                     ))
                 }
                 (false, Some(_)) => {
                     return Err(err(
-                        at("global"),
-                        "is false but the rule has a service section",
+                        at("service"),
+                        "is set but the rule is not global",
                         "set \"global\": true to count this rule in the service, or remove \"service\"",
                     ))
                 }

@@ -497,11 +497,12 @@ mod tests {
 
     #[test]
     fn global_and_service_go_together() {
+        // The error names the field that is there.
         let no_service = br#"{"rules": [{"name": "a", "global": true, "limit": {"requests": 1, "per": "1s"}}]}"#;
-        assert_eq!(RateLimitConfig::from_json(no_service).unwrap_err().field, "rules[0].service");
+        assert_eq!(RateLimitConfig::from_json(no_service).unwrap_err().field, "rules[0].global");
         let not_global = br#"{"rules": [{"name": "a", "limit": {"requests": 1, "per": "1s"},
                               "service": {"cluster": "rls", "domain": "e"}}]}"#;
-        assert_eq!(RateLimitConfig::from_json(not_global).unwrap_err().field, "rules[0].global");
+        assert_eq!(RateLimitConfig::from_json(not_global).unwrap_err().field, "rules[0].service");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!   `x-ug-test-fault: panic-response` panics in `on_response_headers`;
 //! - with a `test.probe` section, a request carrying `x-ug-test-probe` is answered with the number
 //!   of shared-data keys that exist under the configured names (this module's VM id decides
-//!   whose keys it sees): the soak counts the combined module's keys from inside Envoy this way.
+//!   whose keys it sees), to check from inside Envoy which keys exist (the soak reads the count
+//!   the combined module publishes itself, `upstream_guard.shared_data.keys_created`).
 //!
 //! The configuration is the combined module's, plus an optional `test` section:
 //! `{"test": {"probe": {"ranges": [{"prefix": "ug.rl.", "count": 50000}], "keys": ["ug.v"]}}, "rate_limiter": {…}}`.
