@@ -414,7 +414,7 @@ impl RateLimitJson {
     }
 }
 
-fn key_part(v: &Value, field: &str) -> Result<KeyPart, ConfigError> {
+pub(crate) fn key_part(v: &Value, field: &str) -> Result<KeyPart, ConfigError> {
     let fix = "use \"client_ip\", \"path\", \"method\", {\"header\": \"<name>\"} or {\"constant\": \"<text>\"}";
     match v {
         Value::String(s) => match s.as_str() {

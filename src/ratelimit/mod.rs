@@ -13,6 +13,7 @@ mod key;
 mod verdict;
 
 pub use algorithm::{sliding_window, token_bucket, Algorithm, Decision, Limit, State};
+pub(crate) use config::key_part;
 pub use config::{Apply, ClientIp, Contention, HeaderMatch, Mode, RateLimitConfig, RateLimitJson, Rule, RuleMatch};
 pub use headers::{policy_header, quoted, ratelimit_field, ratelimit_header, retry_after_secs};
 pub use key::{FixedRequest, KeyPart, RequestView, MISSING, SEPARATOR};

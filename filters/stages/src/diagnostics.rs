@@ -6,7 +6,9 @@
 //! local replies swap the body for the diagnosis as JSON when asked. The replies of the other
 //! stages of the same module are diagnosed as they are sent ([`Stage::decorate`]), with no
 //! property read at all. At the end of the stream the final flags are classified again and
-//! counted, so a reset after the headers left is still counted.
+//! counted, so a reset after the headers left is still counted. When a later stage already knows
+//! the cause (the LLM stage: a provider's 429, every provider of a model out), it leaves a
+//! [`Note`](upstream_guard_glue::Note) and the diagnosis reports it as it is.
 
 use upstream_guard::diagnose::{classify, is_error, Cause, DiagnosticsConfig, Expose, Observation, Report, When};
 use upstream_guard_glue::stream::{path, OwnedObservation};
@@ -55,8 +57,14 @@ impl Diagnostics {
         trusted: bool,
         names: &'a mut Names,
     ) -> Report<'a> {
-        let cause = classify(&obs.view());
+        let note = cx.facts().note.clone();
+        let cause = note.as_ref().map_or_else(|| classify(&obs.view()), |n| n.cause);
         let mut report = Report::new(cause, obs.view());
+        if let Some(n) = note {
+            report.retry_after = n.retry_after_s;
+            names.reasons = n.reasons;
+            report.reasons = names.reasons.as_deref();
+        }
         if trusted {
             names.cluster = cx.facts().cluster.clone().or_else(|| cx.property_text(path::CLUSTER_NAME));
             names.upstream = cx.property_text(path::UPSTREAM_ADDRESS);
@@ -75,6 +83,7 @@ struct Names {
     cluster: Option<String>,
     upstream: Option<String>,
     route: Option<String>,
+    reasons: Option<String>,
 }
 
 /// Per stream.
@@ -133,7 +142,7 @@ impl Stage for Diagnostics {
             details: reply.details.to_string(),
             ..OwnedObservation::default()
         };
-        if self.config.when == When::Errors && !is_error(&obs.view()) {
+        if self.config.when == When::Errors && !is_error(&obs.view()) && cx.facts().note.is_none() {
             return;
         }
         let trusted = self.trusted(st, cx);
@@ -153,7 +162,7 @@ impl Stage for Diagnostics {
             return;
         }
         let obs = cx.observation();
-        if self.config.when == When::Errors && !is_error(&obs.view()) {
+        if self.config.when == When::Errors && !is_error(&obs.view()) && cx.facts().note.is_none() {
             return;
         }
         let trusted = self.trusted(st, cx);
@@ -197,8 +206,9 @@ impl Stage for Diagnostics {
         // Count with the final flags: a reset after the headers went out is only known now.
         let obs = cx.observation();
         let view: Observation<'_> = obs.view();
-        if is_error(&view) {
-            let cause = classify(&view);
+        let noted = cx.facts().note.as_ref().map(|n| n.cause);
+        if is_error(&view) || noted.is_some() {
+            let cause = noted.unwrap_or_else(|| classify(&view));
             self.count(cause);
             host::log_with(Level::Debug, || {
                 format!("diagnostics: stream ended: {}", Report::new(cause, view).header_value(true))
