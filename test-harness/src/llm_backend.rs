@@ -53,7 +53,9 @@ pub enum StreamUsage {
 /// How the fake answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LlmReply {
-    /// A `chat.completion` JSON body, with `usage` when given.
+    /// A `chat.completion` JSON body, with `usage` when given; to a request with
+    /// `"stream": true`, the same as an event stream (three chunks at once, usage when asked),
+    /// as a provider answers.
     Json { usage: Option<Tokens> },
     /// `text/event-stream`: `first_delay` before the first chunk, then `chunks` content chunks
     /// `gap` apart, the usage chunk (per `usage_mode`), and `data: [DONE]`.
@@ -341,8 +343,18 @@ fn answer(out: &mut TcpStream, st: &State, path: String, headers: Vec<(String, S
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
     let model = parsed.as_ref().and_then(|v| v["model"].as_str()).map(str::to_string);
     let asked_usage = parsed.as_ref().is_some_and(|v| v["stream_options"]["include_usage"] == true);
+    let streamed = parsed.as_ref().is_some_and(|v| v["stream"] == true);
     let i = record(st, Seen { path, headers, body, model: model.clone(), first_chunk_at: None });
-    let reply = st.reply.lock().map(|r| r.clone()).unwrap_or(LlmReply::status(500));
+    let reply = match st.reply.lock().map(|r| r.clone()).unwrap_or(LlmReply::status(500)) {
+        LlmReply::Json { usage } if streamed => LlmReply::Stream {
+            chunks: 3,
+            first_delay: Duration::ZERO,
+            gap: Duration::ZERO,
+            usage: usage.unwrap_or(Tokens { prompt: 0, completion: 0 }),
+            usage_mode: if usage.is_some() { StreamUsage::WhenAsked } else { StreamUsage::Never },
+        },
+        other => other,
+    };
     let model = model.unwrap_or_default();
     match reply {
         LlmReply::Json { usage } => {

@@ -13,6 +13,19 @@ use test_harness::envoy::Envoy;
 use test_harness::llm_backend::{FakeLlm, LlmReply};
 use test_harness::{http, parse_diagnosis, paths};
 
+/// `envoy-examples/llm-gateway/envoy.yaml` with its fixed ports swapped for this run's.
+fn example_config(primary: &FakeLlm, secondary: &FakeLlm) -> String {
+    let path = paths::workspace_root().join("envoy-examples/llm-gateway/envoy.yaml");
+    let target = paths::target_dir().display().to_string();
+    std::fs::read_to_string(path)
+        .unwrap()
+        .replace("port_value: 10001", "port_value: 0")
+        .replace("port_value: 9902", "port_value: 0")
+        .replace("port_value: 18091", &format!("port_value: {}", primary.addr().port()))
+        .replace("port_value: 18092", &format!("port_value: {}", secondary.addr().port()))
+        .replace("filename: target/", &format!("filename: {target}/"))
+}
+
 const CHAT: &str = "/v1/chat/completions";
 
 fn llm_section(extra: Value) -> Value {
@@ -152,7 +165,7 @@ fn a_providers_429_pauses_it_for_the_time_it_asks_without_counting_a_failure() {
         let d = diagnosis(&r);
         assert_eq!(d["cause"], "upstream_rate_limited", "{d:?}");
         assert_eq!(d["retry_after"], pause.as_secs_f64().ceil().to_string(), "{d:?}");
-        assert!(d["reasons"].starts_with("provider_a: rate limited by the provider (429)"), "{d:?}");
+        assert!(d["reasons"].starts_with("provider_a: rate limited by the upstream (429), back in"), "{d:?}");
         a.set(LlmReply::json(1, 1));
         // Paused: the next requests go to b, until the pause is over.
         let r = http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap();
@@ -291,4 +304,39 @@ fn a_streamed_answer_is_not_held_back() {
         assert!(t.sent_at.elapsed() >= Duration::from_secs(1), "the whole answer took the backend's second");
     }
     assert_eq!(envoy.stat("upstream_guard.llm.budget.per-key.charged_tokens").unwrap(), Some(21));
+}
+
+#[test]
+fn the_llm_gateway_example_runs_as_its_readme_says() {
+    let primary = FakeLlm::start("primary", LlmReply::json(10, 20)).unwrap();
+    let secondary = FakeLlm::start("secondary", LlmReply::json(10, 20)).unwrap();
+    let envoy = Envoy::start_yaml(&example_config(&primary, &secondary), 2).unwrap();
+    let addr = envoy.main().unwrap();
+    let alice = [("authorization", "Bearer alice")];
+    let r = http::post(addr, CHAT, &alice, br#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}"#).unwrap();
+    assert_eq!((r.status, r.header("x-backend"), r.header("x-ratelimit-remaining-tokens")), (200, Some("primary"), Some("100")));
+    let r = http::post(addr, CHAT, &[("authorization", "Bearer bob")], br#"{"model": "gpt-4o", "stream": true}"#).unwrap();
+    assert!(r.text().contains(r#""usage":{"completion_tokens":20,"prompt_tokens":10,"total_tokens":30}"#), "{}", r.text());
+
+    // The primary rate limits: its 429 is explained, and the next request goes to the secondary.
+    let ctl = http::get(primary.addr(), "/fake/reply?status=429&retry-after=20", &[]).unwrap();
+    assert_eq!(ctl.status, 200);
+    let r = http::post(addr, CHAT, &alice, br#"{"model": "gpt-4o"}"#).unwrap();
+    assert_eq!(r.status, 429);
+    assert_eq!(diagnosis(&r)["retry_after"], "20");
+    let r = http::post(addr, CHAT, &alice, br#"{"model": "gpt-4o"}"#).unwrap();
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("secondary")));
+    assert_eq!(secondary.seen().pop().unwrap().model.as_deref(), Some("gpt-4o-2024-08-06"));
+
+    // 100 tokens a minute per key, 30 per request: the fifth request of one key is refused.
+    let dave = [("authorization", "Bearer dave")];
+    let statuses: Vec<u16> =
+        (0..5).map(|_| http::post(addr, CHAT, &dave, br#"{"model": "llama-3.1-8b"}"#).unwrap().status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 429]);
+    let r = http::post(addr, CHAT, &dave, br#"{"model": "llama-3.1-8b"}"#).unwrap();
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("12")));
+
+    // Other paths are not the llm stage's: they go to the primary unbuffered.
+    http::get(primary.addr(), "/fake/reply?status=200", &[]).unwrap();
+    assert_eq!(http::get(addr, "/v1/models", &[]).unwrap().header("x-backend"), Some("primary"));
 }

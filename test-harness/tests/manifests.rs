@@ -109,7 +109,7 @@ fn the_validators_reject_a_broken_manifest() {
 #[test]
 fn every_example_envoy_config_passes_envoy_validate() {
     // The examples load target/wasm32-wasip1/release/*.wasm, which Envoy checks exist.
-    for filter in ["diagnostics", "rate_limiter", "circuit_breaker", "health_router"] {
+    for filter in ["upstream_guard", "diagnostics", "rate_limiter", "circuit_breaker", "health_router"] {
         paths::wasm_path(filter).unwrap_or_else(|e| panic!("{e}"));
     }
     let examples = paths::workspace_root().join("envoy-examples");
@@ -128,5 +128,5 @@ fn every_example_envoy_config_passes_envoy_validate() {
             checked += 1;
         }
     }
-    assert!(checked >= 5, "expected an envoy.yaml per filter plus chain/, found {checked}");
+    assert!(checked >= 6, "expected an envoy.yaml per filter plus chain/ and llm-gateway/, found {checked}");
 }

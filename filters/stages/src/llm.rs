@@ -441,7 +441,7 @@ impl Stage for Llm {
                 cause: Cause::UpstreamRateLimited,
                 retry_after_s: Some(pause.ns.div_ceil(1_000_000_000)),
                 reasons: Some(format!(
-                    "{cluster}: rate limited by the provider (429), paused for {} ms",
+                    "{cluster}: rate limited by the upstream (429), back in {} ms",
                     pause.ns / 1_000_000
                 )),
             });
