@@ -298,6 +298,11 @@ pub fn json_string(value: &str) -> String {
     serde_json::Value::from(value).to_string()
 }
 
+/// True when [`rewrite`] would change the body.
+pub fn needs_rewrite(scanned: &RequestBody, new_model: Option<&str>, include_usage: bool) -> bool {
+    new_model.is_some_and(|m| m != scanned.model) || (include_usage && scanned.stream && !scanned.stream_options)
+}
+
 /// The body with `model` replaced by `new_model` and, with `include_usage`, a streamed request
 /// without `stream_options` asking for the usage chunk (OpenAI sends usage in a stream only when
 /// asked; without it the token budget could not charge the request). Every other byte is kept.
@@ -391,6 +396,8 @@ mod tests {
             r#"{"model":"gpt-4o \"eu\"","messages":[{"role":"user","content":"hi \u00e9"}],"temperature":0.70}"#
         );
         assert_eq!(rewrite(b, &r, None, true), b.to_vec(), "not streamed: nothing to add");
+        assert!(!needs_rewrite(&r, None, true) && !needs_rewrite(&r, Some("gpt-4o"), true));
+        assert!(needs_rewrite(&r, Some("gpt-4o \"eu\""), false));
     }
 
     #[test]
@@ -400,6 +407,7 @@ mod tests {
         let out = rewrite(b, &r, Some("n"), true);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v, serde_json::json!({"model": "n", "stream": true, "stream_options": {"include_usage": true}}));
+        assert!(needs_rewrite(&r, None, true) && !needs_rewrite(&r, None, false));
         let with = br#"{"model": "m", "stream": true, "stream_options": {"include_usage": false}}"#;
         assert_eq!(rewrite(with, &scan(with).unwrap(), None, true), with.to_vec(), "the client's choice is kept");
     }

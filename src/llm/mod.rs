@@ -20,7 +20,7 @@ pub mod config;
 pub mod reset;
 pub mod usage;
 
-pub use body::{rewrite, scan, BodyError, RequestBody};
+pub use body::{needs_rewrite, rewrite, scan, BodyError, RequestBody};
 pub use budget::{Admission, Balance, TokenRate};
 pub use config::{Budget, LlmConfig, LlmJson, ModelRoute, Target};
 pub use reset::{provider_pause, Pause, PauseSource, ResetHeaders, RESET_HEADER_NAMES};

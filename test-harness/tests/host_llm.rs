@@ -144,6 +144,7 @@ fn every_429_header_style_pauses_the_provider_exactly_as_long_as_it_asks() {
         let p = load(&host, json!({"llm": llm(json!({})), "diagnostics": {}}));
         let (mut s, _) = send(&p.worker(0), &[], &body("m"));
         respond(&mut s, 429, &headers, &[b"{\"error\": {}}"]);
+        assert_eq!(s.response_header("retry-after").as_deref(), Some("0"), "b can serve the client's retry");
         let diagnosis = s.response_header("x-upstream-diagnosis").unwrap();
         assert!(diagnosis.starts_with("cause=upstream_rate_limited"), "{diagnosis}");
         assert!(diagnosis.contains(&format!("retry_after={}", pause_ms.div_ceil(1000))), "{headers:?}: {diagnosis}");

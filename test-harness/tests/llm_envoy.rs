@@ -162,6 +162,7 @@ fn a_providers_429_pauses_it_for_the_time_it_asks_without_counting_a_failure() {
         a.set(LlmReply::rate_limited(&headers));
         let r = http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap();
         assert_eq!((r.status, r.header("x-backend")), (429, Some("a")), "the 429 reaches the client");
+        assert_eq!(r.header("retry-after"), Some("0"), "b serves the model: the client may retry at once");
         let d = diagnosis(&r);
         assert_eq!(d["cause"], "upstream_rate_limited", "{d:?}");
         assert_eq!(d["retry_after"], pause.as_secs_f64().ceil().to_string(), "{d:?}");
@@ -188,7 +189,8 @@ fn every_provider_out_is_model_unavailable_with_each_reason() {
     let b = FakeLlm::start("b", LlmReply::status(529)).unwrap();
     let envoy = start(llm_section(json!({})), &a, &b);
     let addr = envoy.main().unwrap();
-    assert_eq!(http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap().status, 429);
+    let r = http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap();
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("0")), "b is still available");
     for _ in 0..2 {
         assert_eq!(http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap().status, 529);
     }
@@ -322,7 +324,7 @@ fn the_llm_gateway_example_runs_as_its_readme_says() {
     let ctl = http::get(primary.addr(), "/fake/reply?status=429&retry-after=20", &[]).unwrap();
     assert_eq!(ctl.status, 200);
     let r = http::post(addr, CHAT, &alice, br#"{"model": "gpt-4o"}"#).unwrap();
-    assert_eq!(r.status, 429);
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("0")));
     assert_eq!(diagnosis(&r)["retry_after"], "20");
     let r = http::post(addr, CHAT, &alice, br#"{"model": "gpt-4o"}"#).unwrap();
     assert_eq!((r.status, r.header("x-backend")), (200, Some("secondary")));

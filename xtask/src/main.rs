@@ -72,6 +72,14 @@ fn main() -> ExitCode {
             }
             None => Err(TaskError("usage: cargo xtask wasi-run FILE.wasm [ARGS]".into())),
         },
+        Some("bench") if args.iter().any(|a| a == "--llm") => setup_target().and_then(|()| build()).and_then(|()| {
+            let plan = if args.iter().any(|a| a == "--smoke") {
+                xtask::bench::Plan::smoke()
+            } else {
+                xtask::bench::Plan::full()
+            };
+            xtask::bench::llm(&plan).map(drop).map_err(|e| TaskError(e.0))
+        }),
         Some("bench") if args.iter().any(|a| a == "--harness") => {
             setup_target().and_then(|()| build()).and_then(|()| {
                 xtask::bench::harness_micro(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
@@ -120,11 +128,12 @@ usage: cargo xtask <command>
   manifests [--registry REGISTRY/PREFIX] [--tag TAG]
           regenerate envoy-examples/istio/ and envoy-examples/envoy-gateway/ pinned to the
           digests of the images built from this checkout (default ghcr.io/upstream-guard)
-  bench [--smoke | --harness]
+  bench [--smoke | --harness | --llm]
           throughput and latency in real Envoy (passthrough, each filter, the chain, native
           equivalents), breaker latency, failover vs native, harness ns/round and load times;
           prints tables and writes target/bench/results.json (--smoke: a few seconds, to keep it
-          working; --harness: only the harness figures, printed, not saved)
+          working; --harness: only the harness figures, printed, not saved; --llm: only the LLM
+          stage's figures: time to first byte, body cost, token accounting error)
   demo    run Envoy with the filters in front of demo backends and print a tour [--serve: keep running]
 ";
 

@@ -35,7 +35,7 @@ use std::cell::Cell;
 use upstream_guard::details;
 use upstream_guard::diagnose::{upstream_failed, Cause};
 use upstream_guard::llm::{
-    choose, error_json, provider_pause, rewrite, scan, Admission, Balance, Budget, LlmConfig, ResetHeaders, Usage,
+    choose, error_json, needs_rewrite, provider_pause, rewrite, scan, Admission, Balance, Budget, LlmConfig, ResetHeaders, Usage,
     UsageMeter, RESET_HEADER_NAMES,
 };
 use upstream_guard::ratelimit::retry_after_secs;
@@ -348,8 +348,8 @@ impl Llm {
         let Some(target) = route.targets.get(ti) else { return Flow::Continue };
         let cluster = config.cluster(target.provider).to_string();
 
-        let body = rewrite(raw, &scanned, target.model.as_deref(), config.stream_usage);
-        if body != raw {
+        if needs_rewrite(&scanned, target.model.as_deref(), config.stream_usage) {
+            let body = rewrite(raw, &scanned, target.model.as_deref(), config.stream_usage);
             let _ = host::set_buffer(BufferType::HttpRequestBody, 0, raw.len(), &body);
         }
         // Routes match the filter state; the route the headers matched is forgotten.
@@ -437,13 +437,21 @@ impl Stage for Llm {
                     pause.source
                 )
             });
+            // The client's own retry (its SDK retries a 429) goes to the model's next provider
+            // if one is available: it need not wait for this provider's pause.
+            let states = self.pool.states(cx.epoch());
+            let other = st.model.and_then(|m| self.config.models.get(m)).is_some_and(|route| {
+                route.targets.iter().any(|t| t.provider != p && states.get(t.provider).is_none_or(|h| h.available(now)))
+            });
+            let mut reasons = format!("{cluster}: rate limited by the upstream (429), back in {} ms", pause.ns / 1_000_000);
+            if other {
+                cx.set_response_header("retry-after", b"0");
+                reasons.push_str("; another provider of the model is available: retry now");
+            }
             cx.facts().note = Some(Note {
                 cause: Cause::UpstreamRateLimited,
                 retry_after_s: Some(pause.ns.div_ceil(1_000_000_000)),
-                reasons: Some(format!(
-                    "{cluster}: rate limited by the upstream (429), back in {} ms",
-                    pause.ns / 1_000_000
-                )),
+                reasons: Some(reasons),
             });
         } else if let Some(passive) = self.pool.config.passive.as_ref() {
             let obs = cx.observation();
