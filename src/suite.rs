@@ -6,10 +6,12 @@
 //! section name the full path (`rate_limiter.rules[0].limit.per`).
 //!
 //! Stage order (requests in this order, responses in reverse): diagnostics, rate limiter, llm,
-//! health router, circuit breaker. The llm stage claims its paths and holds their requests until
-//! the body is in; it then routes by the body's model and sets the route header and the routed
-//! cluster itself, so the stages after it run only then: the health router leaves a request an
-//! earlier stage already routed alone, and the circuit breaker guards the provider the llm stage
+//! health router, circuit breaker. The stages before the llm stage decide at the request headers.
+//! For a request on one of its paths, the llm stage and the stages after it decide once the body
+//! is in (Envoy's buffer filter, after the module, holds the request from the router until then):
+//! the llm stage routes by the body's model (filter state plus a route-cache clear, since the
+//! headers can no longer be changed) and records the routed cluster; the health router leaves a
+//! request an earlier stage routed alone; the circuit breaker guards the provider the llm stage
 //! chose. Requests on other paths never wait.
 
 use serde::Deserialize;

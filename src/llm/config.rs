@@ -10,7 +10,7 @@ use crate::config::{duration, header_name, ConfigError};
 use crate::health::config::{cluster_name, validate_check, validate_passive, HealthCheckJson, PassiveJson};
 use crate::health::{HealthConfig, NoneHealthy, Passive, Strategy, Upstream};
 use crate::peer::Trust;
-use crate::ratelimit::{ClientIp, KeyPart, RequestView, SEPARATOR};
+use crate::ratelimit::{ClientIp, KeyPart, RequestView};
 
 const S: u64 = 1_000_000_000;
 
@@ -105,19 +105,12 @@ pub struct Budget {
 impl Budget {
     /// True when the budget applies to requests for `model`.
     pub fn applies_to(&self, model: &str) -> bool {
-        self.models.as_ref().is_none_or(|m| m.iter().any(|x| x == model))
+        self.models.as_ref().map_or(true, |m| m.iter().any(|x| x == model))
     }
 
     /// The key of `req` in this budget: parts joined by 0x1F, as bytes.
     pub fn key(&self, req: &mut dyn RequestView) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (i, part) in self.key.iter().enumerate() {
-            if i > 0 {
-                out.push(SEPARATOR);
-            }
-            part.append(req, &mut out);
-        }
-        out
+        crate::ratelimit::join_key(&self.key, req)
     }
 
     /// The shared-data slot of `key`.

@@ -82,7 +82,7 @@ impl Unavailable {
 /// index into `route.targets`; `states` are the providers' shared health, indexed like
 /// `providers.upstreams`.
 pub fn choose(route: &ModelRoute, providers: &HealthConfig, states: &[Health], now: u64) -> Result<usize, Unavailable> {
-    if let Some(i) = route.targets.iter().position(|t| states.get(t.provider).is_none_or(|h| h.available(now))) {
+    if let Some(i) = route.targets.iter().position(|t| states.get(t.provider).map_or(true, |h| h.available(now))) {
         return Ok(i);
     }
     let providers = route

@@ -4,7 +4,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::algorithm::{Algorithm, Decision, Limit};
-use super::key::{KeyPart, RequestView, SEPARATOR};
+use super::key::{KeyPart, RequestView};
 use crate::config::ConfigError;
 
 /// Which matching rules apply to a request.
@@ -241,14 +241,7 @@ pub struct Rule {
 impl Rule {
     /// The bucket key for `req`: parts joined by 0x1F, as bytes.
     pub fn key(&self, req: &mut dyn RequestView) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (i, part) in self.key.iter().enumerate() {
-            if i > 0 {
-                out.push(SEPARATOR);
-            }
-            part.append(req, &mut out);
-        }
-        out
+        super::key::join_key(&self.key, req)
     }
 
     /// The shared-data slot of this rule's bucket for `key`.

@@ -16,5 +16,5 @@ pub use algorithm::{sliding_window, token_bucket, Algorithm, Decision, Limit, St
 pub(crate) use config::key_part;
 pub use config::{Apply, ClientIp, Contention, HeaderMatch, Mode, RateLimitConfig, RateLimitJson, Rule, RuleMatch};
 pub use headers::{policy_header, quoted, ratelimit_field, ratelimit_header, retry_after_secs};
-pub use key::{FixedRequest, KeyPart, RequestView, MISSING, SEPARATOR};
+pub use key::{join_key, FixedRequest, KeyPart, RequestView, MISSING, SEPARATOR};
 pub use verdict::Verdict;

@@ -75,7 +75,7 @@ fn the_body_is_read_whole_and_the_request_routed_with_the_providers_model_name()
     let host = Host::new().workers(1);
     let p = load(&host, json!({"llm": llm(json!({}))}));
     let w = p.worker(0);
-    let (s, cluster) = send(&w, &[], &body("m"));
+    let (s, cluster) = send(w, &[], &body("m"));
     assert_eq!(cluster.as_deref(), Ok("a"));
     assert!(s.route_cache_cleared(), "the route is matched again on the filter state");
     assert_eq!(s.request_header("content-length"), None, "removed: Envoy's buffer filter sets it again");
@@ -85,7 +85,7 @@ fn the_body_is_read_whole_and_the_request_routed_with_the_providers_model_name()
     // a is paused: b gets the request under its own name for the model.
     let mut s = s;
     respond(&mut s, 429, &[("retry-after", "5")], &[b"{}"]);
-    let (s, cluster) = send(&w, &[], &body("m"));
+    let (s, cluster) = send(w, &[], &body("m"));
     assert_eq!(cluster.as_deref(), Ok("b"));
     assert_eq!(String::from_utf8(s.request_body_now()).unwrap(), body("m").replace("\"m\"", "\"m-on-b\""));
 }
@@ -106,11 +106,11 @@ fn bad_requests_are_refused_with_the_configured_models() {
     let host = Host::new().workers(1);
     let p = load(&host, json!({"llm": llm(json!({"max_body_bytes": 2048}))}));
     let w = p.worker(0);
-    let (s, r) = send(&w, &[], &body("gpt-5"));
+    let (s, r) = send(w, &[], &body("gpt-5"));
     assert_eq!(r, Err(404));
     let reply: Value = serde_json::from_slice(&s.local_response().unwrap().body).unwrap();
     assert_eq!(reply["error"]["models"], json!(["m"]));
-    assert_eq!(send(&w, &[], "{\"model\": 3}").1, Err(400));
+    assert_eq!(send(w, &[], "{\"model\": 3}").1, Err(400));
     // Over the cap: refused at the chunk that crosses it, without waiting for the rest.
     let mut s = w.http_stream();
     s.request_headers(&[(":path", CHAT)], false).unwrap();
@@ -124,7 +124,7 @@ fn bad_requests_are_refused_with_the_configured_models() {
 
 /// Routes a request on worker `w` at the current fake time: the cluster chosen.
 fn route(p: &Plugin, w: usize) -> String {
-    send(&p.worker(w), &[], &body("m")).1.unwrap()
+    send(p.worker(w), &[], &body("m")).1.unwrap()
 }
 
 #[test]
@@ -136,13 +136,20 @@ fn every_429_header_style_pauses_the_provider_exactly_as_long_as_it_asks() {
         (vec![("retry-after", "Sun, 06 Nov 1994 08:49:47 GMT")], 10_000),
         (vec![("x-ratelimit-reset-requests", "1m30s")], 60_000), // capped at rate_limited.max
         (vec![("x-ratelimit-reset-tokens", "250ms")], 250),
-        (vec![("x-ratelimit-reset-requests", "20s"), ("x-ratelimit-reset-tokens", "6m0s"), ("x-ratelimit-remaining-requests", "0")], 20_000),
+        (
+            vec![
+                ("x-ratelimit-reset-requests", "20s"),
+                ("x-ratelimit-reset-tokens", "6m0s"),
+                ("x-ratelimit-remaining-requests", "0"),
+            ],
+            20_000,
+        ),
         (vec![], 3000), // nothing said: rate_limited.default
     ] {
         let host = Host::new().workers(2);
         host.clock().set_nanos(NOW * 1_000_000_000);
         let p = load(&host, json!({"llm": llm(json!({})), "diagnostics": {}}));
-        let (mut s, _) = send(&p.worker(0), &[], &body("m"));
+        let (mut s, _) = send(p.worker(0), &[], &body("m"));
         respond(&mut s, 429, &headers, &[b"{\"error\": {}}"]);
         assert_eq!(s.response_header("retry-after").as_deref(), Some("0"), "b can serve the client's retry");
         let diagnosis = s.response_header("x-upstream-diagnosis").unwrap();
@@ -162,7 +169,7 @@ fn failures_eject_after_the_passive_threshold_and_529_counts() {
     let host = Host::new().workers(2);
     let p = load(&host, json!({"llm": llm(json!({"passive": {"consecutive_failures": 2, "ejection": "10s"}}))}));
     for (w, status) in [(0, 529), (1, 502)] {
-        let (mut s, c) = send(&p.worker(w), &[], &body("m"));
+        let (mut s, c) = send(p.worker(w), &[], &body("m"));
         assert_eq!(c.unwrap(), "a");
         respond(&mut s, status, &[], &[b"overloaded"]);
     }
@@ -197,7 +204,7 @@ fn budgets_are_charged_exactly_from_streams_cut_anywhere_on_both_workers() {
     let bytes = text.as_bytes();
     // Four requests of 30 tokens, alternating workers, each stream cut at a different place.
     for (i, cut) in [1usize, 17, 60, bytes.len() - 3].into_iter().enumerate() {
-        let (mut s, c) = send(&p.worker(i % 2), &[("x-api-key", "alice")], &body("m"));
+        let (mut s, c) = send(p.worker(i % 2), &[("x-api-key", "alice")], &body("m"));
         assert_eq!(c.unwrap(), "a");
         let chunks: Vec<&[u8]> = vec![&bytes[..cut], &bytes[cut..cut + 2], &bytes[cut + 2..]];
         respond(&mut s, 200, &[("content-type", "text/event-stream")], &chunks);
@@ -206,14 +213,14 @@ fn budgets_are_charged_exactly_from_streams_cut_anywhere_on_both_workers() {
         assert_eq!(s.response_header("x-ratelimit-remaining-tokens"), Some(left.to_string()));
     }
     // 100 - 120 = -20: refused for 20 tokens' worth of refill (20 s at 1 token/s).
-    let (s, c) = send(&p.worker(0), &[("x-api-key", "alice")], &body("m"));
+    let (s, c) = send(p.worker(0), &[("x-api-key", "alice")], &body("m"));
     assert_eq!(c, Err(429));
     let r = s.local_response().unwrap();
     let h = |n: &str| r.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     assert_eq!((h("retry-after").as_deref(), h("x-ratelimit-remaining-tokens").as_deref()), (Some("20"), Some("0")));
-    assert_eq!(send(&p.worker(1), &[("x-api-key", "bob")], &body("m")).1.as_deref(), Ok("a"), "bob's own budget");
+    assert_eq!(send(p.worker(1), &[("x-api-key", "bob")], &body("m")).1.as_deref(), Ok("a"), "bob's own budget");
     host.clock().advance(Duration::from_secs(20));
-    assert_eq!(send(&p.worker(1), &[("x-api-key", "alice")], &body("m")).1.as_deref(), Ok("a"), "repaid");
+    assert_eq!(send(p.worker(1), &[("x-api-key", "alice")], &body("m")).1.as_deref(), Ok("a"), "repaid");
     assert_eq!(host.counter("upstream_guard.llm.budget.k.charged_tokens"), 120);
     assert_eq!(host.counter("upstream_guard.llm.model.m.tokens"), 120);
     assert_eq!(host.counter("upstream_guard.llm.model.m.prompt_tokens"), 40);
@@ -225,11 +232,11 @@ fn a_json_answer_is_charged_and_one_without_usage_is_counted() {
     let p = load(&host, json!({"llm": llm(budget())}));
     let w = p.worker(0);
     let answer = br#"{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
-    let (mut s, _) = send(&w, &[("x-api-key", "k")], &body("m"));
+    let (mut s, _) = send(w, &[("x-api-key", "k")], &body("m"));
     respond(&mut s, 200, &[("content-type", "application/json")], &[&answer[..50], &answer[50..]]);
-    let (mut s, _) = send(&w, &[("x-api-key", "k")], &body("m"));
+    let (mut s, _) = send(w, &[("x-api-key", "k")], &body("m"));
     respond(&mut s, 200, &[("content-type", "application/json")], &[br#"{"choices":[]}"#]);
-    let (mut s, _) = send(&w, &[("x-api-key", "k")], &body("m"));
+    let (mut s, _) = send(w, &[("x-api-key", "k")], &body("m"));
     respond(&mut s, 500, &[("content-type", "application/json")], &[answer]);
     assert_eq!(host.counter("upstream_guard.llm.budget.k.charged_tokens"), 7, "errors are not charged");
     assert_eq!(host.counter("upstream_guard.llm.model.m.usage_missing"), 1);
@@ -250,12 +257,12 @@ fn the_stages_after_it_decide_after_the_body_and_the_health_router_leaves_it_alo
     assert_eq!(s.request_headers(&[(":path", "/web"), (":method", "GET")], true).unwrap(), Action::Continue);
     assert_eq!(s.request_header("x-upstream-cluster").as_deref(), Some("web"));
     // An LLM path: routed by the llm stage only.
-    let (mut s, c) = send(&w, &[], &body("m"));
+    let (mut s, c) = send(w, &[], &body("m"));
     assert_eq!(c.unwrap(), "a");
     assert_eq!(s.request_header("x-upstream-cluster"), None, "the health router did not route it");
     // The breaker guards the provider the llm stage chose: one failure opens a's circuit.
     respond(&mut s, 503, &[], &[b"x"]);
-    let (s, c) = send(&w, &[], &body("m"));
+    let (s, c) = send(w, &[], &body("m"));
     assert_eq!(c, Err(503));
     assert_eq!(s.local_response().unwrap().details.as_deref(), Some("upstream_guard.circuit_open"));
 }

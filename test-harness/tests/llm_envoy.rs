@@ -315,10 +315,19 @@ fn the_llm_gateway_example_runs_as_its_readme_says() {
     let envoy = Envoy::start_yaml(&example_config(&primary, &secondary), 2).unwrap();
     let addr = envoy.main().unwrap();
     let alice = [("authorization", "Bearer alice")];
-    let r = http::post(addr, CHAT, &alice, br#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}"#).unwrap();
-    assert_eq!((r.status, r.header("x-backend"), r.header("x-ratelimit-remaining-tokens")), (200, Some("primary"), Some("100")));
-    let r = http::post(addr, CHAT, &[("authorization", "Bearer bob")], br#"{"model": "gpt-4o", "stream": true}"#).unwrap();
-    assert!(r.text().contains(r#""usage":{"completion_tokens":20,"prompt_tokens":10,"total_tokens":30}"#), "{}", r.text());
+    let r = http::post(addr, CHAT, &alice, br#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}"#)
+        .unwrap();
+    assert_eq!(
+        (r.status, r.header("x-backend"), r.header("x-ratelimit-remaining-tokens")),
+        (200, Some("primary"), Some("100"))
+    );
+    let r =
+        http::post(addr, CHAT, &[("authorization", "Bearer bob")], br#"{"model": "gpt-4o", "stream": true}"#).unwrap();
+    assert!(
+        r.text().contains(r#""usage":{"completion_tokens":20,"prompt_tokens":10,"total_tokens":30}"#),
+        "{}",
+        r.text()
+    );
 
     // The primary rate limits: its 429 is explained, and the next request goes to the secondary.
     let ctl = http::get(primary.addr(), "/fake/reply?status=429&retry-after=20", &[]).unwrap();

@@ -609,7 +609,8 @@ pub fn llm(plan: &Plan) -> Result<Value, BenchError> {
         h.join().map_err(|_| BenchError("a client thread panicked".into()))??;
     }
     let reported = fake.tokens_reported() - reported_before;
-    let charged = envoys[2].stat("upstream_guard.llm.budget.bench.charged_tokens").map_err(err)?.unwrap_or(0) - charged_before;
+    let charged =
+        envoys[2].stat("upstream_guard.llm.budget.bench.charged_tokens").map_err(err)?.unwrap_or(0) - charged_before;
     let requests = per_thread * 8;
     println!("Token accounting, streamed run: {requests} requests from 8 concurrent clients");
     println!("| tokens reported by the provider | tokens charged to the budget | error |");

@@ -35,8 +35,8 @@ use std::cell::Cell;
 use upstream_guard::details;
 use upstream_guard::diagnose::{upstream_failed, Cause};
 use upstream_guard::llm::{
-    choose, error_json, needs_rewrite, provider_pause, rewrite, scan, Admission, Balance, Budget, LlmConfig, ResetHeaders, Usage,
-    UsageMeter, RESET_HEADER_NAMES,
+    choose, error_json, needs_rewrite, provider_pause, rewrite, scan, Admission, Balance, Budget, LlmConfig,
+    ResetHeaders, Usage, UsageMeter, RESET_HEADER_NAMES,
 };
 use upstream_guard::ratelimit::retry_after_secs;
 use upstream_guard_glue::pairs::Pairs;
@@ -443,7 +443,8 @@ impl Stage for Llm {
             let other = st.model.and_then(|m| self.config.models.get(m)).is_some_and(|route| {
                 route.targets.iter().any(|t| t.provider != p && states.get(t.provider).is_none_or(|h| h.available(now)))
             });
-            let mut reasons = format!("{cluster}: rate limited by the upstream (429), back in {} ms", pause.ns / 1_000_000);
+            let mut reasons =
+                format!("{cluster}: rate limited by the upstream (429), back in {} ms", pause.ns / 1_000_000);
             if other {
                 cx.set_response_header("retry-after", b"0");
                 reasons.push_str("; another provider of the model is available: retry now");
