@@ -350,10 +350,12 @@ pub(crate) fn read_request<R: BufRead>(r: &mut R) -> Option<Request> {
     let http10 = parts.next().is_some_and(|v| v == "HTTP/1.0");
     let mut headers = Vec::new();
     loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).ok()? == 0 {
+        // Header values may hold any bytes (Envoy forwards bytes >= 0x80): read bytes, then lossily.
+        let mut raw = Vec::new();
+        if r.read_until(b'\n', &mut raw).ok()? == 0 {
             return None;
         }
+        let h = String::from_utf8_lossy(&raw);
         let h = h.trim_end();
         if h.is_empty() {
             break;

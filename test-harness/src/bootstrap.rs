@@ -130,6 +130,8 @@ pub struct Bootstrap {
     pub filters: Vec<Value>,
     pub routes: Vec<Value>,
     pub clusters: Vec<Value>,
+    /// Extra fields of the listener's HttpConnectionManager (`use_remote_address`, ...).
+    pub hcm: serde_json::Map<String, Value>,
 }
 
 impl Bootstrap {
@@ -156,6 +158,18 @@ impl Bootstrap {
         self
     }
 
+    /// Sets a field of the HttpConnectionManager.
+    pub fn hcm(mut self, field: &str, value: Value) -> Self {
+        self.hcm.insert(field.to_string(), value);
+        self
+    }
+
+    /// An edge listener: `use_remote_address: true`, so that Envoy's idea of the client
+    /// (`source.address`) is the real peer, never a header the client wrote.
+    pub fn edge(self) -> Self {
+        self.hcm("use_remote_address", Value::Bool(true))
+    }
+
     /// The bootstrap document.
     pub fn build(&self) -> Value {
         let mut filters = self.filters.clone();
@@ -163,6 +177,18 @@ impl Bootstrap {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
         }));
+        let mut hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "ingress",
+            "route_config": {
+                "name": "local",
+                "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": self.routes}],
+            },
+            "http_filters": filters,
+        });
+        for (k, v) in &self.hcm {
+            hcm[k] = v.clone();
+        }
         json!({
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
             "static_resources": {
@@ -171,15 +197,7 @@ impl Bootstrap {
                     "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
                     "filter_chains": [{"filters": [{
                         "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "ingress",
-                            "route_config": {
-                                "name": "local",
-                                "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": self.routes}],
-                            },
-                            "http_filters": filters,
-                        },
+                        "typed_config": hcm,
                     }]}],
                 }],
                 "clusters": self.clusters,

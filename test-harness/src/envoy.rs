@@ -38,8 +38,19 @@ impl Envoy {
         Self::start_file("envoy.json", &config.to_string(), concurrency, false)
     }
 
+    /// Starts Envoy as `launch` says (pinned to CPUs, or under a profiler), logging warnings only.
+    pub fn start_launch(config: &Value, launch: &Launch) -> Result<Envoy> {
+        Self::start_full("envoy.json", &config.to_string(), launch)
+    }
+
     fn start_file(name: &str, text: &str, concurrency: u32, verbose: bool) -> Result<Envoy> {
-        let bin = paths::envoy_bin()?;
+        Self::start_full(name, text, &Launch { concurrency, verbose, ..Launch::default() })
+    }
+
+    fn start_full(name: &str, text: &str, launch: &Launch) -> Result<Envoy> {
+        let (concurrency, verbose) = (launch.concurrency.max(1), launch.verbose);
+        // A wrapper (taskset, valgrind) needs the Envoy executable itself, not a launcher script.
+        let bin = if launch.wrapper.is_empty() { paths::envoy_bin()? } else { paths::envoy_executable()? };
         let dir = tempfile::Builder::new().prefix("ug-envoy-").tempdir().map_err(Error::io("temp dir"))?;
         let config_path = dir.path().join(name);
         std::fs::write(&config_path, text).map_err(Error::io("write envoy config"))?;
@@ -47,7 +58,15 @@ impl Envoy {
         // Envoy's own --log-path is flushed lazily; its stderr is not, so the log is complete at
         // any moment a test reads it.
         let log_file = std::fs::File::create(dir.path().join("envoy.log")).map_err(Error::io("create envoy log"))?;
-        let child = Command::new(&bin)
+        let mut command = match launch.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = command
             .arg("-c")
             .arg(&config_path)
             .args(["--concurrency", &concurrency.to_string()])
@@ -65,7 +84,7 @@ impl Envoy {
             .spawn()
             .map_err(Error::io(format!("start {}", bin.display())))?;
         let mut envoy = Envoy { child, dir, admin: SocketAddr::from(([127, 0, 0, 1], 0)) };
-        envoy.wait_ready(Duration::from_secs(60))?;
+        envoy.wait_ready(launch.ready_timeout.unwrap_or(Duration::from_secs(60)))?;
         Ok(envoy)
     }
 
@@ -89,10 +108,24 @@ impl Envoy {
                 }
             }
             if Instant::now() > deadline {
-                return Err(Error::Envoy { problem: "not ready after 60 s".into(), log: self.log() });
+                return Err(Error::Envoy { problem: format!("not ready after {limit:?}"), log: self.log() });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The process id (of Envoy itself: wrappers such as taskset exec it, valgrind runs it in
+    /// place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The resident set size of the process, from `/proc` (Linux).
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let kb: u64 =
+            status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb * 1024)
     }
 
     /// The admin address.
@@ -164,6 +197,19 @@ impl Envoy {
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
+}
+
+/// How to launch Envoy.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Worker threads (`--concurrency`; 0 means 1).
+    pub concurrency: u32,
+    /// Info-level logs with wasm debug lines (tests) instead of warnings only (benchmarks).
+    pub verbose: bool,
+    /// A command Envoy runs under, e.g. `["taskset", "-c", "1"]` or a profiler.
+    pub wrapper: Vec<String>,
+    /// How long to wait for `/ready` (default 60 s; a profiler needs longer).
+    pub ready_timeout: Option<Duration>,
 }
 
 impl Drop for Envoy {

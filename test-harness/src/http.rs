@@ -125,10 +125,34 @@ fn send(
     Ok(stream)
 }
 
+/// Sends `raw` (a whole HTTP/1.1 request, any bytes: for requests a well-behaved client would not
+/// send, such as header values that are not UTF-8) and reads the response.
+pub fn raw(addr: SocketAddr, raw: &[u8], timeout: Duration) -> Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(Error::io(format!("connect {addr}")))?;
+    stream.set_read_timeout(Some(timeout)).map_err(Error::io("set timeout"))?;
+    stream.write_all(raw).map_err(Error::io("send request"))?;
+    read_response(&mut BufReader::new(stream), raw.starts_with(b"HEAD "))
+}
+
+/// A `GET path` request as raw bytes, with `headers` written exactly as given (names and values
+/// are bytes) and `connection: close`.
+pub fn raw_get(path: &str, headers: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut out = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n").into_bytes();
+    for (k, v) in headers {
+        out.extend_from_slice(k);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out
+}
+
 fn read_line(r: &mut impl BufRead) -> Result<String> {
-    let mut line = String::new();
-    r.read_line(&mut line).map_err(Error::io("read response"))?;
-    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    // Bytes, then lossy: a response header may carry bytes that are not UTF-8.
+    let mut line = Vec::new();
+    r.read_until(b'\n', &mut line).map_err(Error::io("read response"))?;
+    Ok(String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_string())
 }
 
 fn read_response(r: &mut impl BufRead, head_only: bool) -> Result<Response> {

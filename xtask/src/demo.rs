@@ -1,6 +1,7 @@
-//! `cargo xtask demo`: runs `envoy-examples/chain/envoy.yaml` (all four filters) on ephemeral
-//! loopback ports, with demo backends in place of its primary, secondary and flaky clusters, and
-//! prints a short scripted tour as curl lines with what came back.
+//! `cargo xtask demo`: runs `envoy-examples/upstream_guard/envoy.yaml` (all four policies in one
+//! module; `--chain` runs `envoy-examples/chain/envoy.yaml`, the same policies as four filters) on
+//! ephemeral loopback ports, with demo backends in place of its primary, secondary and flaky
+//! clusters, and prints a short scripted tour as curl lines with what came back.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -19,9 +20,32 @@ fn err(e: impl std::fmt::Display) -> TaskError {
     TaskError(e.to_string())
 }
 
-/// The chain example with its fixed ports swapped for this run's.
-pub fn chain_config(primary: SocketAddr, secondary: SocketAddr, flaky: SocketAddr) -> Result<String> {
-    let path = paths::workspace_root().join("envoy-examples/chain/envoy.yaml");
+/// The two examples the demo can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Example {
+    /// `envoy-examples/upstream_guard/`: `upstream_guard.wasm`, four stages in one module.
+    Module,
+    /// `envoy-examples/chain/`: four single-policy filters.
+    Chain,
+}
+
+impl Example {
+    fn dir(self) -> &'static str {
+        match self {
+            Example::Module => "upstream_guard",
+            Example::Chain => "chain",
+        }
+    }
+}
+
+/// An example with its fixed ports swapped for this run's.
+pub fn example_config(
+    example: Example,
+    primary: SocketAddr,
+    secondary: SocketAddr,
+    flaky: SocketAddr,
+) -> Result<String> {
+    let path = paths::workspace_root().join("envoy-examples").join(example.dir()).join("envoy.yaml");
     let text = std::fs::read_to_string(&path).map_err(|e| TaskError(format!("{}: {e}", path.display())))?;
     let target = paths::target_dir().display().to_string();
     Ok(text
@@ -50,17 +74,19 @@ fn show(addr: SocketAddr, what: &str, path: &str, headers: &[(&str, &str)]) -> R
 }
 
 /// Runs the tour; with `serve`, keeps everything up until interrupted.
-pub fn run(serve: bool) -> Result {
+pub fn run(example: Example, serve: bool) -> Result {
     let primary = Backend::named(Behavior::Status(200), "primary").map_err(err)?;
     let secondary = Backend::named(Behavior::Status(200), "secondary").map_err(err)?;
     let flaky = Backend::named(Behavior::Status(503), "flaky").map_err(err)?;
-    let yaml = chain_config(primary.addr(), secondary.addr(), flaky.addr())?;
+    let yaml = example_config(example, primary.addr(), secondary.addr(), flaky.addr())?;
     let envoy = Envoy::start_yaml(&yaml, 2).map_err(err)?;
     let addr = envoy.main().map_err(err)?;
     println!(
-        "upstream-guard demo: envoy-examples/chain/envoy.yaml on http://{addr} (admin http://{})\n\
-         filters: diagnostics -> rate_limiter -> health_router -> circuit_breaker -> router\n",
-        envoy.admin()
+        "upstream-guard demo: envoy-examples/{}/envoy.yaml on http://{addr} (admin http://{})\n\
+         {}: diagnostics -> rate_limiter -> health_router -> circuit_breaker -> router\n",
+        example.dir(),
+        envoy.admin(),
+        if example == Example::Module { "upstream_guard.wasm, stages" } else { "filters" }
     );
 
     show(addr, "a normal request: the health router sends it to the primary", "/api", &[])?;

@@ -2,6 +2,7 @@
 //! directly.
 
 pub mod bench;
+pub mod bench_cost;
 pub mod demo;
 pub mod manifests;
 pub mod oci;

@@ -23,7 +23,7 @@ fn package_of(filter: &str) -> &str {
     }
 }
 /// Filters built for the tests only (never packaged).
-const TEST_FILTERS: &[&str] = &["conformance"];
+const TEST_FILTERS: &[&str] = &["conformance", "floor"];
 const ENVOY_VERSION: &str = "1.40.0";
 const WASM_TARGET: &str = "wasm32-wasip1";
 
@@ -51,9 +51,14 @@ fn main() -> ExitCode {
             .and_then(|()| build())
             .and_then(|()| push(&args[1..])),
         Some("manifests") => setup_target().and_then(|()| build()).and_then(|()| manifests(&args[1..])),
-        Some("demo") => setup()
-            .and_then(|()| build())
-            .and_then(|()| xtask::demo::run(args.iter().any(|a| a == "--serve")).map_err(|e| TaskError(e.0))),
+        Some("demo") => setup().and_then(|()| build()).and_then(|()| {
+            let example = if args.iter().any(|a| a == "--chain") {
+                xtask::demo::Example::Chain
+            } else {
+                xtask::demo::Example::Module
+            };
+            xtask::demo::run(example, args.iter().any(|a| a == "--serve")).map_err(|e| TaskError(e.0))
+        }),
         Some("wasi-run") => match args.get(1) {
             Some(wasm) => {
                 let mut argv = vec!["test".to_string()];
@@ -134,7 +139,8 @@ usage: cargo xtask <command>
           prints tables and writes target/bench/results.json (--smoke: a few seconds, to keep it
           working; --harness: only the harness figures, printed, not saved; --llm: only the LLM
           stage's figures: time to first byte, body cost, token accounting error)
-  demo    run Envoy with the filters in front of demo backends and print a tour [--serve: keep running]
+  demo    run Envoy with upstream_guard.wasm in front of demo backends and print a tour
+          [--chain: the four single-policy filters instead] [--serve: keep running]
 ";
 
 fn root() -> PathBuf {
@@ -173,6 +179,8 @@ fn setup() -> Result {
     // benchmarks, Redis for the global rate limit tests (test-harness/rls-server counts in it), and
     // promtool (Debian's prometheus package) for the alerting rules' tests.
     apt_install(&["docker-registry", "skopeo", "wrk", "redis-server", "prometheus"])?;
+    // The benchmarks count instructions per request with callgrind and load Envoy with hey.
+    apt_install(&["valgrind", "hey"])?;
     setup_npm()
 }
 

@@ -1,5 +1,7 @@
-//! `envoy-examples/chain/envoy.yaml` in real Envoy (two workers), as the demo runs it: every
-//! filter does its part and the diagnostics filter explains each failure.
+//! `envoy-examples/upstream_guard/envoy.yaml` (one module, four stages) and
+//! `envoy-examples/chain/envoy.yaml` (four filters) in real Envoy (two workers), as the demo runs
+//! them: the same tour gives the same answers, every policy does its part and the diagnosis
+//! explains each failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
@@ -8,17 +10,27 @@ use serde_json::Value;
 use test_harness::backend::{Backend, Behavior};
 use test_harness::envoy::Envoy;
 use test_harness::{http, parse_diagnosis};
+use xtask::demo::Example;
 
 fn cause(r: &http::Response) -> String {
     parse_diagnosis(r.header("x-upstream-diagnosis").expect("a diagnosis")).unwrap()["cause"].clone()
 }
 
 #[test]
+fn the_module_limits_breaks_fails_over_and_explains() {
+    tour(Example::Module);
+}
+
+#[test]
 fn the_chain_limits_breaks_fails_over_and_explains() {
+    tour(Example::Chain);
+}
+
+fn tour(example: Example) {
     let primary = Backend::named(Behavior::Status(200), "primary").unwrap();
     let secondary = Backend::named(Behavior::Status(200), "secondary").unwrap();
     let flaky = Backend::named(Behavior::Status(503), "flaky").unwrap();
-    let yaml = xtask::demo::chain_config(primary.addr(), secondary.addr(), flaky.addr()).unwrap();
+    let yaml = xtask::demo::example_config(example, primary.addr(), secondary.addr(), flaky.addr()).unwrap();
     let envoy = Envoy::start_yaml(&yaml, 2).unwrap();
     let addr = envoy.main().unwrap();
 

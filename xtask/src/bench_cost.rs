@@ -1,0 +1,423 @@
+//! What each module costs per request in real Envoy, against passthrough and against the floor (an
+//! empty SDK filter: what any wasm filter costs before it does anything).
+//!
+//! Three figures per configuration, measured in one run:
+//! - **throughput** with `wrk` (keep-alive, one Envoy worker), rounds interleaved over every row so
+//!   that drift hits all rows alike; Envoy pinned to its own core and the backend (a second Envoy
+//!   answering with `direct_response`, far lighter than the proxy) and `wrk` to the other, on a
+//!   machine with two or more cores;
+//! - **instructions per request**, counted by callgrind over a fixed number of requests after
+//!   warm-up: repeatable to a fraction of a percent whatever else the machine is doing, which
+//!   makes small differences visible that throughput on a shared 2-core machine hides;
+//! - **resident memory** two seconds after start, at one worker, and at four for the shapes a mesh
+//!   operator compares.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use test_harness::bootstrap::{cluster, route, wasm_filter, Bootstrap};
+use test_harness::envoy::{Envoy, Launch};
+use test_harness::{http, paths};
+
+use crate::bench::{BenchError, Plan};
+
+fn err(e: impl std::fmt::Display) -> BenchError {
+    BenchError(e.to_string())
+}
+
+fn wasm(name: &str) -> Result<PathBuf, BenchError> {
+    paths::wasm_path(name).map_err(err)
+}
+
+/// The configurations of the benchmark rows (shared with the harness rows and the README).
+pub fn rl_config() -> Value {
+    json!({"rules": [{"name": "all", "key": ["client_ip"], "limit": {"requests": 1_000_000_000u64, "per": "1s"}}]})
+}
+/// Health router: one upstream, active checks every second.
+pub fn hr_config() -> Value {
+    json!({"upstreams": [{"cluster": "backend", "health_check": {"path": "/healthz", "interval": "1s"}}]})
+}
+/// Circuit breaker: the default consecutive-failure policy.
+pub fn cb_config() -> Value {
+    json!({"failure": {"consecutive": 5}})
+}
+/// Diagnostics: loopback trusted.
+pub fn diag_config() -> Value {
+    json!({"trusted_cidrs": ["127.0.0.1/32"]})
+}
+
+fn section(policy: &str) -> Value {
+    match policy {
+        "diagnostics" => diag_config(),
+        "rate_limiter" => rl_config(),
+        "health_router" => hr_config(),
+        _ => cb_config(),
+    }
+}
+
+/// One row: a name, the HTTP filters in front of the router, and what the route needs.
+struct Row {
+    name: String,
+    filters: Vec<Value>,
+    header_route: bool,
+    cluster_extra: Option<Value>,
+}
+
+fn filter(name: &str, module: &str, config: &Value) -> Result<Value, BenchError> {
+    let mut f = wasm_filter(name, &wasm(module)?, config);
+    // Distinct VM ids: chained filters get a VM each, as separate WasmPlugins would.
+    f["typed_config"]["config"]["vm_config"]["vm_id"] = json!(name);
+    Ok(f)
+}
+
+fn rows() -> Result<Vec<Row>, BenchError> {
+    const POLICIES: [&str; 4] = ["diagnostics", "rate_limiter", "health_router", "circuit_breaker"];
+    let row = |name: &str, filters: Vec<Value>, header_route: bool| Row {
+        name: name.to_string(),
+        filters,
+        header_route,
+        cluster_extra: None,
+    };
+    let mut out = vec![
+        row("passthrough", vec![], false),
+        row("floor: empty SDK filter", vec![filter("floor", "floor", &json!({}))?], false),
+        row(
+            "four empty SDK filters chained",
+            (0..4).map(|i| filter(&format!("floor{i}"), "floor", &json!({}))).collect::<Result<_, _>>()?,
+            false,
+        ),
+    ];
+    for p in POLICIES {
+        out.push(row(p, vec![filter(p, p, &section(p))?], p == "health_router"));
+    }
+    let all: serde_json::Map<String, Value> = POLICIES.iter().map(|p| (p.to_string(), section(p))).collect();
+    out.push(row(
+        "upstream_guard.wasm, all four stages",
+        vec![filter("ug", "upstream_guard", &Value::Object(all))?],
+        true,
+    ));
+    for p in POLICIES {
+        let one = json!({ p: section(p) });
+        out.push(row(
+            &format!("upstream_guard.wasm, {p} only"),
+            vec![filter("ug", "upstream_guard", &one)?],
+            p == "health_router",
+        ));
+    }
+    out.push(row(
+        "four single-policy filters chained",
+        POLICIES.iter().map(|p| filter(p, p, &section(p))).collect::<Result<_, _>>()?,
+        true,
+    ));
+    let native_rl = json!({
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "native_rl",
+            "token_bucket": {"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"},
+            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enabled"},
+            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enforced"},
+        },
+    });
+    out.push(row("native local_ratelimit", vec![native_rl], false));
+    let mut native_health = row("native health checks + outlier detection", vec![], false);
+    native_health.cluster_extra = Some(json!({
+        "health_checks": [{"timeout": "0.25s", "interval": "1s", "no_traffic_interval": "1s", "unhealthy_threshold": 2,
+                           "healthy_threshold": 2, "http_health_check": {"path": "/healthz"}}],
+        "outlier_detection": {"consecutive_5xx": 3, "consecutive_gateway_failure": 3,
+                              "enforcing_consecutive_gateway_failure": 100, "base_ejection_time": "10s"},
+    }));
+    out.push(native_health);
+    Ok(out)
+}
+
+fn config(r: &Row, backend: SocketAddr) -> Value {
+    let mut b = Bootstrap::new();
+    for f in &r.filters {
+        b = b.filter(f.clone());
+    }
+    let route = if r.header_route {
+        json!({"match": {"prefix": "/"}, "route": {"cluster_header": "x-upstream-cluster"}})
+    } else {
+        route("/", "backend")
+    };
+    let mut c = cluster("backend", backend);
+    if let Some(extra) = &r.cluster_extra {
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            c[k] = v.clone();
+        }
+    }
+    b.route(route).cluster(c).build()
+}
+
+/// The backend: an Envoy answering 200 "ok" itself, far lighter per request than the proxy.
+fn backend_config() -> Value {
+    let mut b = Bootstrap::new()
+        .route(json!({"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}));
+    b.clusters.clear();
+    b.build()
+}
+
+/// CPU sets: the proxy alone on the last core, everything else on the others (no pinning on a
+/// single core).
+fn cpus() -> Option<(String, String)> {
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let taskset = Command::new("taskset").arg("--version").output().is_ok();
+    (n >= 2 && taskset).then(|| ((n - 1).to_string(), format!("0-{}", n - 2)))
+}
+
+fn pinned(cpus: &Option<String>) -> Vec<String> {
+    cpus.as_ref().map(|c| vec!["taskset".into(), "-c".into(), c.clone()]).unwrap_or_default()
+}
+
+/// One wrk run: (requests/s, p50 ms, p99 ms).
+fn wrk(addr: SocketAddr, plan: &Plan, cpus: &Option<String>) -> Result<(f64, f64, f64), BenchError> {
+    let mut cmd = match cpus {
+        Some(c) => {
+            let mut t = Command::new("taskset");
+            t.args(["-c", c, "wrk"]);
+            t
+        }
+        None => Command::new("wrk"),
+    };
+    let out = cmd
+        .args(["-t1", &format!("-c{}", plan.connections), &format!("-d{}s", plan.seconds), "--latency"])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .map_err(|e| BenchError(format!("wrk: {e} (cargo xtask setup installs it)")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let num = |prefix: &str| -> Option<f64> {
+        let v = text.lines().find_map(|l| l.trim().strip_prefix(prefix))?.split_whitespace().next()?.to_string();
+        let (n, scale) = if let Some(n) = v.strip_suffix("ms") {
+            (n, 1.0)
+        } else if let Some(n) = v.strip_suffix("us") {
+            (n, 0.001)
+        } else if let Some(n) = v.strip_suffix('s') {
+            (n, 1000.0)
+        } else {
+            (v.as_str(), 1.0)
+        };
+        n.parse::<f64>().ok().map(|x| x * scale)
+    };
+    let rps = num("Requests/sec:").ok_or_else(|| BenchError(format!("wrk printed no rate:\n{text}")))?;
+    if text.contains("Non-2xx") {
+        return Err(BenchError(format!("wrk saw failed requests at {addr}:\n{text}")));
+    }
+    Ok((rps, num("50%").unwrap_or(f64::NAN), num("99%").unwrap_or(f64::NAN)))
+}
+
+/// Instructions Envoy executes per request, counted by callgrind over `n` requests after warm-up.
+fn instructions_per_request(cfg: &Value, n: u32) -> Result<f64, BenchError> {
+    let dir = tempfile::tempdir().map_err(err)?;
+    let out = dir.path().join("cg.out");
+    let launch = Launch {
+        concurrency: 1,
+        verbose: false,
+        wrapper: vec![
+            "valgrind".into(),
+            "--tool=callgrind".into(),
+            "--instr-atstart=no".into(),
+            "--smc-check=all-non-file".into(),
+            format!("--callgrind-out-file={}", out.display()),
+        ],
+        ready_timeout: Some(Duration::from_secs(300)),
+    };
+    let envoy = Envoy::start_launch(cfg, &launch).map_err(err)?;
+    let addr = envoy.main().map_err(err)?;
+    let hey = |requests: u32| -> Result<(), BenchError> {
+        let o = Command::new("hey")
+            .args(["-n", &requests.to_string(), "-c", "4", "-t", "30"])
+            .arg(format!("http://{addr}/"))
+            .output()
+            .map_err(|e| BenchError(format!("hey: {e} (cargo xtask setup installs it)")))?;
+        let text = String::from_utf8_lossy(&o.stdout);
+        if !text.contains(&format!("[200]\t{requests} responses")) {
+            return Err(BenchError(format!("not every request under callgrind got a 200:\n{text}")));
+        }
+        Ok(())
+    };
+    hey(300)?;
+    let control =
+        |args: &[&str]| Command::new("callgrind_control").args(args).arg(envoy.pid().to_string()).output().map_err(err);
+    control(&["-i", "on"])?;
+    hey(n)?;
+    control(&["-i", "off"])?;
+    control(&["-d"])?;
+    let total = dumped_total(dir.path())?;
+    drop(envoy);
+    Ok(total as f64 / f64::from(n))
+}
+
+/// The instruction total of the newest callgrind dump in `dir`.
+fn dumped_total(dir: &Path) -> Result<u64, BenchError> {
+    for _ in 0..100 {
+        let newest = std::fs::read_dir(dir)
+            .map_err(err)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| e.parse::<u32>().is_ok()))
+            .max_by_key(|p| p.extension().and_then(|e| e.to_str()).and_then(|e| e.parse::<u32>().ok()));
+        if let Some(total) = newest.and_then(|p| std::fs::read_to_string(p).ok()).and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))?
+                .trim()
+                .parse()
+                .ok()
+        }) {
+            return Ok(total);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(BenchError("callgrind wrote no dump".into()))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map(|b| format!("{:.1}", b as f64 / 1048576.0)).unwrap_or_else(|| "—".into())
+}
+
+/// Runs the rows; prints the tables; returns the figures.
+pub fn run(plan: &Plan) -> Result<Value, BenchError> {
+    let (proxy_cpus, other_cpus) = match cpus() {
+        Some((p, o)) => (Some(p), Some(o)),
+        None => (None, None),
+    };
+    let backend_launch = Launch { concurrency: 1, wrapper: pinned(&other_cpus), ..Launch::default() };
+    let backend = Envoy::start_launch(&backend_config(), &backend_launch).map_err(err)?;
+    let backend_addr = backend.main().map_err(err)?;
+    let rows = rows()?;
+    let front = Launch { concurrency: 1, wrapper: pinned(&proxy_cpus), ..Launch::default() };
+    let mut envoys = Vec::new();
+    for r in &rows {
+        let e = Envoy::start_launch(&config(r, backend_addr), &front).map_err(err)?;
+        std::thread::sleep(Duration::from_secs(2));
+        let rss = e.rss_bytes();
+        let addr = e.main().map_err(err)?;
+        for _ in 0..50 {
+            let _ = http::get(addr, "/", &[]);
+        }
+        envoys.push((e, addr, rss));
+    }
+    let mut samples: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); rows.len()];
+    for round in 0..plan.rounds {
+        for (i, (_, addr, _)) in envoys.iter().enumerate() {
+            let s = wrk(*addr, plan, &other_cpus)?;
+            eprintln!("  round {} {:<42} {:>9.0} req/s", round + 1, rows[i].name, s.0);
+            samples[i].push(s);
+        }
+    }
+    let instructions: Vec<Option<f64>> = if plan.callgrind_requests > 0 {
+        let mut v = Vec::new();
+        for r in &rows {
+            let n = instructions_per_request(&config(r, backend_addr), plan.callgrind_requests)?;
+            eprintln!("  callgrind {:<42} {:>9.0} instructions/request", r.name, n);
+            v.push(Some(n));
+        }
+        v
+    } else {
+        vec![None; rows.len()]
+    };
+    let rps: Vec<f64> = samples.iter().map(|s| median(s.iter().map(|x| x.0).collect())).collect();
+    let (base, floor) = (rps[0], rps[1]);
+    let (base_i, floor_i) = (instructions[0], instructions[1]);
+    println!(
+        "Envoy 1.40, --concurrency 1{}, wrk -t1 -c{} -d{}s, {} interleaved rounds (median); instructions: callgrind over {} requests",
+        if proxy_cpus.is_some() { " pinned to its own core" } else { "" },
+        plan.connections,
+        plan.seconds,
+        plan.rounds,
+        plan.callgrind_requests
+    );
+    println!("| configuration | req/s | p50 ms | p99 ms | vs passthrough | vs floor | instructions/request | vs passthrough | vs floor | RSS MiB |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut out = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let p50 = median(samples[i].iter().map(|x| x.1).collect());
+        let p99 = median(samples[i].iter().map(|x| x.2).collect());
+        let ins = instructions[i];
+        // Cost ratios as throughput ratios: passthrough's instructions over this row's.
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.3}", a / b),
+            _ => "—".into(),
+        };
+        println!(
+            "| {} | {:.0} | {p50:.2} | {p99:.2} | {:.3} | {:.3} | {} | {} | {} | {} |",
+            r.name,
+            rps[i],
+            rps[i] / base,
+            rps[i] / floor,
+            ins.map(|n| format!("{n:.0}")).unwrap_or_else(|| "—".into()),
+            ratio(base_i, ins),
+            ratio(floor_i, ins),
+            mib(envoys[i].2)
+        );
+        out.push(json!({"configuration": r.name, "rps": rps[i], "p50_ms": p50, "p99_ms": p99,
+                        "ratio_to_passthrough": rps[i] / base, "ratio_to_floor": rps[i] / floor,
+                        "instructions_per_request": ins, "rss_bytes": envoys[i].2}));
+    }
+    println!();
+    drop(envoys);
+    let memory = memory_at_four_workers(backend_addr)?;
+    let sizes = module_sizes();
+    Ok(json!({"rows": out, "rss_concurrency_4": memory, "sizes": sizes}))
+}
+
+/// Envoy's resident memory at `--concurrency 4` (VMs are per worker), two seconds after start.
+fn memory_at_four_workers(backend: SocketAddr) -> Result<Value, BenchError> {
+    let all = rows()?;
+    let wanted = [
+        "passthrough",
+        "floor: empty SDK filter",
+        "four single-policy filters chained",
+        "upstream_guard.wasm, all four stages",
+    ];
+    println!("Envoy resident memory two seconds after start, --concurrency 4");
+    println!("| configuration | RSS MiB | vs floor MiB |");
+    println!("|---|---:|---:|");
+    let mut out = Vec::new();
+    let mut floor = None;
+    for r in all.iter().filter(|r| wanted.contains(&r.name.as_str())) {
+        let e =
+            Envoy::start_launch(&config(r, backend), &Launch { concurrency: 4, ..Launch::default() }).map_err(err)?;
+        std::thread::sleep(Duration::from_secs(2));
+        let rss = e.rss_bytes();
+        if r.name.starts_with("floor") {
+            floor = rss;
+        }
+        let over = match (rss, floor) {
+            (Some(a), Some(f)) if !r.name.starts_with("passthrough") => {
+                format!("{:+.1}", (a as f64 - f as f64) / 1048576.0)
+            }
+            _ => "—".into(),
+        };
+        println!("| {} | {} | {over} |", r.name, mib(rss));
+        out.push(json!({"configuration": r.name, "rss_bytes": rss}));
+    }
+    println!();
+    Ok(Value::Array(out))
+}
+
+/// Sizes of the shipped modules, and the combined module against the largest single one.
+fn module_sizes() -> Value {
+    let size = |m: &str| paths::wasm_path(m).ok().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
+    let singles = ["diagnostics", "rate_limiter", "circuit_breaker", "health_router"];
+    let largest = singles.iter().map(|m| size(m)).max().unwrap_or(0);
+    let combined = size("upstream_guard");
+    println!("Module sizes (release, wasm32-wasip1)");
+    println!("| module | bytes |");
+    println!("|---|---:|");
+    for m in ["floor", "upstream_guard"].iter().chain(singles.iter()) {
+        println!("| {m}.wasm | {} |", size(m));
+    }
+    println!(
+        "upstream_guard.wasm is {:.2}x the largest single-policy module\n",
+        combined as f64 / largest.max(1) as f64
+    );
+    json!({"upstream_guard": combined, "largest_single": largest})
+}
