@@ -78,6 +78,14 @@ fn main() -> ExitCode {
             }
             None => Err(TaskError("usage: cargo xtask wasi-run FILE.wasm [ARGS]".into())),
         },
+        Some("bench") if args.iter().any(|a| a == "--llm") => setup_target().and_then(|()| build()).and_then(|()| {
+            let plan = if args.iter().any(|a| a == "--smoke") {
+                xtask::bench::Plan::smoke()
+            } else {
+                xtask::bench::Plan::full()
+            };
+            xtask::bench::llm(&plan).map(drop).map_err(|e| TaskError(e.0))
+        }),
         Some("bench") if args.iter().any(|a| a == "--harness") => {
             setup_target().and_then(|()| build()).and_then(|()| {
                 xtask::bench::harness_micro(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
@@ -130,12 +138,13 @@ usage: cargo xtask <command>
           regenerate envoy-examples/istio/ and envoy-examples/envoy-gateway/ pinned to the
           digests of the images built from this checkout (default ghcr.io/upstream-guard)
   schemas regenerate envoy-examples/schemas/<module>.schema.json from the configuration types
-  bench [--smoke | --harness | --global]
+  bench [--smoke | --harness | --global | --llm]
           throughput and latency in real Envoy (passthrough, each filter, the chain, native
           equivalents), breaker latency, failover vs native, global rate limits vs local and
           native, harness ns/round and load times; prints tables and writes
-          target/bench/results.json (--smoke: a few seconds, to keep it working; --harness or
-          --global: only those figures, printed, not saved)
+          target/bench/results.json (--smoke: a few seconds, to keep it working; --harness,
+          --global or --llm: only those figures, printed, not saved; --llm: time to first byte,
+          body cost, token accounting error)
   demo    run Envoy with upstream_guard.wasm in front of demo backends and print a tour
           [--chain: the four single-policy filters instead] [--serve: keep running]
 ";
