@@ -16,6 +16,7 @@ pub mod config;
 pub mod diagnose;
 pub mod hash;
 pub mod health;
+pub mod llm;
 pub mod peer;
 pub mod ratelimit;
 #[cfg(feature = "schema")]
@@ -37,6 +38,14 @@ pub mod details {
     pub const NO_HEALTHY_UPSTREAM: &str = "upstream_guard.no_healthy_upstream";
     /// The health router answered its status endpoint (not an error).
     pub const HEALTH_STATUS: &str = "upstream_guard.health_status";
+    /// The LLM stage found every provider of the requested model out.
+    pub const MODEL_UNAVAILABLE: &str = "upstream_guard.model_unavailable";
+    /// The LLM stage does not route the requested model.
+    pub const UNKNOWN_MODEL: &str = "upstream_guard.unknown_model";
+    /// The LLM stage could not read a model from the request body (or it was too large).
+    pub const INVALID_REQUEST: &str = "upstream_guard.invalid_request";
+    /// The LLM stage refused the request: the key's token budget is spent.
+    pub const TOKEN_BUDGET: &str = "upstream_guard.token_budget_exhausted";
     /// Prefix shared by every details string above.
     pub const PREFIX: &str = "upstream_guard.";
 }

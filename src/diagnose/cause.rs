@@ -43,13 +43,21 @@ pub enum Cause {
     Unauthorized,
     FaultInjected,
     Overloaded,
+    /// An LLM provider answered 429: it is paused for the time it asked.
+    UpstreamRateLimited,
+    /// Every provider configured for the requested model is out (each with its reason).
+    ModelUnavailable,
+    /// The request names a model the gateway does not route.
+    UnknownModel,
+    /// The request body is not an OpenAI-compatible JSON request the gateway can route.
+    InvalidRequest,
     Unknown,
     None,
 }
 
 impl Cause {
     /// Every cause, in the order the README's table lists them.
-    pub const ALL: [Cause; 24] = [
+    pub const ALL: [Cause; 28] = [
         Cause::ConnectionRefused,
         Cause::ConnectTimeout,
         Cause::TlsHandshakeFailed,
@@ -72,6 +80,10 @@ impl Cause {
         Cause::Unauthorized,
         Cause::FaultInjected,
         Cause::Overloaded,
+        Cause::UpstreamRateLimited,
+        Cause::ModelUnavailable,
+        Cause::UnknownModel,
+        Cause::InvalidRequest,
         Cause::Unknown,
         Cause::None,
     ];
@@ -101,6 +113,10 @@ impl Cause {
             Cause::Unauthorized => "unauthorized",
             Cause::FaultInjected => "fault_injected",
             Cause::Overloaded => "overloaded",
+            Cause::UpstreamRateLimited => "upstream_rate_limited",
+            Cause::ModelUnavailable => "model_unavailable",
+            Cause::UnknownModel => "unknown_model",
+            Cause::InvalidRequest => "invalid_request",
             Cause::Unknown => "unknown",
             Cause::None => "none",
         }
@@ -168,6 +184,18 @@ impl Cause {
             Cause::FaultInjected => "a fault-injection rule answered this request: check the route's fault filter settings",
             Cause::Overloaded => {
                 "the proxy is shedding load (overload manager or drop_overload): add capacity or review the overload actions"
+            }
+            Cause::UpstreamRateLimited => {
+                "the provider answered 429 (its own rate limit or quota): it is out of rotation until retry_after, and requests for the model go to its next provider; raise the provider quota or add providers"
+            }
+            Cause::ModelUnavailable => {
+                "every provider configured for this model is out (rate limited, ejected or failing checks; reasons lists each): retry after Retry-After, or add a provider for the model"
+            }
+            Cause::UnknownModel => {
+                "the request names a model the gateway does not route: use one of the models listed in the response body, or add it to the llm configuration"
+            }
+            Cause::InvalidRequest => {
+                "the request body is not a JSON object with a string model field, or is larger than the gateway buffers: fix the client's request"
             }
             Cause::Unknown => "no known cause matched: the flags and details fields carry Envoy's own words",
             Cause::None => "the upstream answered; nothing failed",
@@ -250,6 +278,10 @@ fn own_local_reply(details: &str) -> Option<Cause> {
         details::RATE_LIMIT_SERVICE_UNAVAILABLE => Some(Cause::RateLimitServiceUnavailable),
         details::NO_HEALTHY_UPSTREAM => Some(Cause::NoHealthyUpstream),
         details::HEALTH_STATUS => Some(Cause::None),
+        details::MODEL_UNAVAILABLE => Some(Cause::ModelUnavailable),
+        details::UNKNOWN_MODEL => Some(Cause::UnknownModel),
+        details::INVALID_REQUEST => Some(Cause::InvalidRequest),
+        details::TOKEN_BUDGET => Some(Cause::RateLimited),
         d if d.starts_with(details::PREFIX) => Some(Cause::Unknown),
         _ => None,
     }
@@ -465,6 +497,10 @@ mod tests {
         assert!(!upstream_failed(&unavailable, &[503]), "the upstream was never asked");
         assert_eq!(classify(&obs(503, 0, details::NO_HEALTHY_UPSTREAM, "")), Cause::NoHealthyUpstream);
         assert!(is_error(&obs(429, 0, details::RATE_LIMITED, "")));
+        assert_eq!(classify(&obs(503, 0, details::MODEL_UNAVAILABLE, "")), Cause::ModelUnavailable);
+        assert_eq!(classify(&obs(404, 0, details::UNKNOWN_MODEL, "")), Cause::UnknownModel);
+        assert_eq!(classify(&obs(400, 0, details::INVALID_REQUEST, "")), Cause::InvalidRequest);
+        assert_eq!(classify(&obs(429, 0, details::TOKEN_BUDGET, "")), Cause::RateLimited);
     }
 
     #[test]

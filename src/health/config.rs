@@ -31,11 +31,12 @@ pub enum NoneHealthy {
     Panic,
 }
 
+// Also the LLM stage's providers' checks.
 /// Active checks: `GET` callouts on the tick, sent by one worker at a time.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-struct HealthCheckJson {
+pub(crate) struct HealthCheckJson {
     /// The path checked with `GET`.
     #[cfg_attr(feature = "schema", schemars(extend("default" = "/healthz"), pattern(crate::schema::PATH)))]
     #[serde(default)]
@@ -88,11 +89,12 @@ struct UpstreamJson {
     health_check: Option<HealthCheckJson>,
 }
 
+// Also the LLM stage's (with its own defaults).
 /// Passive detection: failed responses in a row eject the upstream at once.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-struct PassiveJson {
+pub(crate) struct PassiveJson {
     /// Failed responses in a row (a status in `statuses`, or UF/UT/UC/UR/UH) that eject the
     /// upstream.
     #[cfg_attr(feature = "schema", schemars(extend("default" = 5), range(min = 1)))]
@@ -293,6 +295,76 @@ impl HealthConfig {
     }
 }
 
+/// A cluster name field: printable ASCII without spaces.
+pub(crate) fn cluster_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || !name.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
+        return Err(ConfigError::new(field, format!("{name:?} is not a cluster name"), "name an Envoy cluster"));
+    }
+    Ok(())
+}
+
+/// Validates an active check of `cluster`; `field` is the check's own path
+/// (`upstreams[0].health_check`).
+pub(crate) fn validate_check(field: &str, cluster: &str, h: HealthCheckJson) -> Result<HealthCheck, ConfigError> {
+    let at = |f: &str| format!("{field}.{f}");
+    let d = HealthCheck::default();
+    let path = h.path.unwrap_or(d.path);
+    if !path.starts_with('/') {
+        return Err(ConfigError::new(
+            at("path"),
+            format!("{path:?} does not start with /"),
+            "use a path such as \"/healthz\"",
+        ));
+    }
+    let expected = h.expected_statuses.unwrap_or_default();
+    statuses(&at("expected_statuses"), &expected)?;
+    let interval_ns = duration(&at("interval"), h.interval.as_deref(), d.interval_ns, false)?;
+    let timeout_ns = duration(&at("timeout"), h.timeout.as_deref(), d.timeout_ns, false)?;
+    let jitter_ns = duration(&at("jitter"), h.jitter.as_deref(), 0, true)?;
+    let unhealthy_threshold = h.unhealthy_threshold.unwrap_or(d.unhealthy_threshold);
+    let healthy_threshold = h.healthy_threshold.unwrap_or(d.healthy_threshold);
+    for (name, v) in [("unhealthy_threshold", unhealthy_threshold), ("healthy_threshold", healthy_threshold)] {
+        if v == 0 {
+            return Err(ConfigError::new(at(name), "is 0", "use 1 or more (default 2)"));
+        }
+    }
+    Ok(HealthCheck {
+        path,
+        authority: h.authority.unwrap_or_else(|| cluster.to_string()),
+        expected_statuses: expected,
+        interval_ns,
+        timeout_ns,
+        jitter_ns,
+        unhealthy_threshold,
+        healthy_threshold,
+    })
+}
+
+/// Validates passive detection (`None`: off), filling unset fields from `defaults`.
+pub(crate) fn validate_passive(
+    field: &str,
+    p: Option<PassiveJson>,
+    defaults: Passive,
+) -> Result<Option<Passive>, ConfigError> {
+    let Some(p) = p else { return Ok(None) };
+    let at = |f: &str| format!("{field}.{f}");
+    let consecutive_failures = p.consecutive_failures.unwrap_or(defaults.consecutive_failures);
+    if consecutive_failures == 0 {
+        return Err(ConfigError::new(
+            at("consecutive_failures"),
+            "is 0",
+            format!("use 1 or more (default {})", defaults.consecutive_failures),
+        ));
+    }
+    let list = p.statuses.unwrap_or(defaults.statuses);
+    statuses(&at("statuses"), &list)?;
+    Ok(Some(Passive {
+        consecutive_failures,
+        ejection_ns: duration(&at("ejection"), p.ejection.as_deref(), defaults.ejection_ns, false)?,
+        statuses: list,
+    }))
+}
+
 impl HealthJson {
     /// Checks every field.
     pub fn validate(self) -> Result<HealthConfig, ConfigError> {
@@ -306,13 +378,7 @@ impl HealthJson {
         let mut upstreams: Vec<Upstream> = Vec::new();
         for (i, u) in self.upstreams.into_iter().enumerate() {
             let at = |f: &str| format!("upstreams[{i}].{f}");
-            if u.cluster.is_empty() || !u.cluster.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
-                return Err(ConfigError::new(
-                    at("cluster"),
-                    format!("{:?} is not a cluster name", u.cluster),
-                    "name an Envoy cluster",
-                ));
-            }
+            cluster_name(&at("cluster"), &u.cluster)?;
             if upstreams.iter().any(|x| x.cluster == u.cluster) {
                 return Err(ConfigError::new(
                     at("cluster"),
@@ -324,70 +390,13 @@ impl HealthJson {
             if weight == 0 {
                 return Err(ConfigError::new(at("weight"), "is 0", "use a positive weight, or remove the upstream"));
             }
-            let health_check = match u.health_check {
-                None => None,
-                Some(h) => {
-                    let d = HealthCheck::default();
-                    let path = h.path.unwrap_or(d.path);
-                    if !path.starts_with('/') {
-                        return Err(ConfigError::new(
-                            at("health_check.path"),
-                            format!("{path:?} does not start with /"),
-                            "use a path such as \"/healthz\"",
-                        ));
-                    }
-                    let expected = h.expected_statuses.unwrap_or_default();
-                    statuses(&at("health_check.expected_statuses"), &expected)?;
-                    let interval_ns =
-                        duration(&at("health_check.interval"), h.interval.as_deref(), d.interval_ns, false)?;
-                    let timeout_ns = duration(&at("health_check.timeout"), h.timeout.as_deref(), d.timeout_ns, false)?;
-                    let jitter_ns = duration(&at("health_check.jitter"), h.jitter.as_deref(), 0, true)?;
-                    let unhealthy_threshold = h.unhealthy_threshold.unwrap_or(d.unhealthy_threshold);
-                    let healthy_threshold = h.healthy_threshold.unwrap_or(d.healthy_threshold);
-                    for (name, v) in
-                        [("unhealthy_threshold", unhealthy_threshold), ("healthy_threshold", healthy_threshold)]
-                    {
-                        if v == 0 {
-                            return Err(ConfigError::new(
-                                at(&format!("health_check.{name}")),
-                                "is 0",
-                                "use 1 or more (default 2)",
-                            ));
-                        }
-                    }
-                    Some(HealthCheck {
-                        path,
-                        authority: h.authority.unwrap_or_else(|| u.cluster.clone()),
-                        expected_statuses: expected,
-                        interval_ns,
-                        timeout_ns,
-                        jitter_ns,
-                        unhealthy_threshold,
-                        healthy_threshold,
-                    })
-                }
-            };
+            let health_check =
+                u.health_check.map(|h| validate_check(&at("health_check"), &u.cluster, h)).transpose()?;
             upstreams.push(Upstream { cluster: u.cluster, weight, health_check });
         }
         let route_header = self.route_header.unwrap_or_else(|| "x-upstream-cluster".into());
         crate::config::header_name("route_header", &route_header)?;
-        let passive = match self.passive {
-            None => None,
-            Some(p) => {
-                let d = Passive::default();
-                let consecutive_failures = p.consecutive_failures.unwrap_or(d.consecutive_failures);
-                if consecutive_failures == 0 {
-                    return Err(ConfigError::new("passive.consecutive_failures", "is 0", "use 1 or more (default 5)"));
-                }
-                let list = p.statuses.unwrap_or(d.statuses);
-                statuses("passive.statuses", &list)?;
-                Some(Passive {
-                    consecutive_failures,
-                    ejection_ns: duration("passive.ejection", p.ejection.as_deref(), d.ejection_ns, false)?,
-                    statuses: list,
-                })
-            }
-        };
+        let passive = validate_passive("passive", self.passive, Passive::default())?;
         if let Some(p) = &self.status_path {
             if !p.starts_with('/') {
                 return Err(ConfigError::new(

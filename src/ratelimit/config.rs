@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::algorithm::{Algorithm, Decision, Limit};
 use super::global::{Global, ServiceJson, Target};
-use super::key::{KeyPart, RequestView, SEPARATOR};
+use super::key::{KeyPart, RequestView};
 use crate::config::ConfigError;
 
 /// Which matching rules apply to a request.
@@ -150,7 +150,7 @@ struct MatchJson {
 #[derive(schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 #[allow(dead_code)]
-enum KeyPartJson {
+pub(crate) enum KeyPartJson {
     /// The client address (see `client_ip`).
     ClientIp,
     /// The request path.
@@ -366,14 +366,7 @@ pub struct Rule {
 impl Rule {
     /// The bucket key for `req`: parts joined by 0x1F, as bytes.
     pub fn key(&self, req: &mut dyn RequestView) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (i, part) in self.key.iter().enumerate() {
-            if i > 0 {
-                out.push(SEPARATOR);
-            }
-            part.append(req, &mut out);
-        }
-        out
+        super::key::join_key(&self.key, req)
     }
 
     /// The shared-data slot of this rule's bucket for `key`, within the rule's own share of the
@@ -590,7 +583,7 @@ impl RateLimitJson {
     }
 }
 
-fn key_part(v: &Value, field: &str) -> Result<KeyPart, ConfigError> {
+pub(crate) fn key_part(v: &Value, field: &str) -> Result<KeyPart, ConfigError> {
     let fix = "use \"client_ip\", \"path\", \"method\", {\"header\": \"<name>\"} or {\"constant\": \"<text>\"}";
     match v {
         Value::String(s) => match s.as_str() {

@@ -95,6 +95,19 @@ impl KeyPart {
     }
 }
 
+/// The key of `req` made of `parts`: their values joined by [`SEPARATOR`], as bytes (a rate-limit
+/// rule's bucket, a token budget's balance).
+pub fn join_key(parts: &[KeyPart], req: &mut dyn RequestView) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(SEPARATOR);
+        }
+        part.append(req, &mut out);
+    }
+    out
+}
+
 /// A request view over fixed values, for tests and the documentation.
 #[derive(Debug, Clone, Default)]
 pub struct FixedRequest {

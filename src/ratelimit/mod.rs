@@ -8,6 +8,8 @@
 
 mod algorithm;
 mod config;
+#[cfg(feature = "schema")]
+pub(crate) use config::KeyPartJson;
 pub mod global;
 mod headers;
 mod key;
@@ -16,8 +18,9 @@ pub mod rls;
 mod verdict;
 
 pub use algorithm::{sliding_window, token_bucket, Algorithm, Decision, Limit, State};
+pub(crate) use config::key_part;
 pub use config::{Apply, ClientIp, Contention, HeaderMatch, Mode, RateLimitConfig, RateLimitJson, Rule, RuleMatch};
 pub use global::{Answer, Global, GlobalStatus, OnServiceError, OverLimitMemo, ServiceError, Target};
 pub use headers::{policy_field, policy_header, quoted, ratelimit_field, ratelimit_header, retry_after_secs};
-pub use key::{FixedRequest, KeyPart, RequestView, MISSING, SEPARATOR};
+pub use key::{join_key, FixedRequest, KeyPart, RequestView, MISSING, SEPARATOR};
 pub use verdict::Verdict;

@@ -129,5 +129,5 @@ fn every_example_envoy_config_passes_envoy_validate() {
             checked += 1;
         }
     }
-    assert!(checked >= 5, "expected an envoy.yaml per filter plus chain/, found {checked}");
+    assert!(checked >= 6, "expected an envoy.yaml per filter plus chain/ and llm-gateway/, found {checked}");
 }

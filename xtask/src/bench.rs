@@ -12,6 +12,11 @@
 //! - **Harness micro-benchmarks**: ns, host calls and guest allocations per request round per
 //!   filter; the first load of each filter (compiling it) and a cached load (VM start +
 //!   configure of an already-compiled module). `bench --harness` runs only these.
+//! - **LLM stage** (`upstream_guard.wasm` with an `llm` section, Envoy's buffer filter after it):
+//!   time to the first byte of a streamed answer and request latency by body size, against the
+//!   same route without the stage and with Envoy's buffer filter alone (which the stage needs);
+//!   and the token accounting error over a streamed run (tokens charged minus tokens the provider
+//!   reported). `bench --llm` runs only these.
 //!
 //! Figures only: nothing here fails on a number.
 
@@ -25,11 +30,12 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use test_harness::backend::{Backend, Behavior};
 use test_harness::bootstrap::{
-    cluster, header_rate_limit, http2_cluster, native_ratelimit_filter, rate_limited_route, route, wasm_filter,
-    Bootstrap,
+    buffer_filter, cluster, header_rate_limit, http2_cluster, llm_route, native_ratelimit_filter, rate_limited_route,
+    route, wasm_filter, Bootstrap,
 };
 use test_harness::envoy::Envoy;
 use test_harness::host::Host;
+use test_harness::llm_backend::{FakeLlm, LlmReply};
 use test_harness::redis::Redis;
 use test_harness::{http, paths};
 
@@ -50,6 +56,8 @@ pub struct Plan {
     pub failover_rps: u32,
     pub failover_seconds: u32,
     pub harness_rounds: u32,
+    /// Requests per measured LLM configuration.
+    pub llm_requests: u32,
     /// Requests counted by callgrind per configuration (0: skip the instruction counts).
     pub callgrind_requests: u32,
 }
@@ -64,6 +72,7 @@ impl Plan {
             failover_rps: 500,
             failover_seconds: 20,
             harness_rounds: 5000,
+            llm_requests: 300,
             callgrind_requests: 2000,
         }
     }
@@ -76,6 +85,7 @@ impl Plan {
             failover_rps: 100,
             failover_seconds: 4,
             harness_rounds: 200,
+            llm_requests: 20,
             callgrind_requests: 0,
         }
     }
@@ -151,12 +161,13 @@ pub fn run(plan: Plan) -> Result<Value, BenchError> {
     let failover = failover(&plan)?;
     let global = global_rate_limit(&plan)?;
     let harness = harness_micro(&plan)?;
+    let llm = llm(&plan)?;
     let sizes: Vec<Value> = crate_filters()
         .iter()
         .map(|f| json!({"filter": f, "bytes": std::fs::metadata(paths::wasm_path(f).unwrap_or_default()).map(|m| m.len()).unwrap_or(0)}))
         .collect();
     Ok(json!({"machine": machine, "plan": format!("{plan:?}"), "throughput": throughput, "breaker_latency": breaker,
-              "failover": failover, "global_rate_limit": global, "harness": harness, "wasm_sizes": sizes}))
+              "failover": failover, "global_rate_limit": global, "harness": harness, "llm": llm, "wasm_sizes": sizes}))
 }
 
 fn crate_filters() -> [&'static str; 4] {
@@ -499,6 +510,134 @@ pub fn harness_micro(plan: &Plan) -> Result<Value, BenchError> {
     }
     println!();
     Ok(Value::Array(out))
+}
+
+/// Milliseconds at quantile `q` of sorted samples.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// A chat request for model `m` padded to about `size` bytes.
+fn llm_body(size: usize, stream: bool) -> Vec<u8> {
+    let pad = "x".repeat(size.saturating_sub(100));
+    json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": pad}]}).to_string().into_bytes()
+}
+
+/// The LLM stage against the same route without it (figures only).
+pub fn llm(plan: &Plan) -> Result<Value, BenchError> {
+    let fake = FakeLlm::start("provider", LlmReply::json(12, 30)).map_err(err)?;
+    let without = Bootstrap::new().route(route("/", "provider")).cluster(cluster("provider", fake.addr())).build();
+    let suite = json!({"llm": {"providers": [{"cluster": "provider"}], "models": [{"name": "m", "providers": ["provider"]}],
+        "budgets": [{"name": "bench", "key": [{"constant": "all"}], "tokens": 1_000_000_000_000u64, "per": "1h"}]}});
+    let with = Bootstrap::new()
+        .filter(wasm_filter("upstream_guard", &wasm("upstream_guard")?, &suite))
+        .filter(buffer_filter(1 << 20))
+        .route(llm_route("/v1/", "provider"))
+        .cluster(cluster("provider", fake.addr()))
+        .build();
+    let buffered = Bootstrap::new()
+        .filter(buffer_filter(1 << 20))
+        .route(route("/", "provider"))
+        .cluster(cluster("provider", fake.addr()))
+        .build();
+    let envoys = [
+        Envoy::start_quiet(&without, 1).map_err(err)?,
+        Envoy::start_quiet(&buffered, 1).map_err(err)?,
+        Envoy::start_quiet(&with, 1).map_err(err)?,
+    ];
+    let addrs = [envoys[0].main().map_err(err)?, envoys[1].main().map_err(err)?, envoys[2].main().map_err(err)?];
+    let path = "/v1/chat/completions";
+    let n = plan.llm_requests.max(2) as usize;
+    let once = |addr: SocketAddr, body: &[u8]| -> Result<(f64, f64), BenchError> {
+        let t = http::post_timed(addr, path, &[], body, Duration::from_secs(10)).map_err(err)?;
+        if t.response.status != 200 {
+            return Err(BenchError(format!("LLM bench: HTTP {}: {}", t.response.status, t.response.text())));
+        }
+        let first = t.first_body_byte_at.map_or(f64::NAN, |f| (f - t.sent_at).as_secs_f64() * 1e3);
+        Ok((first, t.sent_at.elapsed().as_secs_f64() * 1e3))
+    };
+    for addr in addrs {
+        for _ in 0..10 {
+            once(addr, &llm_body(200, true))?;
+        }
+    }
+
+    println!(
+        "LLM stage: Envoy 1.40, --concurrency 1, {n} sequential requests per row and configuration, interleaved; \
+         p50 (p99) ms"
+    );
+    println!("| request | without the stage | Envoy's buffer filter only | with the stage (+ buffer filter) | added by the stage | of which the module's body read and scan |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    let cases: [(&str, usize, bool); 4] = [
+        ("streamed answer, time to first byte (200 B body)", 200, true),
+        ("JSON answer, whole response (1 KiB body)", 1 << 10, false),
+        ("JSON answer, whole response (64 KiB body)", 64 << 10, false),
+        ("JSON answer, whole response (512 KiB body)", 512 << 10, false),
+    ];
+    for (name, size, stream) in cases {
+        let body = llm_body(size, stream);
+        let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..n {
+            for (i, addr) in addrs.iter().enumerate() {
+                let (first, total) = once(*addr, &body)?;
+                samples[i].push(if stream { first } else { total });
+            }
+        }
+        let [a, f, b] = samples.map(sorted);
+        let q = |v: &[f64]| (quantile(v, 0.5), quantile(v, 0.99));
+        let ((a50, a99), (f50, f99), (b50, b99)) = (q(&a), q(&f), q(&b));
+        println!(
+            "| {name} | {a50:.2} ({a99:.2}) | {f50:.2} ({f99:.2}) | {b50:.2} ({b99:.2}) | {:.2} | {:.2} |",
+            b50 - a50,
+            b50 - f50
+        );
+        rows.push(json!({"request": name, "body_bytes": size, "streamed": stream,
+                         "without_p50_ms": a50, "without_p99_ms": a99, "buffer_only_p50_ms": f50, "buffer_only_p99_ms": f99,
+                         "with_p50_ms": b50, "with_p99_ms": b99, "added_p50_ms": b50 - a50, "module_p50_ms": b50 - f50}));
+    }
+    println!();
+
+    // Token accounting over a streamed run, 8 clients at once.
+    let reported_before = fake.tokens_reported();
+    let charged_before = envoys[2].stat("upstream_guard.llm.budget.bench.charged_tokens").map_err(err)?.unwrap_or(0);
+    let addr = addrs[2];
+    let per_thread = (n / 8).max(1);
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || -> Result<(), BenchError> {
+                for _ in 0..per_thread {
+                    let r = http::post(addr, path, &[], &llm_body(200, true)).map_err(err)?;
+                    if r.status != 200 || !r.text().contains("total_tokens") {
+                        return Err(BenchError(format!("streamed run: HTTP {}", r.status)));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| BenchError("a client thread panicked".into()))??;
+    }
+    let reported = fake.tokens_reported() - reported_before;
+    let charged =
+        envoys[2].stat("upstream_guard.llm.budget.bench.charged_tokens").map_err(err)?.unwrap_or(0) - charged_before;
+    let requests = per_thread * 8;
+    println!("Token accounting, streamed run: {requests} requests from 8 concurrent clients");
+    println!("| tokens reported by the provider | tokens charged to the budget | error |");
+    println!("|---:|---:|---:|");
+    println!("| {reported} | {charged} | {} |\n", charged as i64 - reported as i64);
+    Ok(json!({"latency": rows,
+              "accounting": {"requests": requests, "reported": reported, "charged": charged,
+                             "error": charged as i64 - reported as i64}}))
 }
 
 /// Writes `results` to `target/bench/results.json`.

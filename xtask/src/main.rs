@@ -86,6 +86,14 @@ fn main() -> ExitCode {
             setup_target().and_then(|()| setup_envoy()).and_then(|()| build())?;
             soak(minutes)
         }),
+        Some("bench") if args.iter().any(|a| a == "--llm") => setup_target().and_then(|()| build()).and_then(|()| {
+            let plan = if args.iter().any(|a| a == "--smoke") {
+                xtask::bench::Plan::smoke()
+            } else {
+                xtask::bench::Plan::full()
+            };
+            xtask::bench::llm(&plan).map(drop).map_err(|e| TaskError(e.0))
+        }),
         Some("bench") if args.iter().any(|a| a == "--harness") => {
             setup_target().and_then(|()| build()).and_then(|()| {
                 xtask::bench::harness_micro(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
@@ -142,12 +150,13 @@ usage: cargo xtask <command>
           upstream_guard.wasm with all four stages in Envoy (2 workers) under steady load for N
           minutes (default 10; `test` runs 2): RSS, VM memory, shared-data keys and errors
           sampled to target/soak/soak.csv and soak.png; fails on growth, traps or unexpected 5xx
-  bench [--smoke | --harness | --global]
+  bench [--smoke | --harness | --global | --llm]
           throughput and latency in real Envoy (passthrough, each filter, the chain, native
           equivalents), breaker latency, failover vs native, global rate limits vs local and
           native, harness ns/round and load times; prints tables and writes
-          target/bench/results.json (--smoke: a few seconds, to keep it working; --harness or
-          --global: only those figures, printed, not saved)
+          target/bench/results.json (--smoke: a few seconds, to keep it working; --harness,
+          --global or --llm: only those figures, printed, not saved; --llm: time to first byte,
+          body cost, token accounting error)
   fuzz [--minutes N] [--seed S] [--target NAME]
           fuzz every module's callbacks on the deterministic host for N minutes (default 10), all
           modules at once; a failure prints the seed, the shortest failing sequence and how to

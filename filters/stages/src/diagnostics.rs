@@ -6,7 +6,9 @@
 //! local replies swap the body for the diagnosis as JSON when asked. The replies of the other
 //! stages of the same module are diagnosed as they are sent ([`Stage::decorate`]), with no
 //! property read at all. At the end of the stream the final flags are classified again and
-//! counted, so a reset after the headers left is still counted.
+//! counted, so a reset after the headers left is still counted. When a later stage already knows
+//! the cause (the LLM stage: a provider's 429, every provider of a model out), it leaves a
+//! [`Note`](upstream_guard_glue::Note) and the diagnosis reports it as it is.
 
 use upstream_guard::access_log::{key, Fields};
 use upstream_guard::diagnose::{classify, is_error, Cause, DiagnosticsConfig, Expose, Observation, Report, When};
@@ -65,8 +67,14 @@ impl Diagnostics {
         trusted: bool,
         names: &'a mut Names,
     ) -> Report<'a> {
-        let cause = classify(&obs.view());
+        let note = cx.facts().note.clone();
+        let cause = note.as_ref().map_or_else(|| classify(&obs.view()), |n| n.cause);
         let mut report = Report::new(cause, obs.view());
+        if let Some(n) = note {
+            report.retry_after = n.retry_after_s;
+            names.reasons = n.reasons;
+            report.reasons = names.reasons.as_deref();
+        }
         if trusted {
             names.cluster = cx.facts().cluster.clone().or_else(|| cx.property_text(path::CLUSTER_NAME));
             names.upstream = cx.property_text(path::UPSTREAM_ADDRESS);
@@ -85,6 +93,7 @@ struct Names {
     cluster: Option<String>,
     upstream: Option<String>,
     route: Option<String>,
+    reasons: Option<String>,
 }
 
 /// Per stream.
@@ -148,7 +157,7 @@ impl Stage for Diagnostics {
             details: reply.details.to_string(),
             ..OwnedObservation::default()
         };
-        if self.config.when == When::Errors && !is_error(&obs.view()) {
+        if self.config.when == When::Errors && !is_error(&obs.view()) && cx.facts().note.is_none() {
             return;
         }
         let trusted = self.trusted(st, cx);
@@ -169,7 +178,7 @@ impl Stage for Diagnostics {
             return;
         }
         let obs = cx.observation();
-        if self.config.when == When::Errors && !is_error(&obs.view()) {
+        if self.config.when == When::Errors && !is_error(&obs.view()) && cx.facts().note.is_none() {
             return;
         }
         let trusted = self.trusted(st, cx);
@@ -214,8 +223,9 @@ impl Stage for Diagnostics {
         // Count with the final flags: a reset after the headers went out is only known now.
         let obs = cx.observation();
         let view: Observation<'_> = obs.view();
-        if is_error(&view) {
-            let cause = classify(&view);
+        let noted = cx.facts().note.as_ref().map(|n| n.cause);
+        if is_error(&view) || noted.is_some() {
+            let cause = noted.unwrap_or_else(|| classify(&view));
             self.count(cause);
             if st.published != Some(cause) {
                 // A failure the response headers did not show (a reset in the body). Envoy 1.40

@@ -27,8 +27,8 @@ use upstream_guard::peer::{client_addr, ClientAddr};
 use upstream_guard::ratelimit::global::{self, ServiceError};
 use upstream_guard::ratelimit::rls::{self, RateLimitDescriptor};
 use upstream_guard::ratelimit::{
-    ratelimit_field, retry_after_secs, Decision, GlobalStatus, Mode, OnServiceError, OverLimitMemo, RateLimitConfig,
-    RequestView, Rule, State, Verdict,
+    ratelimit_field, retry_after_secs, ClientIp, Decision, GlobalStatus, Mode, OnServiceError, OverLimitMemo,
+    RateLimitConfig, RequestView, Rule, State, Verdict,
 };
 use upstream_guard_glue::shared::{self, UpdateError};
 use upstream_guard_glue::{host, metrics, Counter, Cx, Event, Flow, Level, LocalReply, Stage};
@@ -479,11 +479,11 @@ pub struct RateLimitStream {
     extra: Option<Box<Extra>>,
 }
 
-/// The request, read through the stream's facts on demand.
-struct View<'c, 'a> {
-    cx: &'c mut Cx<'a>,
-    config: &'c RateLimitConfig,
-    client: Option<ClientAddr>,
+/// The request, read through the stream's facts on demand (also keys the LLM stage's budgets).
+pub(crate) struct View<'c, 'a> {
+    pub cx: &'c mut Cx<'a>,
+    pub client_ip: &'c ClientIp,
+    pub client: Option<ClientAddr>,
 }
 
 impl RequestView for View<'_, '_> {
@@ -500,7 +500,7 @@ impl RequestView for View<'_, '_> {
         if let Some(c) = self.client {
             return c;
         }
-        let ip = &self.config.client_ip;
+        let ip = self.client_ip;
         let peer = self.cx.peer();
         let xff = if ip.trusted_hops > 0 { self.cx.request_header(&ip.header).map(<[u8]>::to_vec) } else { None };
         let c = client_addr(peer, xff.as_deref(), ip.trusted_hops, ip.require_peer);
@@ -533,7 +533,7 @@ impl Stage for RateLimiter {
     fn request(&self, st: &mut RateLimitStream, cx: &mut Cx<'_>) -> Flow {
         let config = &self.config;
         let now = cx.now();
-        let mut view = View { cx: &mut *cx, config, client: None };
+        let mut view = View { cx: &mut *cx, client_ip: &config.client_ip, client: None };
         let matching = config.matching(&mut view);
         let mut verdict = Verdict::Pass;
         let mut asks: Vec<Ask> = Vec::new();
