@@ -89,7 +89,9 @@ pub fn eventually(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bo
 /// token or integer, a member repeated, text between members), so a test can assert the header
 /// is well-formed and that nothing a client or upstream wrote broke out of its string.
 pub fn parse_diagnosis(value: &str) -> Option<std::collections::BTreeMap<String, String>> {
-    if !value.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+    // Visible ASCII and spaces, plus the tab that optional white space around commas may hold
+    // (never inside a string: checked there).
+    if !value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
         return None;
     }
     let mut out = std::collections::BTreeMap::new();
@@ -116,6 +118,7 @@ pub fn parse_diagnosis(value: &str) -> Option<std::collections::BTreeMap<String,
                         end = Some(i);
                         break;
                     }
+                    '\t' => return None,
                     _ => s.push(c),
                 }
             }
@@ -172,6 +175,7 @@ mod tests {
             "cause=1234567890123456",
             " cause=x",
             "cause=x, ",
+            "cause=\"a\tb\"",
         ] {
             assert_eq!(parse_diagnosis(bad), None, "{bad}");
         }

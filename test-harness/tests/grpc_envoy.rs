@@ -125,7 +125,9 @@ fn an_open_circuit_gets_unavailable_with_its_diagnosis() {
 
     let open = call(&rt, addr, &[("accept", "application/json")]).unwrap_err();
     assert_eq!(open.code(), Code::Unavailable, "{open:?}");
-    assert!(open.message().starts_with("circuit open for upstream \"dead\""), "{open:?}");
+    // The message is for every client: it names no cluster (the trusted diagnosis does).
+    assert!(open.message().starts_with("circuit open: retry after "), "{open:?}");
+    assert!(!open.message().contains("dead"), "{open:?}");
     assert_eq!(diagnosis(&open)["cause"], "circuit_open");
     assert_eq!(open.metadata().get("x-upstream-guard-circuit").unwrap(), "open");
 }
@@ -133,7 +135,9 @@ fn an_open_circuit_gets_unavailable_with_its_diagnosis() {
 #[test]
 fn no_healthy_upstream_gets_unavailable_with_the_reasons() {
     let (rt, _upstream) = serve();
-    let router = json!({"upstreams": [{"cluster": "dead"}], "passive": {"consecutive_failures": 1, "ejection": "1m"}});
+    // The reasons name clusters: for clients the health router trusts.
+    let router = json!({"upstreams": [{"cluster": "dead"}], "passive": {"consecutive_failures": 1, "ejection": "1m"},
+                         "trusted_cidrs": ["127.0.0.1/32"]});
     let sections = json!({DIAGNOSTICS: diagnostics(), "health_router": router});
     let module = wasm_filter("upstream_guard", &paths::wasm_path("upstream_guard").unwrap(), &sections);
     let cfg = Bootstrap::new()

@@ -1,4 +1,4 @@
-//! `cargo xtask soak --minutes N`: `upstream_guard.wasm` with all four stages in real Envoy
+//! `cargo xtask soak --minutes N`: `upstream_guard.wasm` with its four traffic stages (no `llm`) in real Envoy
 //! (`--concurrency 2`) under steady load for N minutes, watching for leaks and faults.
 //!
 //! A slow leak or a rare trap does not show in a test that sends a few hundred requests: this
