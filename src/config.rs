@@ -7,6 +7,8 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 
+mod json;
+
 /// Why a plugin configuration was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -34,22 +36,12 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Parses a plugin configuration. Empty input (no `configuration` in Envoy) means `{}`, so every
-/// filter runs with its defaults when given nothing.
+/// filter runs with its defaults when given nothing. A refusal names the offending field
+/// (`rules[0].limit.per`); see [`json`] for how.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
-    let mut de = serde_json::Deserializer::from_slice(text);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let fix = if inner.is_syntax() || inner.is_eof() {
-            "the plugin configuration must be one JSON object, e.g. {} for all defaults"
-        } else {
-            "see the filter's configuration reference in README.md for the accepted fields and types"
-        };
-        ConfigError::new(path, inner.to_string(), fix)
-    })?;
-    de.end().map_err(|e| ConfigError::new(".", e.to_string(), "remove the text after the JSON object"))?;
-    Ok(value)
+    let document = json::Document::read(text)?;
+    Ok(T::deserialize(document.root())?)
 }
 
 /// A header name field: non-empty lowercase HTTP token (HTTP/2 forbids uppercase), not a
@@ -146,6 +138,17 @@ impl ConfigError {
     }
 }
 
+/// A number from a configuration, for messages: `1.5`, `2`, `1e-7`. The standard library's float
+/// display is not used so that its formatting code stays out of the modules (serde_json's, which
+/// they contain anyway, writes the digits).
+pub fn number_text(v: f64) -> String {
+    let text = serde_json::Number::from_f64(v).map_or_else(|| "a non-finite number".to_string(), |n| n.to_string());
+    match text.strip_suffix(".0") {
+        Some(whole) => whole.to_string(),
+        None => text,
+    }
+}
+
 /// Parses a duration such as `250ms`, `1s`, `1.5s`, `2m`, `1h` into nanoseconds.
 ///
 /// Returns `None` for anything else (no unit, negative, unknown unit, overflow).
@@ -212,6 +215,13 @@ mod tests {
     #[test]
     fn trailing_garbage_is_refused() {
         assert!(parse_json::<Sample>(b"{} x").is_err());
+    }
+
+    #[test]
+    fn numbers_in_messages_read_like_the_configuration() {
+        for (v, text) in [(1.5, "1.5"), (0.5, "0.5"), (2.0, "2"), (0.0, "0"), (-1.0, "-1"), (100.25, "100.25")] {
+            assert_eq!(number_text(v), text);
+        }
     }
 
     #[test]

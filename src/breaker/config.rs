@@ -142,7 +142,7 @@ fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy,
             if !(r.threshold > 0.0 && r.threshold <= 1.0) {
                 return Err(ConfigError::new(
                     f("failure.ratio.threshold"),
-                    format!("{} is outside (0, 1]", r.threshold),
+                    format!("{} is outside (0, 1]", crate::config::number_text(r.threshold)),
                     "use a failure ratio such as 0.5",
                 ));
             }
@@ -173,7 +173,7 @@ fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy,
     if !(1.0..=100.0).contains(&multiplier) {
         return Err(ConfigError::new(
             f("open.multiplier"),
-            format!("{multiplier} is outside [1, 100]"),
+            format!("{} is outside [1, 100]", crate::config::number_text(multiplier)),
             "use 1 (constant open time) to 100; default 2",
         ));
     }
