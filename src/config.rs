@@ -138,14 +138,25 @@ impl ConfigError {
     }
 }
 
-/// A number from a configuration, for messages: `1.5`, `2`, `1e-7`. The standard library's float
-/// display is not used so that its formatting code stays out of the modules (serde_json's, which
-/// they contain anyway, writes the digits).
-pub fn number_text(v: f64) -> String {
-    let text = serde_json::Number::from_f64(v).map_or_else(|| "a non-finite number".to_string(), |n| n.to_string());
+/// A number from a configuration, for messages: `1.5`, `2`, `1e-7`, as the operator would write
+/// it. The standard library's float display is not used so that its formatting code stays out of
+/// the modules (serde_json's, which they contain anyway, writes the digits).
+pub(crate) fn number_text(v: f64) -> String {
+    let text = float_text(v);
     match text.strip_suffix(".0") {
         Some(whole) => whole.to_string(),
         None => text,
+    }
+}
+
+/// A float as serde_json writes it (`1.0`, `1.5`, `1e300`), which is also how serde's own
+/// messages name a float.
+fn float_text(v: f64) -> String {
+    match serde_json::Number::from_f64(v) {
+        Some(n) => n.to_string(),
+        None if v.is_nan() => "NaN".to_string(),
+        None if v > 0.0 => "inf".to_string(),
+        None => "-inf".to_string(),
     }
 }
 
@@ -171,6 +182,11 @@ pub fn parse_duration_nanos(text: &str) -> Option<u64> {
     match number.split_once('.') {
         None => number.parse::<u64>().ok()?.checked_mul(scale),
         Some((whole, frac)) => {
+            // One decimal point at most: "1.5.5s" is no duration (the fraction used to take the
+            // second '.' for a digit).
+            if !frac.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
             let whole = whole.parse::<u64>().ok()?.checked_mul(scale)?;
             let mut frac_nanos: u64 = 0;
             let mut place = scale;
@@ -213,6 +229,15 @@ mod tests {
     }
 
     #[test]
+    fn text_that_is_not_json_names_the_document() {
+        for bad in [&b"{\"names\": [1,"[..], b"{\"\xff\": 1}", b"{\"names\" 1}"] {
+            let e = parse_json::<Sample>(bad).unwrap_err();
+            assert_eq!(e.field, ".", "{e}");
+            assert!(e.problem.contains("line 1"), "{e}");
+        }
+    }
+
+    #[test]
     fn trailing_garbage_is_refused() {
         assert!(parse_json::<Sample>(b"{} x").is_err());
     }
@@ -222,6 +247,10 @@ mod tests {
         for (v, text) in [(1.5, "1.5"), (0.5, "0.5"), (2.0, "2"), (0.0, "0"), (-1.0, "-1"), (100.25, "100.25")] {
             assert_eq!(number_text(v), text);
         }
+        assert_eq!(float_text(1.0), "1.0");
+        assert_eq!(float_text(1e300), "1e+300");
+        assert_eq!(float_text(f64::NAN), "NaN");
+        assert_eq!(float_text(f64::NEG_INFINITY), "-inf");
     }
 
     #[test]
@@ -235,7 +264,7 @@ mod tests {
 
     #[test]
     fn durations_without_a_known_unit_are_refused() {
-        for bad in ["", "10", "ms", "-1s", "1x", "1.s", ".5s", "99999999999999999999h"] {
+        for bad in ["", "10", "ms", "-1s", "1x", "1.s", ".5s", "99999999999999999999h", "1.5.5s", "1..5s", "1.5.s"] {
             assert_eq!(parse_duration_nanos(bad), None, "{bad}");
         }
     }

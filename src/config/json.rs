@@ -11,8 +11,10 @@
 //!
 //! The tree keeps objects in document order with repeated keys, so the typed pass sees what it
 //! would have read from the text: a repeated struct field is still refused (`duplicate field`),
-//! and when a document has several errors the first in the text is reported. serde_json's
-//! nesting limit (128) bounds the depth of the tree and of both passes.
+//! and when a document has several errors the first in the text is reported. Text that is not
+//! one JSON value (broken syntax, invalid UTF-8, nesting deeper than [`MAX_DEPTH`]) is refused
+//! as a whole document (`.`), the message saying where; the depth bound keeps both passes, and
+//! dropping the tree, well within the stack.
 //!
 //! Limit: map keys are read as strings (a map keyed by numbers or booleans would need a key
 //! deserializer that parses them).
@@ -29,6 +31,14 @@ use super::ConfigError;
 const FIX_SYNTAX: &str = "the plugin configuration must be one JSON object, e.g. {} for all defaults";
 /// The fix for a well-formed document with a wrong field, type or value.
 const FIX_SHAPE: &str = "see the filter's configuration reference in README.md for the accepted fields and types";
+/// The fix for a document nested deeper than [`MAX_DEPTH`].
+const FIX_DEPTH: &str = "a plugin configuration nests a few levels deep: check the brackets";
+/// The fix for bytes that are not UTF-8.
+const FIX_UTF8: &str = "write the plugin configuration as UTF-8 text";
+
+/// Arrays and objects nest at most this deep (a configuration needs fewer than ten levels).
+/// Below serde_json's own limit (128), so that this one, with its clearer message, applies.
+pub(super) const MAX_DEPTH: usize = 64;
 
 /// A JSON value as read from the text: numbers as serde_json classified them, objects in
 /// document order with repeated keys kept.
@@ -64,8 +74,6 @@ impl Node {
 enum Step {
     Key(String),
     Index(usize),
-    /// Inside an object, where the text is broken before a key could be read.
-    Unknown,
 }
 
 /// `rules[0].limit.per`; `.` for the document itself.
@@ -78,13 +86,12 @@ fn dotted<'a>(steps: impl Iterator<Item = &'a Step>) -> String {
                 out.push_str(&i.to_string());
                 out.push(']');
             }
-            Step::Key(_) | Step::Unknown if !out.is_empty() => out.push('.'),
-            _ => {}
-        }
-        match step {
-            Step::Key(k) => out.push_str(k),
-            Step::Unknown => out.push('?'),
-            Step::Index(_) => {}
+            Step::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
         }
     }
     if out.is_empty() {
@@ -103,44 +110,57 @@ impl Document {
         At(&self.0)
     }
 
-    /// Reads `text` as exactly one JSON value. A syntax error names where it was found.
-    pub(super) fn read(text: &[u8]) -> Result<Self, ConfigError> {
-        let mut reader = serde_json::Deserializer::from_slice(text);
-        let mut path = Vec::new();
-        let node = (&mut reader).deserialize_any(Build { path: &mut path }).map_err(|e| {
-            let fix = if e.is_syntax() || e.is_eof() { FIX_SYNTAX } else { FIX_SHAPE };
-            ConfigError::new(dotted(path.iter()), e.to_string(), fix)
+    /// Reads `bytes` as exactly one JSON value. Anything else is refused as a whole (`.`), the
+    /// message saying where (line and column).
+    pub(super) fn read(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            let (line, column) = position(bytes, e.valid_up_to());
+            ConfigError::new(".", format!("invalid UTF-8 at line {line} column {column}"), FIX_UTF8)
+        })?;
+        let mut reader = serde_json::Deserializer::from_str(text);
+        let node = (&mut reader).deserialize_any(Build { depth: 0 }).map_err(|e| {
+            // Only the depth bound is a data error: the visitor accepts every value.
+            let fix = if e.is_data() { FIX_DEPTH } else { FIX_SYNTAX };
+            ConfigError::new(".", e.to_string(), fix)
         })?;
         reader.end().map_err(|e| ConfigError::new(".", e.to_string(), "remove the text after the JSON object"))?;
         Ok(Document(node))
     }
 }
 
-/// Builds a [`Node`] from serde_json's reader. `path` is the way to the value being read: a
-/// step is pushed on entering a value and popped when it was read, so when reading fails it
-/// names where.
-struct Build<'p> {
-    path: &'p mut Vec<Step>,
+/// Line and column (from 1, columns in bytes, as serde_json counts them) of byte `at`.
+fn position(bytes: &[u8], at: usize) -> (usize, usize) {
+    let before = bytes.get(..at).unwrap_or(bytes);
+    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    (line, at - line_start + 1)
 }
 
-/// A value inside an object or array: pushes its step, then reads it.
-struct Within<'p> {
-    path: &'p mut Vec<Step>,
-    step: Step,
+/// Builds a [`Node`] from serde_json's reader; `depth` is the number of arrays and objects
+/// around the value being read.
+struct Build {
+    depth: usize,
 }
 
-impl<'de> DeserializeSeed<'de> for Within<'_> {
-    type Value = Node;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Node, D::Error> {
-        self.path.push(self.step);
-        let node = deserializer.deserialize_any(Build { path: &mut *self.path })?;
-        self.path.pop();
-        Ok(node)
+impl Build {
+    /// The builder for the values inside an array or object, or the error if that is too deep.
+    fn inner<E: de::Error>(&self) -> Result<Build, E> {
+        match self.depth + 1 {
+            depth if depth > MAX_DEPTH => Err(E::custom(format_args!("nested deeper than {MAX_DEPTH} levels"))),
+            depth => Ok(Build { depth }),
+        }
     }
 }
 
-impl<'de> de::Visitor<'de> for Build<'_> {
+impl<'de> DeserializeSeed<'de> for Build {
+    type Value = Node;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Node, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for Build {
     type Value = Node;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -177,9 +197,7 @@ impl<'de> de::Visitor<'de> for Build<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) =
-            seq.next_element_seed(Within { path: &mut *self.path, step: Step::Index(items.len()) })?
-        {
+        while let Some(item) = seq.next_element_seed(self.inner()?)? {
             items.push(item);
         }
         Ok(Node::Seq(items))
@@ -187,16 +205,8 @@ impl<'de> de::Visitor<'de> for Build<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
         let mut entries = Vec::new();
-        loop {
-            let key = match map.next_key::<String>() {
-                Ok(Some(key)) => key,
-                Ok(None) => break,
-                Err(e) => {
-                    self.path.push(Step::Unknown);
-                    return Err(e);
-                }
-            };
-            let value = map.next_value_seed(Within { path: &mut *self.path, step: Step::Key(key.clone()) })?;
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(self.inner()?)?;
             entries.push((key, value));
         }
         Ok(Node::Map(entries))
@@ -270,7 +280,7 @@ impl fmt::Display for AsJson<'_> {
             Unexpected::Bool(b) => write!(f, "boolean `{b}`"),
             Unexpected::Unsigned(n) => write!(f, "integer `{n}`"),
             Unexpected::Signed(n) => write!(f, "integer `{n}`"),
-            Unexpected::Float(v) => write!(f, "floating point `{}`", super::number_text(v)),
+            Unexpected::Float(v) => write!(f, "floating point `{}`", super::float_text(v)),
             Unexpected::Char(c) => write!(f, "character `{c}`"),
             Unexpected::Str(s) => write!(f, "string {s:?}"),
             Unexpected::Bytes(_) => f.write_str("byte array"),
@@ -751,18 +761,57 @@ mod tests {
     }
 
     #[test]
-    fn syntax_errors_name_where_the_text_broke() {
+    fn text_that_is_not_one_json_value_is_refused_as_a_whole_saying_where() {
         let e = refused(r#"{"rules": [{"name": "a"}, "#);
-        assert_eq!(e.field, "rules");
-        assert!(e.problem.starts_with("EOF while parsing a list"), "{e}");
+        assert_eq!(e.field, ".");
+        assert!(e.problem.starts_with("EOF while parsing a value at line 1"), "{e}");
         assert!(e.fix.contains("one JSON object"), "{e}");
-        // Where the text breaks at a key, the step is `?` (no key could be read).
-        assert_eq!(refused(r#"{"rules": [{"name": "a""#).field, "rules[0].?");
-        let e = refused(r#"{"on": true,}"#);
-        assert_eq!(e.field, "?");
+        assert_eq!(refused(r#"{"rules": [{"name": "a""#).field, ".");
+        assert_eq!(refused(r#"{"on": true,}"#).problem, "trailing comma at line 1 column 13");
         let e = refused(r#"{"clusters": {"a": {"b": 1e400}}}"#);
-        assert_eq!((e.field.as_str(), e.problem.as_str()), ("clusters.a.b", "number out of range at line 1 column 31"));
+        assert_eq!((e.field.as_str(), e.problem.as_str()), (".", "number out of range at line 1 column 30"));
         let e = refused("{} {}");
         assert_eq!((e.field.as_str(), e.fix.as_str()), (".", "remove the text after the JSON object"));
+        let e = refused("{} x");
+        assert_eq!(e.problem, "trailing characters at line 1 column 4");
+    }
+
+    #[test]
+    fn strings_unescape_and_invalid_utf8_is_refused_with_its_position() {
+        let d: Doc = parse_json(br#"{"clusters": {"p\u0061y\n\"": {}}}"#).unwrap();
+        assert!(d.clusters.contains_key("pay\n\""), "{d:?}");
+        let e = parse_json::<Doc>(b"{\n \"clusters\": {\"p\xffy\": {}}}").unwrap_err();
+        assert_eq!((e.field.as_str(), e.problem.as_str()), (".", "invalid UTF-8 at line 2 column 17"));
+        assert!(e.fix.contains("UTF-8"), "{e}");
+        // A lone surrogate escape is no character either.
+        let e = refused(r#"{"clusters": {"\ud800": {}}}"#);
+        assert_eq!((e.field.as_str(), e.fix.as_str()), (".", super::FIX_SYNTAX));
+    }
+
+    #[test]
+    fn numbers_read_as_serde_json_reads_them() {
+        let d: Doc = parse_json(br#"{"clusters": {"p": {"a": 65535, "b": -1.5e-3}, "q": {"b": -7}}}"#).unwrap();
+        assert_eq!((d.clusters["p"].a, d.clusters["p"].b, d.clusters["q"].b), (Some(65535), Some(-1.5e-3), Some(-7.0)));
+        let e = refused(r#"{"clusters": {"p": {"a": 18446744073709551616}}}"#);
+        assert_eq!(e.problem, "invalid type: floating point `1.8446744073709552e+19`, expected u16");
+        assert_eq!(refused(r#"{"clusters": {"p": {"a": 2.0}}}"#).problem, "invalid type: floating point `2.0`, expected u16");
+        assert_eq!(refused(r#"{"clusters": {"p": {"a": -1}}}"#).problem, "invalid value: integer `-1`, expected u16");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_it_can_exhaust_the_stack() {
+        for depth in [super::MAX_DEPTH + 1, 10_000] {
+            let json = format!(r#"{{"rules": [{{"name": "a", "key": {}{}}}]}}"#, "[".repeat(depth), "]".repeat(depth));
+            let e = refused(&json);
+            assert_eq!(e.field, ".", "{e}");
+            assert!(e.problem.starts_with("nested deeper than 64 levels at line 1"), "{e}");
+            assert!(e.fix.contains("brackets"), "{e}");
+        }
+        // The document, `rules`, the rule and `key` are four levels: 64 in all.
+        let nested = format!("{}{}", "[".repeat(super::MAX_DEPTH - 4), "]".repeat(super::MAX_DEPTH - 4));
+        let json = format!(r#"{{"rules": [{{"name": "a", "key": [{nested}], "limit": {{"requests": 1, "per": "1s"}}}}]}}"#);
+        if let Err(e) = parse_json::<Doc>(json.as_bytes()) {
+            panic!("{e}");
+        }
     }
 }

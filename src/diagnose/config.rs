@@ -96,18 +96,20 @@ impl DiagnosticsJson {
         };
         let debug = match (self.debug_header, self.debug_token) {
             (None, None) => None,
+            // The field that is there is the one named (an error must point at text the
+            // operator can find).
             (Some(_), None) => {
                 return Err(ConfigError::new(
-                    "debug_token",
-                    "debug_header is set but debug_token is missing",
+                    "debug_header",
+                    "is set but debug_token is missing",
                     "set debug_token to a secret, or remove debug_header",
                 ))
             }
             (None, Some(_)) => {
                 return Err(ConfigError::new(
-                    "debug_header",
-                    "debug_token is set but debug_header is missing",
-                    "set debug_header, e.g. \"x-upstream-debug\"",
+                    "debug_token",
+                    "is set but debug_header is missing",
+                    "set debug_header, e.g. \"x-upstream-debug\", or remove debug_token",
                 ))
             }
             (Some(header), Some(token)) => {

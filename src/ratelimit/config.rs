@@ -236,6 +236,10 @@ pub struct Rule {
     pub policy: String,
     /// The name as a structured-field string, for the `RateLimit` field.
     pub quoted: String,
+    /// This rule's share of the slot table: slots `slots.0 .. slots.0 + slots.1`. Rules never
+    /// share a slot: two rules in one slot would read each other's state (a sliding window's
+    /// counts as a fresh token bucket, another period's window as a new one) and reset it.
+    pub slots: (u32, u32),
 }
 
 impl Rule {
@@ -251,9 +255,11 @@ impl Rule {
         out
     }
 
-    /// The shared-data slot of this rule's bucket for `key`.
-    pub fn slot(&self, key: &[u8], max_keys: u32) -> u32 {
-        crate::hash::slot_for(self.name.as_bytes(), key, max_keys)
+    /// The shared-data slot of this rule's bucket for `key`, within the rule's own share of the
+    /// table: keys of one rule may share a bucket (limited sooner, never later), keys of two
+    /// rules never do.
+    pub fn slot(&self, key: &[u8]) -> u32 {
+        self.slots.0 + crate::hash::slot_for(self.name.as_bytes(), key, self.slots.1)
     }
 }
 
@@ -350,6 +356,14 @@ impl RateLimitJson {
             ));
         }
         crate::config::header_name("client_ip.header", &self.client_ip.header)?;
+        let share = self.max_keys / self.rules.len() as u32;
+        if share == 0 {
+            return Err(err(
+                "max_keys".into(),
+                format!("{} is smaller than the number of rules ({})", self.max_keys, self.rules.len()),
+                "give every rule at least one slot: max_keys is split evenly between the rules",
+            ));
+        }
         let mut rules = Vec::with_capacity(self.rules.len());
         for (i, r) in self.rules.into_iter().enumerate() {
             let at = |f: &str| format!("rules[{i}].{f}");
@@ -397,7 +411,8 @@ impl RateLimitJson {
             };
             let policy = super::headers::policy_header(&r.name, &limit);
             let quoted = super::headers::quoted(&r.name);
-            rules.push(Rule { name: r.name, matcher, key, limit, algorithm: r.algorithm, policy, quoted });
+            let slots = (i as u32 * share, share);
+            rules.push(Rule { name: r.name, matcher, key, limit, algorithm: r.algorithm, policy, quoted, slots });
         }
         Ok(RateLimitConfig {
             rules,
@@ -579,6 +594,29 @@ mod tests {
             assert!(e.field.starts_with(field), "{json}: got field {:?} ({e})", e.field);
             assert!(!e.fix.is_empty());
         }
+    }
+
+    #[test]
+    fn rules_never_share_a_slot() {
+        let c = RateLimitConfig::from_json(
+            br#"{"rules": [{"name": "a", "limit": {"requests": 1, "per": "1h"}},
+                           {"name": "b", "algorithm": "sliding_window", "limit": {"requests": 1, "per": "1m"}},
+                           {"name": "c", "limit": {"requests": 1, "per": "1s"}}], "max_keys": 10}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rules.iter().map(|r| r.slots).collect::<Vec<_>>(), [(0, 3), (3, 3), (6, 3)]);
+        for (i, r) in c.rules.iter().enumerate() {
+            for k in 0..1000u32 {
+                let s = r.slot(&k.to_le_bytes());
+                assert!((3 * i as u32..3 * i as u32 + 3).contains(&s), "rule {i} key {k}: slot {s}");
+            }
+        }
+        let e = RateLimitConfig::from_json(
+            br#"{"rules": [{"name": "a", "limit": {"requests": 1, "per": "1h"}},
+                           {"name": "b", "limit": {"requests": 1, "per": "1h"}}], "max_keys": 1}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "max_keys");
     }
 
     #[test]

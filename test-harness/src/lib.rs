@@ -18,7 +18,9 @@
 
 pub mod backend;
 pub mod bootstrap;
+pub mod config_fuzz;
 pub mod envoy;
+pub mod fuzz;
 pub mod host;
 pub mod http;
 pub mod paths;
@@ -78,15 +80,20 @@ pub fn eventually(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bo
 }
 
 /// Parses an `x-upstream-diagnosis` value (an RFC 8941 Dictionary of tokens, strings and
-/// integers) into key → value text, unescaping strings. Returns `None` on anything malformed,
-/// so a test can assert the header is well-formed.
+/// integers) into key → value text, unescaping strings. Strict: `None` on anything the RFC does
+/// not allow (a byte outside printable ASCII, an escape other than `\"` and `\\`, a bad key,
+/// token or integer, a member repeated, text between members), so a test can assert the header
+/// is well-formed and that nothing a client or upstream wrote broke out of its string.
 pub fn parse_diagnosis(value: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    if !value.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return None;
+    }
     let mut out = std::collections::BTreeMap::new();
-    let mut rest = value.trim();
-    while !rest.is_empty() {
+    let mut rest = value;
+    loop {
         let eq = rest.find('=')?;
-        let key = rest[..eq].trim().to_string();
-        if !upstream_guard::sfv::is_key(&key) {
+        let key = &rest[..eq];
+        if !upstream_guard::sfv::is_key(key) {
             return None;
         }
         rest = &rest[eq + 1..];
@@ -97,7 +104,10 @@ pub fn parse_diagnosis(value: &str) -> Option<std::collections::BTreeMap<String,
             let mut end = None;
             while let Some((i, c)) = chars.next() {
                 match c {
-                    '\\' => s.push(chars.next()?.1),
+                    '\\' => match chars.next()?.1 {
+                        e @ ('"' | '\\') => s.push(e),
+                        _ => return None,
+                    },
                     '"' => {
                         end = Some(i);
                         break;
@@ -106,19 +116,60 @@ pub fn parse_diagnosis(value: &str) -> Option<std::collections::BTreeMap<String,
                 }
             }
             val = s;
-            rest = &body[end? + 1..];
+            rest = body[end? + 1..].trim_start_matches([' ', '\t']);
         } else {
             let end = rest.find(',').unwrap_or(rest.len());
-            val = rest[..end].trim().to_string();
+            let item = rest[..end].trim_end_matches([' ', '\t']);
+            let integer = {
+                let digits = item.strip_prefix('-').unwrap_or(item);
+                !digits.is_empty() && digits.len() <= 15 && digits.bytes().all(|b| b.is_ascii_digit())
+            };
+            if !integer && !upstream_guard::sfv::is_token(item) {
+                return None;
+            }
+            val = item.to_string();
             rest = &rest[end..];
         }
-        out.insert(key, val);
-        rest = rest.trim_start();
-        if let Some(r) = rest.strip_prefix(',') {
-            rest = r.trim_start();
-        } else if !rest.is_empty() {
+        if out.insert(key.to_string(), val).is_some() {
+            return None;
+        }
+        if rest.is_empty() {
+            return Some(out);
+        }
+        rest = rest.strip_prefix(',')?.trim_start_matches([' ', '\t']);
+        if rest.is_empty() {
             return None;
         }
     }
-    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_diagnosis;
+
+    #[test]
+    fn diagnosis_parsing_is_strict() {
+        let d = parse_diagnosis(r#"cause=connection_refused, flags="UF", status=503, cluster="a\"b\\c", hint="x""#)
+            .unwrap();
+        assert_eq!(
+            (d["cause"].as_str(), d["status"].as_str(), d["cluster"].as_str()),
+            ("connection_refused", "503", "a\"b\\c")
+        );
+        assert_eq!(parse_diagnosis("cause=x , flags=\"y\"\t, hint=z").map(|d| d.len()), Some(3), "OWS around commas");
+        for bad in [
+            "cause=x, cause=y",
+            "cause=x,",
+            "cause=x y",
+            "cause=\"a\\nb\"",
+            "cause=\"unterminated",
+            "Cause=x",
+            "cause=x\n",
+            "cause=\"caf\u{e9}\"",
+            "cause=1234567890123456",
+            " cause=x",
+            "cause=x, ",
+        ] {
+            assert_eq!(parse_diagnosis(bad), None, "{bad}");
+        }
+    }
 }

@@ -59,6 +59,8 @@ fn trips_after_exactly_n_failures_spread_over_both_workers_and_rejects_on_both()
         assert_eq!(r.details.as_deref(), Some("upstream_guard.circuit_open"));
         assert_eq!(r.header("x-upstream-guard-circuit"), Some("open"));
         assert_eq!(r.header("retry-after"), Some("10"));
+        let body = String::from_utf8_lossy(&r.body);
+        assert_eq!(body, "circuit open: retry after 10 s\n", "the body never names the cluster");
     }
 }
 

@@ -126,17 +126,31 @@ fn passive_failures_eject_at_once_on_every_worker_until_the_ejection_ends() {
 }
 
 #[test]
-fn none_healthy_fails_fast_listing_every_reason() {
+fn none_healthy_fails_fast_listing_every_reason_to_trusted_clients_only() {
     let host = Host::new().workers(2);
-    let p = load(&host, config());
+    let mut c = config();
+    c["trusted_cidrs"] = json!(["10.0.0.0/8"]);
+    let p = load(&host, c);
     check_round(&host, &p, &[("primary", 503), ("secondary", 500)]);
     check_round(&host, &p, &[("primary", 503), ("secondary", 500)]);
-    let (status, body) = route(&p, 1).unwrap_err();
-    assert_eq!(status, 503);
-    let v: Value = serde_json::from_slice(&body).unwrap();
+    let refuse = |source: &str| {
+        let mut s = p.worker(1).http_stream().property("source.address", source);
+        s.request_headers(&[(":path", "/"), (":method", "GET")], true).unwrap();
+        s.local_response().unwrap()
+    };
+    let trusted = refuse("10.1.2.3:4000");
+    assert_eq!(trusted.status, 503);
+    let v: Value = serde_json::from_slice(&trusted.body).unwrap();
     assert_eq!(v["upstreams"][0]["reason"], "active health check failed: HTTP 503; 2 consecutive failures");
     assert_eq!(v["upstreams"][1]["reason"], "active health check failed: HTTP 500; 2 consecutive failures");
-    assert_eq!(host.counter("upstream_guard.health.no_healthy_upstream"), 1);
+    // An untrusted client (or one whose address came from x-forwarded-for) learns no cluster name.
+    for source in ["192.0.2.1:4000", "10.1.2.3:0"] {
+        let other = refuse(source);
+        assert_eq!((other.status, other.details.as_deref()), (503, Some("upstream_guard.no_healthy_upstream")));
+        assert_eq!(String::from_utf8_lossy(&other.body), "no healthy upstream\n", "{source}");
+        assert!(other.headers.iter().all(|(_, v)| !v.contains("primary") && !v.contains("secondary")));
+    }
+    assert_eq!(host.counter("upstream_guard.health.no_healthy_upstream"), 3);
 }
 
 #[test]

@@ -154,3 +154,37 @@ fn invalid_config_fails_to_load_with_the_field_in_the_log() {
     };
     assert!(log.iter().any(|(_, m)| m.contains("rules[0].limit.requests")), "{log:?}");
 }
+
+#[test]
+fn a_rule_never_resets_another_rules_bucket() {
+    // Two rules with different algorithms whose keys land in one slot of the whole table (the
+    // table used to be shared by all rules): every sliding-window request stored a window state
+    // there, which the token bucket read as a fresh bucket, so interleaving the two let one
+    // client through its 1-per-hour limit every time. Each rule now has its own slots.
+    use upstream_guard::hash::slot_for;
+    let client = [10u8, 0, 0, 1];
+    let tenant = (0..)
+        .map(|i| format!("t{i}"))
+        .find(|t| slot_for(b"per-tenant", t.as_bytes(), 2) == slot_for(b"per-client", &client, 2))
+        .unwrap();
+    let host = Host::new();
+    let p = load(
+        &host,
+        json!({"rules": [
+            {"name": "per-client", "match": {"path_prefix": "/api"}, "limit": {"requests": 1, "per": "1h"}},
+            {"name": "per-tenant", "key": [{"header": "x-tenant"}], "algorithm": "sliding_window",
+             "limit": {"requests": 100, "per": "1h"}}],
+          "max_keys": 2}),
+    );
+    let mut admitted = 0;
+    for _ in 0..10 {
+        let mut t = p.worker(0).http_stream().property("source.address", "10.0.0.1:1");
+        t.request_headers(&[(":path", "/web"), (":method", "GET"), ("x-tenant", &tenant)], true).unwrap();
+        assert!(t.local_response().is_none());
+        let mut a = p.worker(0).http_stream().property("source.address", "10.0.0.1:1");
+        a.request_headers(&[(":path", "/api"), (":method", "GET")], true).unwrap();
+        admitted += usize::from(a.local_response().is_none());
+    }
+    assert_eq!(admitted, 1, "per-client admits once per hour whatever the other rule writes");
+    assert_eq!(host.shared_data_keys("rate_limiter"), 2);
+}

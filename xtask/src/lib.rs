@@ -4,5 +4,6 @@
 pub mod bench;
 pub mod bench_cost;
 pub mod demo;
+pub mod fuzz;
 pub mod manifests;
 pub mod oci;

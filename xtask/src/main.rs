@@ -23,7 +23,7 @@ fn package_of(filter: &str) -> &str {
     }
 }
 /// Filters built for the tests only (never packaged).
-const TEST_FILTERS: &[&str] = &["conformance", "floor"];
+const TEST_FILTERS: &[&str] = &["conformance", "floor", "faulty"];
 const ENVOY_VERSION: &str = "1.40.0";
 const WASM_TARGET: &str = "wasm32-wasip1";
 
@@ -77,6 +77,10 @@ fn main() -> ExitCode {
             }
             None => Err(TaskError("usage: cargo xtask wasi-run FILE.wasm [ARGS]".into())),
         },
+        Some("fuzz") => fuzz_args(&args[1..]).and_then(|(minutes, seed, target)| {
+            setup_target().and_then(|()| build())?;
+            xtask::fuzz::run(minutes, seed, target).map(drop).map_err(|e| TaskError(e.0))
+        }),
         Some("bench") if args.iter().any(|a| a == "--harness") => {
             setup_target().and_then(|()| build()).and_then(|()| {
                 xtask::bench::harness_micro(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
@@ -130,6 +134,10 @@ usage: cargo xtask <command>
           equivalents), breaker latency, failover vs native, harness ns/round and load times;
           prints tables and writes target/bench/results.json (--smoke: a few seconds, to keep it
           working; --harness: only the harness figures, printed, not saved)
+  fuzz [--minutes N] [--seed S] [--target NAME]
+          fuzz every module's callbacks on the deterministic host for N minutes (default 10), all
+          modules at once; a failure prints the seed, the shortest failing sequence and how to
+          replay it (the test suite runs 1,000,000 callbacks per module)
   demo    run Envoy with upstream_guard.wasm in front of demo backends and print a tour
           [--chain: the four single-policy filters instead] [--serve: keep running]
 ";
@@ -292,6 +300,31 @@ fn build() -> Result {
         eprintln!("  {} ({} KiB)", path.display(), size / 1024);
     }
     Ok(())
+}
+
+/// `cargo xtask fuzz` arguments: minutes, seed, target.
+fn fuzz_args(args: &[String]) -> Result<(f64, u64, Option<test_harness::fuzz::Target>)> {
+    let minutes = match flag(args, "--minutes") {
+        Some(m) => m
+            .parse::<f64>()
+            .ok()
+            .filter(|m| *m > 0.0)
+            .ok_or_else(|| TaskError(format!("--minutes {m:?}: give a positive number")))?,
+        None => 10.0,
+    };
+    let seed = match flag(args, "--seed") {
+        Some(s) => test_harness::fuzz::parse_seed(s)
+            .ok_or_else(|| TaskError(format!("--seed {s:?}: give a decimal or 0x hex number")))?,
+        None => test_harness::fuzz::seed_from_env(),
+    };
+    let target = match flag(args, "--target") {
+        Some(t) => Some(
+            test_harness::fuzz::Target::from_name(t)
+                .ok_or_else(|| TaskError(format!("--target {t:?}: choose one of {}", FILTERS.join(", "))))?,
+        ),
+        None => None,
+    };
+    Ok((minutes, seed, target))
 }
 
 /// `--name value` from `args`.

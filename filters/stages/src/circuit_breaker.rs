@@ -219,10 +219,12 @@ impl Stage for CircuitBreaker {
             Admission::Reject { retry_after_ns } => {
                 self.metrics.get(&cluster).rejected.inc();
                 let retry_after = retry_after_secs(retry_after_ns).to_string();
+                // The body never names the cluster: any client may receive it, and cluster names
+                // are internal (the diagnostics stage shows them to trusted clients).
                 let mut reply = LocalReply::text(
                     self.config.status,
                     details::CIRCUIT_OPEN,
-                    format!("circuit {} for upstream {cluster:?}: retry after {retry_after} s\n", phase.name()),
+                    format!("circuit {}: retry after {retry_after} s\n", phase.name()),
                 )
                 .header("retry-after", retry_after.as_bytes())
                 .header("x-upstream-guard-circuit", phase.name());

@@ -8,7 +8,8 @@
 //! - **Passive detection** watches responses on every worker, through the same failure
 //!   classifier as the circuit breaker; consecutive failures eject the upstream at once.
 //! - **None available**: a 503 local reply (`upstream_guard.no_healthy_upstream`) whose JSON body
-//!   says, per upstream, why; or, with `when_none_healthy: panic`, the configured order anyway.
+//!   says, per upstream, why (to trusted clients; others get no cluster names); or, with
+//!   `when_none_healthy: panic`, the configured order anyway.
 //!
 //! Shared-data keys: `ug.hr.lease`, `ug.hr.seq`, `ug.hr.v` and one `ug.hr.h.<cluster>` per
 //! configured upstream: bounded by the configuration.
@@ -201,11 +202,19 @@ impl Stage for HealthRouter {
             None if config.when_none_healthy == NoneHealthy::Panic => indexes.first().copied().unwrap_or(0),
             None => {
                 self.no_healthy.inc();
-                let listed: Vec<Health> = indexes.iter().filter_map(|i| states.get(*i).copied()).collect();
-                let mut reply = LocalReply::text(503, details::NO_HEALTHY_UPSTREAM, String::new())
-                    .header("content-type", "application/json")
-                    .header("retry-after", "1");
-                reply.body = report_json(config, &indexes, &listed, now).into_bytes();
+                // Every upstream and why it is out, for trusted clients only (the same who may read
+                // the status endpoint): cluster names and check results are internal. Others get
+                // Envoy's own words, which the diagnostics stage can turn into its JSON.
+                let mut reply = if config.trust.trusts(cx.peer()) {
+                    let listed: Vec<Health> = indexes.iter().filter_map(|i| states.get(*i).copied()).collect();
+                    let mut r = LocalReply::text(503, details::NO_HEALTHY_UPSTREAM, String::new())
+                        .header("content-type", "application/json");
+                    r.body = report_json(config, &indexes, &listed, now).into_bytes();
+                    r
+                } else {
+                    LocalReply::text(503, details::NO_HEALTHY_UPSTREAM, "no healthy upstream\n".into())
+                }
+                .header("retry-after", "1");
                 reply.grpc_status = Some(config.grpc_status);
                 return Flow::Reply(reply);
             }

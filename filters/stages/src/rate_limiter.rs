@@ -148,7 +148,7 @@ impl Stage for RateLimiter {
         for i in matching {
             let (Some(rule), Some(m)) = (config.rules.get(i), self.metrics.get(i)) else { continue };
             let key = rule.key(&mut view);
-            let outcome = shared::update(&bucket_key(rule.slot(&key, config.max_keys)), config.cas_retries, |cur| {
+            let outcome = shared::update(&bucket_key(rule.slot(&key)), config.cas_retries, |cur| {
                 let state = cur.and_then(State::decode);
                 let (next, decision) = rule.algorithm.check(&rule.limit, state, now);
                 (decision.allowed().then(|| next.encode()), decision)

@@ -251,6 +251,12 @@ impl Host {
         self.shared.data.keys(vm_id.as_bytes())
     }
 
+    /// Every shared-data key of `vm_id` with its value, sorted by key: for invariants over the
+    /// whole store (every key decodes, no key outside the expected set).
+    pub fn shared_data_entries(&self, vm_id: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.shared.data.entries(vm_id.as_bytes())
+    }
+
     /// The items waiting in shared queue `name` of `vm_id`, oldest first; `None` if it was
     /// never registered.
     pub fn queue_items(&self, vm_id: &str, name: &str) -> Option<Vec<Vec<u8>>> {

@@ -77,6 +77,19 @@ impl SharedStore {
         }
     }
 
+    /// Every key of `vm` with its value, sorted by key.
+    pub fn entries(&self, vm: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = self
+            .entries
+            .lock()
+            .map(|d| {
+                d.iter().filter(|((v, _), _)| v == vm).map(|((_, k), (value, _))| (k.clone(), value.clone())).collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
     /// How many keys `vm` has.
     pub fn keys(&self, vm: &[u8]) -> usize {
         self.entries.lock().map(|d| d.keys().filter(|(v, _)| v == vm).count()).unwrap_or(0)

@@ -1,0 +1,450 @@
+//! Cases: a configuration and a sequence of steps, generated from a seed.
+//!
+//! Steps name streams by slot, not by identity, so that removing any step while shrinking leaves
+//! every other step meaningful: a step for an empty slot, or one a stream's state does not allow
+//! (a second response), is skipped by the executor.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use super::configs::{self, DEBUG_HEADER, DEBUG_TOKEN};
+use super::{Rng, Target};
+
+/// Bytes, shown escaped and abbreviated.
+#[derive(Clone, PartialEq, Eq)]
+pub struct B(pub Vec<u8>);
+
+impl fmt::Debug for B {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 80;
+        let shown: String = self.0.iter().take(SHOWN).flat_map(|b| b.escape_ascii()).map(char::from).collect();
+        if self.0.len() > SHOWN {
+            write!(f, "b\"{shown}…\" ({} bytes)", self.0.len())
+        } else {
+            write!(f, "b\"{shown}\"")
+        }
+    }
+}
+
+impl From<&[u8]> for B {
+    fn from(b: &[u8]) -> B {
+        B(b.to_vec())
+    }
+}
+
+/// A property value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prop {
+    Missing,
+    /// An integer, encoded as Envoy does (8 bytes little-endian).
+    Int(u64),
+    /// Any bytes (a string property, or garbage where an integer belongs).
+    Bytes(B),
+}
+
+/// A request as a client and Envoy hand it to the filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Req {
+    pub headers: Vec<(B, B)>,
+    /// `source.address`.
+    pub source: Prop,
+    /// `xds.cluster_name` and `xds.route_name`.
+    pub cluster: Prop,
+    pub route: Prop,
+    /// The request has no body.
+    pub end: bool,
+}
+
+/// A response as the upstream (or Envoy) hands it to the filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resp {
+    /// `:status`.
+    pub status: B,
+    pub headers: Vec<(B, B)>,
+    /// `response.code`, `response.flags`, `response.code_details`.
+    pub code: Prop,
+    pub flags: Prop,
+    pub details: Prop,
+    /// `upstream.transport_failure_reason`, `upstream.address`, `upstream.request_attempt_count`.
+    pub transport: Prop,
+    pub upstream: Prop,
+    pub attempts: Prop,
+    /// No body follows.
+    pub end: bool,
+}
+
+/// How a callout is answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Headers (`:status` first) and a body.
+    Reply { headers: Vec<(B, B)>, body: B },
+    /// Reset / refused: no headers at all.
+    Fail,
+}
+
+/// One step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A new stream in `slot` (the stream there before is finished first): context, request
+    /// headers.
+    Start { slot: u8, worker: u8, req: Box<Req> },
+    /// Response headers (after a local reply: that reply, as Envoy runs it through the filter).
+    Respond { slot: u8, resp: Box<Resp> },
+    /// A response body chunk.
+    Body { slot: u8, data: B, end: bool },
+    /// Response trailers.
+    Trailers { slot: u8 },
+    /// `on_log` (at any point: a client that went away is logged without a response).
+    Log { slot: u8 },
+    /// Done and delete (at any point: an abandoned stream).
+    Finish { slot: u8 },
+    /// The clock moves on.
+    Advance { ms: u64 },
+    /// The clock jumps back.
+    Rewind { ms: u64 },
+    /// The clock is set to an absolute time (nanoseconds), near zero or far ahead.
+    SetClock { nanos: u64 },
+    /// A tick on one worker (timed-out callouts are delivered first), or on all (`worker` 255).
+    Tick { worker: u8 },
+    /// The next `n` shared-data reads each race with another worker's write.
+    Race { n: u8 },
+    /// A pending HTTP callout of `worker` (chosen by `pick`) is answered.
+    Callout { worker: u8, pick: u8, answer: Answer },
+    /// A pending gRPC call of `worker` gets a message (`status` 0) or fails.
+    Grpc { worker: u8, pick: u8, status: u8, message: B },
+}
+
+/// A generated case.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub target: Target,
+    pub seed: u64,
+    /// Workers (VMs).
+    pub workers: usize,
+    /// The host's log level (trace in some cases, so that debug formatting runs too).
+    pub log_level: u32,
+    pub config: Value,
+    pub ops: Vec<Op>,
+}
+
+const SLOTS: u8 = 6;
+
+const CLUSTERS: &[&[u8]] = &[
+    b"backend",
+    b"payments",
+    b"primary",
+    b"evil\", upstream=\"10.9.9.9:1\", x=\"",
+    b"back\\slash\\\"",
+    b"line\r\nx-injected: yes",
+    b"caf\xc3\xa9\xff\xfe",
+    b"ok.1",
+    b"",
+    b"\x00\x01\x7f",
+    b"a,b;c=d",
+];
+
+const SOURCES: &[&[u8]] = &[
+    b"10.1.2.3:5555",
+    b"10.0.0.1:0",
+    b"10.9.9.9",
+    b"192.168.1.1:80",
+    b"[::1]:443",
+    b"::1",
+    b"[fe80::1%eth0]:80",
+    b"1.2.3.4",
+    b"",
+    b"garbage",
+    b"\xff\xfe:1",
+    b"10.1.2.3:99999",
+    b"10.1.2.3:5555\n",
+    b"256.1.1.1:1",
+    b"01.2.3.4:80",
+];
+
+const XFF: &[&[u8]] = &[
+    b"10.1.2.3",
+    b"6.6.6.6, 10.1.2.3",
+    b"6.6.6.6,10.1.2.3,10.0.0.1",
+    b"",
+    b",,,",
+    b" , ",
+    b"unknown",
+    b"1.2.3.4:80",
+    b"[::1]:80, ::1",
+    b"10.1.2.3\xff",
+    b"\xff\xfe\xfd",
+    b"::ffff:10.1.2.3",
+    b"1.2.3.4 , 5.6.7.8 ",
+    b"\r\n10.1.2.3",
+];
+
+const DETAILS: &[&[u8]] = &[
+    b"via_upstream",
+    b"upstream_reset_before_response_started{connection_failure}",
+    b"upstream_reset_before_response_started{remote_connection_failure|delayed connect error: 111}",
+    b"response_timeout",
+    b"no_healthy_upstream",
+    b"route_not_found",
+    b"cluster_not_found",
+    b"upstream_guard.rate_limited",
+    b"upstream_guard.circuit_open",
+    b"quote\" back\\slash",
+    b"new\nline\r\n",
+    b"caf\xc3\xa9\xff",
+    b"",
+    b"a=1, b=\"2\"",
+];
+
+const PATHS: &[&[u8]] = &[
+    b"/",
+    b"/api",
+    b"/api/x?y=1",
+    b"/b/x",
+    b"/b/y?q",
+    b"/.well-known/upstream-health",
+    b"/.well-known/upstream-health?x",
+    b"",
+    b"/api\xff\xfe",
+    b"*",
+    b"/b/\x00",
+];
+
+const TENANTS: &[&[u8]] = &[b"acme", b"globex", b"", b"\xff", b"acme ", b"a\x00b", b"x-upstream-debug"];
+
+/// The cluster and route names requests carry (for the key-space checks).
+pub fn cluster_pool() -> &'static [&'static [u8]] {
+    CLUSTERS
+}
+
+/// A forwarded-for list of 10,000 entries (built once).
+fn long_forwarded_for() -> &'static [u8] {
+    static LONG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    LONG.get_or_init(|| {
+        (0..10_000).flat_map(|i| format!("10.0.{}.{}, ", i / 256 % 256, i % 256).into_bytes()).collect()
+    })
+}
+
+/// 300 distinct headers (built once).
+fn many_headers() -> &'static [(B, B)] {
+    static MANY: std::sync::OnceLock<Vec<(B, B)>> = std::sync::OnceLock::new();
+    MANY.get_or_init(|| (0..300).map(|i| (B(format!("x-many-{i}").into_bytes()), B(b"1".to_vec()))).collect())
+}
+
+fn bytes_of(rng: &mut Rng, pool: &[&[u8]]) -> B {
+    B(rng.pick(pool).copied().unwrap_or_default().to_vec())
+}
+
+/// A value that is random bytes, control characters, or huge.
+fn hostile_value(rng: &mut Rng) -> B {
+    match rng.below(6) {
+        0 => B(Vec::new()),
+        1 => B(rng.some_bytes(16)),
+        2 => B(b"\r\n\t\x00\x7f\"\\,;=".to_vec()),
+        3 if rng.chance(50) => B(vec![b'a'; 64 * 1024]),
+        _ => B(format!("v{}", rng.below(1000)).into_bytes()),
+    }
+}
+
+fn token_name(rng: &mut Rng) -> B {
+    let names: &[&[u8]] = &[b"x-a", b"x-b", b"cookie", b"x-envoy-original-path", b"content-type", b"x-tenant"];
+    bytes_of(rng, names)
+}
+
+fn source(rng: &mut Rng) -> Prop {
+    match rng.below(10) {
+        0 => Prop::Missing,
+        1..=3 => Prop::Bytes(bytes_of(rng, SOURCES)),
+        // Many distinct clients: keys and collisions.
+        _ => {
+            let first = *rng.pick(&[10u64, 10, 10, 11, 192]).unwrap_or(&10);
+            let port = if rng.chance(150) { 0 } else { rng.range(1, 65535) };
+            Prop::Bytes(B(format!("{first}.{}.{}.{}:{port}", rng.below(4), rng.below(4), rng.below(16)).into_bytes()))
+        }
+    }
+}
+
+fn request(rng: &mut Rng) -> Req {
+    let mut headers: Vec<(B, B)> = Vec::new();
+    if !rng.chance(30) {
+        headers.push((B(b":path".to_vec()), bytes_of(rng, PATHS)));
+    }
+    let method: &[&[u8]] = &[b"GET", b"GET", b"POST", b"PUT", b"", b"get", b"\xff"];
+    if !rng.chance(30) {
+        headers.push((B(b":method".to_vec()), bytes_of(rng, method)));
+    }
+    headers.push((B(b":authority".to_vec()), B(b"example.com".to_vec())));
+    for _ in 0..rng.below(3) {
+        headers.push((B(b"x-forwarded-for".to_vec()), bytes_of(rng, XFF)));
+    }
+    if rng.chance(30) {
+        headers.push((B(b"x-forwarded-for".to_vec()), B(long_forwarded_for().to_vec())));
+    }
+    if rng.chance(500) {
+        headers.push((B(b"x-tenant".to_vec()), bytes_of(rng, TENANTS)));
+    }
+    match rng.below(8) {
+        0 => headers.push((B(DEBUG_HEADER.as_bytes().to_vec()), B(DEBUG_TOKEN.as_bytes().to_vec()))),
+        1 => {
+            let wrong: &[&[u8]] = &[b"s3cre", b"s3cret\x00", b"S3CRET", b"s3cret ", b"", b"s3crets3cret", b"\xff"];
+            headers.push((B(DEBUG_HEADER.as_bytes().to_vec()), bytes_of(rng, wrong)));
+        }
+        2 => {
+            // Repeated: the first value decides.
+            headers.push((B(DEBUG_HEADER.as_bytes().to_vec()), B(b"nope".to_vec())));
+            headers.push((B(DEBUG_HEADER.as_bytes().to_vec()), B(DEBUG_TOKEN.as_bytes().to_vec())));
+        }
+        _ => {}
+    }
+    if rng.chance(500) {
+        let accept: &[&[u8]] = &[b"application/json", b"text/html, APPLICATION/JSON;q=0.5", b"*/*", b"\xffjson"];
+        headers.push((B(b"accept".to_vec()), bytes_of(rng, accept)));
+    }
+    if rng.chance(200) {
+        headers.push((B(b"x-upstream-cluster".to_vec()), bytes_of(rng, CLUSTERS)));
+    }
+    for _ in 0..rng.below(4) {
+        let name = token_name(rng);
+        headers.push((name, hostile_value(rng)));
+    }
+    if rng.chance(10) {
+        headers.extend(many_headers().iter().cloned());
+    }
+    if rng.chance(30) {
+        headers.push((B(b"x-a".to_vec()), B(vec![b'z'; 64 * 1024])));
+    }
+    let cluster = match rng.below(5) {
+        0 => Prop::Missing,
+        _ => Prop::Bytes(bytes_of(rng, CLUSTERS)),
+    };
+    let route = match rng.below(3) {
+        0 => Prop::Missing,
+        _ => Prop::Bytes(bytes_of(rng, CLUSTERS)),
+    };
+    Req { headers, source: source(rng), cluster, route, end: rng.chance(800) }
+}
+
+fn int_or_garbage(rng: &mut Rng, values: &[u64]) -> Prop {
+    match rng.below(12) {
+        0 => Prop::Missing,
+        1 => Prop::Bytes(B(rng.some_bytes(10))),
+        2 => Prop::Int(rng.next_u64()),
+        3 => Prop::Bytes(B(rng.pick(values).copied().unwrap_or(0).to_string().into_bytes())),
+        _ => Prop::Int(rng.pick(values).copied().unwrap_or(0)),
+    }
+}
+
+fn response(rng: &mut Rng) -> Resp {
+    let statuses = [200u64, 200, 200, 204, 404, 429, 500, 502, 503, 503, 504];
+    let code = int_or_garbage(rng, &statuses);
+    let status_text: Vec<u8> = match (&code, rng.below(10)) {
+        (_, 0) => {
+            rng.pick(&[&b""[..], b"abc", b"99999", b"0", b"\xff", b" 503", b"-1"]).copied().unwrap_or_default().to_vec()
+        }
+        (Prop::Int(c), _) if *c < 1000 => c.to_string().into_bytes(),
+        _ => rng.pick(&statuses).copied().unwrap_or(200).to_string().into_bytes(),
+    };
+    // Single flags (each Envoy bit), a few together, everything, or garbage.
+    let flags = match rng.below(10) {
+        0..=3 => Prop::Int(0),
+        4..=6 => Prop::Int(1 << rng.below(32)),
+        7 => Prop::Int((1 << rng.below(32)) | (1 << rng.below(32))),
+        8 => Prop::Int(rng.next_u64()),
+        _ => int_or_garbage(rng, &[0, 0x20, 0x8000]),
+    };
+    let details = match rng.below(6) {
+        0 => Prop::Missing,
+        1 => Prop::Bytes(hostile_value(rng)),
+        _ => Prop::Bytes(bytes_of(rng, DETAILS)),
+    };
+    let transport = match rng.below(4) {
+        0 => Prop::Bytes(B(b"delayed connect error: Connection refused".to_vec())),
+        1 => Prop::Bytes(hostile_value(rng)),
+        _ => Prop::Missing,
+    };
+    let upstream = match rng.below(4) {
+        0 => Prop::Missing,
+        1 => Prop::Bytes(bytes_of(rng, CLUSTERS)),
+        _ => Prop::Bytes(B(b"10.9.9.9:8080".to_vec())),
+    };
+    let mut headers = Vec::new();
+    if rng.chance(300) {
+        let types: &[&[u8]] = &[b"text/plain", b"application/json", b"application/grpc", b"\xff"];
+        headers.push((B(b"content-type".to_vec()), bytes_of(rng, types)));
+    }
+    for _ in 0..rng.below(3) {
+        let name = token_name(rng);
+        headers.push((name, hostile_value(rng)));
+    }
+    Resp {
+        status: B(status_text),
+        headers,
+        code,
+        flags,
+        details,
+        transport,
+        upstream,
+        attempts: int_or_garbage(rng, &[1, 2, 3, u64::MAX]),
+        end: rng.chance(300),
+    }
+}
+
+fn answer(rng: &mut Rng) -> Answer {
+    if rng.chance(200) {
+        return Answer::Fail;
+    }
+    let statuses: &[&[u8]] =
+        &[b"200", b"200", b"200", b"204", b"503", b"500", b"", b"abc", b"\xff", b"99999999999", b" 200"];
+    let mut headers = Vec::new();
+    if !rng.chance(50) {
+        headers.push((B(b":status".to_vec()), bytes_of(rng, statuses)));
+    }
+    for _ in 0..rng.below(3) {
+        let name = token_name(rng);
+        headers.push((name, hostile_value(rng)));
+    }
+    let bodies: &[&[u8]] =
+        &[b"", b"ok", b"upstream connect error or disconnect/reset before headers", b"no healthy upstream"];
+    let body = if rng.chance(100) { B(rng.some_bytes(2048)) } else { bytes_of(rng, bodies) };
+    Answer::Reply { headers, body }
+}
+
+fn op(rng: &mut Rng, target: Target, workers: u8) -> Op {
+    let slot = rng.below(u64::from(SLOTS)) as u8;
+    let worker = rng.below(u64::from(workers)) as u8;
+    let callouts = if target.routes() { 60 } else { 0 };
+    let weights = [260, 200, 80, 30, 110, 110, 60, 8, 2, 50, 15, callouts, 5];
+    match rng.weighted(&weights) {
+        0 => Op::Start { slot, worker, req: Box::new(request(rng)) },
+        1 => Op::Respond { slot, resp: Box::new(response(rng)) },
+        2 => Op::Body { slot, data: B(rng.some_bytes(64)), end: rng.chance(600) },
+        3 => Op::Trailers { slot },
+        4 => Op::Log { slot },
+        5 => Op::Finish { slot },
+        6 => Op::Advance {
+            ms: match rng.below(20) {
+                0 => rng.range(2_000, 600_000),
+                1..=4 => rng.range(200, 2_000),
+                _ => rng.below(200),
+            },
+        },
+        7 => Op::Rewind { ms: if rng.chance(100) { rng.range(60_000, 3_600_000) } else { rng.range(1, 5_000) } },
+        8 => Op::SetClock {
+            nanos: if rng.chance(500) { rng.below(5_000_000_000) } else { (i64::MAX as u64) - rng.below(1 << 40) },
+        },
+        9 => Op::Tick { worker: if rng.chance(300) { 255 } else { worker } },
+        10 => Op::Race { n: rng.range(1, 6) as u8 },
+        11 => Op::Callout { worker, pick: rng.below(8) as u8, answer: answer(rng) },
+        _ => Op::Grpc { worker, pick: rng.below(8) as u8, status: rng.below(17) as u8, message: B(rng.some_bytes(64)) },
+    }
+}
+
+/// The case of `target` for `seed`: configuration, workers, log level and `steps` steps.
+pub fn generate(target: Target, seed: u64, steps: usize) -> Case {
+    let mut rng = Rng::new(seed);
+    let config = configs::for_target(target, &mut rng);
+    let workers = rng.range(1, 3) as u8;
+    let log_level = if rng.chance(250) { 0 } else { 3 };
+    let ops = (0..steps).map(|_| op(&mut rng, target, workers)).collect();
+    Case { target, seed, workers: usize::from(workers), log_level, config, ops }
+}
