@@ -62,12 +62,18 @@ struct PolicyJson {
     half_open: HalfOpenJson,
 }
 
-/// The JSON plugin configuration.
+/// The JSON plugin configuration. The global policy's blocks are fields of their own rather
+/// than a flattened [`PolicyJson`]: flattening buffers the object and loses the path of an
+/// error inside it (`failure.consecutive` would read `.`), and costs its own code in the modules.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerJson {
-    #[serde(flatten)]
-    global: PolicyJson,
+    #[serde(default)]
+    failure: FailureJson,
+    #[serde(default)]
+    open: OpenJson,
+    #[serde(default)]
+    half_open: HalfOpenJson,
     #[serde(default)]
     clusters: BTreeMap<String, PolicyJson>,
     #[serde(default)]
@@ -209,10 +215,11 @@ fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy,
 impl BreakerJson {
     /// Checks every field and resolves per-cluster overrides.
     pub fn validate(self) -> Result<BreakerConfig, ConfigError> {
-        let default = resolve("", &self.global, &PolicyJson::default())?;
+        let global = PolicyJson { failure: self.failure, open: self.open, half_open: self.half_open };
+        let default = resolve("", &global, &PolicyJson::default())?;
         let mut clusters = BTreeMap::new();
         for (name, over) in &self.clusters {
-            clusters.insert(name.clone(), resolve(&format!("clusters.{name}."), over, &self.global)?);
+            clusters.insert(name.clone(), resolve(&format!("clusters.{name}."), over, &global)?);
         }
         let status = crate::config::refusal_status("status", self.status.unwrap_or(503), "use 503 (the default)")?;
         if let Some(h) = &self.key_header {
@@ -323,8 +330,20 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_refused_even_beside_flattened_blocks() {
+    fn unknown_fields_and_wrong_types_in_the_global_blocks_name_their_path() {
         let e = BreakerConfig::from_json(br#"{"failur": {}}"#).unwrap_err();
-        assert!(e.problem.contains("failur"), "{e}");
+        assert_eq!(e.field, "failur", "{e}");
+        assert!(e.problem.starts_with("unknown field `failur`, expected one of `failure`, `open`"), "{e}");
+        for (json, field) in [
+            (r#"{"failure": {"consecutive": "x"}}"#, "failure.consecutive"),
+            (r#"{"failure": {"ratio": {"threshold": 0.5, "min_requests": -1}}}"#, "failure.ratio.min_requests"),
+            (r#"{"failure": {"statuses": [500, 70000]}}"#, "failure.statuses[1]"),
+            (r#"{"open": {"multiplier": "2"}}"#, "open.multiplier"),
+            (r#"{"half_open": {"probes": 2}}"#, "half_open.probes"),
+            (r#"{"failure": {"ratio": {}}}"#, "failure.ratio"),
+        ] {
+            let e = BreakerConfig::from_json(json.as_bytes()).unwrap_err();
+            assert_eq!(e.field, field, "{json}: {e}");
+        }
     }
 }
