@@ -36,11 +36,19 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Parses a plugin configuration. Empty input (no `configuration` in Envoy) means `{}`, so every
-/// filter runs with its defaults when given nothing. A refusal names the offending field
-/// (`rules[0].limit.per`); see [`json`] for how.
+/// filter runs with its defaults when given nothing. The document must be one JSON object; a
+/// top-level `"$schema"` string (an editor's pointer to the configuration's JSON Schema) is
+/// ignored. A refusal names the offending field (`rules[0].limit.per`); see [`json`] for how.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
-    let document = json::Document::read(text)?;
+    let document = json::Document::read(text)?.configuration()?;
+    Ok(T::deserialize(document.root())?)
+}
+
+/// Parses one JSON value of any kind (an array, say) into `T`, refusing as [`parse_json`] does,
+/// with the offending field named. For JSON documents that are not plugin configurations.
+pub fn parse_json_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
+    let document = json::Document::read(bytes)?;
     Ok(T::deserialize(document.root())?)
 }
 
@@ -235,6 +243,24 @@ mod tests {
             assert_eq!(e.field, ".", "{e}");
             assert!(e.problem.contains("line 1"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_top_level_schema_pointer_is_ignored() {
+        let s: Sample = parse_json(br#"{"$schema": "./x.schema.json", "names": [1]}"#).unwrap();
+        assert_eq!(s.names, [1]);
+        assert!(parse_json::<Sample>(br#"{"$schema": 1}"#).is_err(), "only a string is an editor's pointer");
+    }
+
+    #[test]
+    fn only_an_object_is_a_configuration() {
+        for bad in ["[]", "[[1]]", "5", "\"x\"", "null"] {
+            let e = parse_json::<Sample>(bad.as_bytes()).unwrap_err();
+            assert_eq!(e.field, ".", "{bad}");
+        }
+        let names: Vec<u32> = parse_json_value(b"[1, 2]").unwrap();
+        assert_eq!(names, [1, 2]);
+        assert_eq!(parse_json_value::<Vec<u32>>(br#"[1, "x"]"#).unwrap_err().field, "[1]");
     }
 
     #[test]

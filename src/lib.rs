@@ -9,14 +9,18 @@
 //!   into the typed values the data path uses; every rejection names the field and the fix.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod breaker;
 pub mod cidr;
 pub mod config;
 pub mod diagnose;
 pub mod hash;
 pub mod health;
+pub mod llm;
 pub mod peer;
 pub mod ratelimit;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod sfv;
 pub mod suite;
 
@@ -27,10 +31,21 @@ pub mod details {
     pub const CIRCUIT_OPEN: &str = "upstream_guard.circuit_open";
     /// The rate limiter rejected the request.
     pub const RATE_LIMITED: &str = "upstream_guard.rate_limited";
+    /// A global rate limit rule with `on_service_error: deny` refused the request because its
+    /// rate limit service could not be asked (unreachable, timed out, failed): not a limit.
+    pub const RATE_LIMIT_SERVICE_UNAVAILABLE: &str = "upstream_guard.rate_limit_service_unavailable";
     /// The health router found no healthy upstream and failed fast.
     pub const NO_HEALTHY_UPSTREAM: &str = "upstream_guard.no_healthy_upstream";
     /// The health router answered its status endpoint (not an error).
     pub const HEALTH_STATUS: &str = "upstream_guard.health_status";
+    /// The LLM stage found every provider of the requested model out.
+    pub const MODEL_UNAVAILABLE: &str = "upstream_guard.model_unavailable";
+    /// The LLM stage does not route the requested model.
+    pub const UNKNOWN_MODEL: &str = "upstream_guard.unknown_model";
+    /// The LLM stage could not read a model from the request body (or it was too large).
+    pub const INVALID_REQUEST: &str = "upstream_guard.invalid_request";
+    /// The LLM stage refused the request: the key's token budget is spent.
+    pub const TOKEN_BUDGET: &str = "upstream_guard.token_budget_exhausted";
     /// Prefix shared by every details string above.
     pub const PREFIX: &str = "upstream_guard.";
 }

@@ -1,9 +1,18 @@
 //! The combined module's configuration: one JSON object with a section per policy.
 //!
-//! `{"diagnostics": {…}, "rate_limiter": {…}, "health_router": {…}, "circuit_breaker": {…}}`:
-//! each section is exactly the single filter's configuration; a missing section turns that stage
-//! off; an unknown section is refused, naming it. Errors inside a section name the full path
-//! (`rate_limiter.rules[0].limit.per`).
+//! `{"diagnostics": {…}, "rate_limiter": {…}, "llm": {…}, "health_router": {…}, "circuit_breaker": {…}}`:
+//! each section is exactly the single filter's configuration (`llm` exists only here); a missing
+//! section turns that stage off; an unknown section is refused, naming it. Errors inside a
+//! section name the full path (`rate_limiter.rules[0].limit.per`).
+//!
+//! Stage order (requests in this order, responses in reverse): diagnostics, rate limiter, llm,
+//! health router, circuit breaker. The stages before the llm stage decide at the request headers.
+//! For a request on one of its paths, the llm stage and the stages after it decide once the body
+//! is in (Envoy's buffer filter, after the module, holds the request from the router until then):
+//! the llm stage routes by the body's model (filter state plus a route-cache clear, since the
+//! headers can no longer be changed) and records the routed cluster; the health router leaves a
+//! request an earlier stage routed alone; the circuit breaker guards the provider the llm stage
+//! chose. Requests on other paths never wait.
 
 use serde::Deserialize;
 
@@ -11,18 +20,29 @@ use crate::breaker::{BreakerConfig, BreakerJson};
 use crate::config::{parse_json, ConfigError};
 use crate::diagnose::{DiagnosticsConfig, DiagnosticsJson};
 use crate::health::{HealthConfig, HealthJson};
+use crate::llm::{LlmConfig, LlmJson};
 use crate::ratelimit::{RateLimitConfig, RateLimitJson};
 
-/// The JSON document.
+/// # upstream_guard
+///
+/// upstream_guard.wasm's plugin configuration: one section per policy, each exactly that
+/// filter's own configuration. A missing section turns that stage off.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SuiteJson {
+    /// The diagnostics stage (first: it explains every later stage's refusal).
     #[serde(default)]
     pub diagnostics: Option<DiagnosticsJson>,
+    /// The rate limiter stage.
     #[serde(default)]
     pub rate_limiter: Option<RateLimitJson>,
+    /// The health router stage.
+    #[serde(default)]
+    pub llm: Option<LlmJson>,
     #[serde(default)]
     pub health_router: Option<HealthJson>,
+    /// The circuit breaker stage (last: it guards the cluster the router chose).
     #[serde(default)]
     pub circuit_breaker: Option<BreakerJson>,
 }
@@ -32,6 +52,7 @@ pub struct SuiteJson {
 pub struct SuiteConfig {
     pub diagnostics: Option<DiagnosticsConfig>,
     pub rate_limiter: Option<RateLimitConfig>,
+    pub llm: Option<LlmConfig>,
     pub health_router: Option<HealthConfig>,
     pub circuit_breaker: Option<BreakerConfig>,
 }
@@ -43,6 +64,7 @@ impl SuiteConfig {
         Ok(SuiteConfig {
             diagnostics: json.diagnostics.map(|d| d.validate().map_err(|e| e.within("diagnostics"))).transpose()?,
             rate_limiter: json.rate_limiter.map(|r| r.validate().map_err(|e| e.within("rate_limiter"))).transpose()?,
+            llm: json.llm.map(|l| l.validate().map_err(|e| e.within("llm"))).transpose()?,
             health_router: json
                 .health_router
                 .map(|h| h.validate().map_err(|e| e.within("health_router")))
@@ -63,6 +85,9 @@ impl SuiteConfig {
         if self.rate_limiter.is_some() {
             out.push("rate_limiter");
         }
+        if self.llm.is_some() {
+            out.push("llm");
+        }
         if self.health_router.is_some() {
             out.push("health_router");
         }
@@ -81,6 +106,11 @@ mod tests {
     fn missing_sections_turn_stages_off() {
         let c = SuiteConfig::from_json(br#"{"diagnostics": {}, "circuit_breaker": {}}"#).unwrap();
         assert_eq!(c.stages(), ["diagnostics", "circuit_breaker"]);
+        let c = SuiteConfig::from_json(
+            br#"{"circuit_breaker": {}, "llm": {"providers": [{"cluster": "a"}], "models": [{"name": "m", "providers": ["a"]}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.stages(), ["llm", "circuit_breaker"]);
         assert!(SuiteConfig::from_json(b"{}").unwrap().stages().is_empty());
     }
 
@@ -101,5 +131,10 @@ mod tests {
         assert_eq!(e.field, "diagnostics.trusted_cidrs[0]");
         let e = SuiteConfig::from_json(br#"{"health_router": {"upstreams": [], "x": 1}}"#).unwrap_err();
         assert!(e.field.starts_with("health_router"), "{e}");
+        let e = SuiteConfig::from_json(
+            br#"{"llm": {"providers": [{"cluster": "a"}], "models": [{"name": "m", "providers": ["b"]}]}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "llm.models[0].providers[0]");
     }
 }

@@ -8,82 +8,147 @@ use serde::Deserialize;
 use super::policy::{FailurePolicy, Policy, RatioPolicy, MAX_PROBES};
 use crate::config::{duration, ConfigError};
 
+/// Trip on the failure ratio over a sliding window.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct RatioJson {
+    /// Failure ratio that trips the circuit, in (0, 1].
+    #[cfg_attr(feature = "schema", schemars(range(max = 1.0), extend("exclusiveMinimum" = 0)))]
     threshold: f64,
+    /// Requests in the window before the ratio counts.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 20), range(min = 1)))]
     #[serde(default)]
     min_requests: Option<u32>,
+    /// The sliding window.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "10s"), pattern(crate::schema::DURATION)))]
     #[serde(default)]
     window: Option<String>,
 }
 
+/// What counts as a failure, and how many trip the circuit.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct FailureJson {
+    /// Statuses that count as failures (besides the response flags that say the upstream
+    /// failed: UF, UT, UC, UR, UH, UO, URX, UPE, UMSDR).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(extend("default" = [500, 502, 503, 504]), inner(range(min = 100, max = 599)))
+    )]
     #[serde(default)]
     statuses: Option<Vec<u16>>,
+    /// Consecutive failures that trip the circuit (default 5; unset when only `ratio` is given).
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     #[serde(default)]
     consecutive: Option<u32>,
+    /// Trip on the failure ratio over a sliding window (default: off).
     #[serde(default)]
     ratio: Option<RatioJson>,
 }
 
+/// How long a circuit stays open: `base × multiplier^(trips since the last close)`, at most
+/// `max`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct OpenJson {
+    /// Open time after the first trip.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "5s"), pattern(crate::schema::DURATION)))]
     #[serde(default)]
     base: Option<String>,
+    /// Longest open time: at least `base` (checked by the filter only); default 60s, or `base`
+    /// when that is longer.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "60s"), pattern(crate::schema::DURATION)))]
     #[serde(default)]
     max: Option<String>,
+    /// Growth of the open time per re-trip (1–100).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 2), range(min = 1.0, max = 100.0)))]
     #[serde(default)]
     multiplier: Option<f64>,
 }
 
+/// Probing after the open time.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct HalfOpenJson {
+    /// Probes in flight at once across all workers (1–64).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 3), range(min = 1, max = 64)))]
     #[serde(default)]
     max_probes: Option<u32>,
+    /// Probe successes that close the circuit; any probe failure re-opens it.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 3), range(min = 1)))]
     #[serde(default)]
     successes_to_close: Option<u32>,
+    /// A probe that has not reported back by then frees its slot.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "30s"), pattern(crate::schema::DURATION)))]
     #[serde(default)]
     probe_timeout: Option<String>,
 }
 
+/// The settings of one breaker.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct PolicyJson {
+    /// What counts as a failure, and how many trip the circuit.
     #[serde(default)]
     failure: FailureJson,
+    /// How long a circuit stays open.
     #[serde(default)]
     open: OpenJson,
+    /// Probing after the open time.
     #[serde(default)]
     half_open: HalfOpenJson,
 }
 
-/// The JSON plugin configuration. The global policy's blocks are fields of their own rather
-/// than a flattened [`PolicyJson`]: flattening buffers the object and loses the path of an
-/// error inside it (`failure.consecutive` would read `.`), and costs its own code in the modules.
+/// # circuit_breaker
+///
+/// The circuit breaker's plugin configuration (also the `circuit_breaker` section of
+/// upstream_guard.wasm's). One breaker per upstream cluster (optionally per cluster and header
+/// value), shared by every worker. Every block is optional.
+// The global policy's blocks are fields of their own rather than a flattened `PolicyJson`:
+// flattening buffers the object and loses the path of an error inside it (`failure.consecutive`
+// would read `.`), and costs its own code in the modules.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BreakerJson {
+    /// What counts as a failure, and how many trip the circuit.
     #[serde(default)]
     failure: FailureJson,
+    /// How long a circuit stays open.
     #[serde(default)]
     open: OpenJson,
+    /// Probing after the open time.
     #[serde(default)]
     half_open: HalfOpenJson,
+    /// Per-cluster overrides of `failure`, `open` and `half_open`, field by field: a field left
+    /// out takes the top-level value, not the default shown.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = {})))]
     #[serde(default)]
     clusters: BTreeMap<String, PolicyJson>,
+    /// HTTP status of the refusal while open (400–599).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 503), range(min = 400, max = 599)))]
     #[serde(default)]
     status: Option<u16>,
+    /// One breaker per (cluster, value of this request header) instead of per cluster.
+    #[cfg_attr(feature = "schema", schemars(pattern(crate::schema::HEADER_NAME)))]
     #[serde(default)]
     key_header: Option<String>,
+    /// With `key_header`: header values are hashed into this many slots per cluster (1–1000000).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 1024), range(min = 1, max = 1000000)))]
     #[serde(default)]
     max_keys: Option<u32>,
+    /// Where the routed cluster is read when Envoy has not resolved the route yet (a
+    /// `cluster_header` route whose header an earlier filter, such as the health router, set).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "x-upstream-cluster"), pattern(crate::schema::HEADER_NAME)))]
     #[serde(default)]
     cluster_header: Option<String>,
+    /// gRPC status of the refusal of a gRPC request (0–16; 14 is UNAVAILABLE).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 14), range(max = 16)))]
     #[serde(default)]
     grpc_status: Option<u32>,
 }

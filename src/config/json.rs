@@ -126,6 +126,16 @@ impl Document {
         reader.end().map_err(|e| ConfigError::new(".", e.to_string(), "remove the text after the JSON object"))?;
         Ok(Document(node))
     }
+
+    /// The document as a plugin configuration: one JSON object (serde would also read an array
+    /// as a struct's fields in order: refused plainly), without a top-level `"$schema"` string.
+    pub(super) fn configuration(self) -> Result<Self, ConfigError> {
+        let Node::Map(mut entries) = self.0 else {
+            return Err(ConfigError::new(".", "is not a JSON object", FIX_SYNTAX));
+        };
+        entries.retain(|(key, value)| !(key == "$schema" && matches!(value, Node::Str(_))));
+        Ok(Document(Node::Map(entries)))
+    }
 }
 
 /// Line and column (from 1, columns in bytes, as serde_json counts them) of byte `at`.
@@ -712,7 +722,7 @@ mod tests {
         let e = refused(r#"{"rules": [{"name": "a"}]}"#);
         assert_eq!((e.field.as_str(), e.problem.as_str()), ("rules[0]", "missing field `limit`"));
         let e = refused("5");
-        assert_eq!((e.field.as_str(), e.problem.as_str()), (".", "invalid type: integer `5`, expected struct Doc"));
+        assert_eq!((e.field.as_str(), e.problem.as_str()), (".", "is not a JSON object"));
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub enum Cause {
     ClusterNotFound,
     DnsResolutionFailed,
     RateLimited,
+    RateLimitServiceUnavailable,
     LocalHealthCheckFailed,
     DownstreamDisconnected,
     UpstreamErrorResponse,
@@ -42,13 +43,21 @@ pub enum Cause {
     Unauthorized,
     FaultInjected,
     Overloaded,
+    /// An LLM provider answered 429: it is paused for the time it asked.
+    UpstreamRateLimited,
+    /// Every provider configured for the requested model is out (each with its reason).
+    ModelUnavailable,
+    /// The request names a model the gateway does not route.
+    UnknownModel,
+    /// The request body is not an OpenAI-compatible JSON request the gateway can route.
+    InvalidRequest,
     Unknown,
     None,
 }
 
 impl Cause {
     /// Every cause, in the order the README's table lists them.
-    pub const ALL: [Cause; 23] = [
+    pub const ALL: [Cause; 28] = [
         Cause::ConnectionRefused,
         Cause::ConnectTimeout,
         Cause::TlsHandshakeFailed,
@@ -62,6 +71,7 @@ impl Cause {
         Cause::ClusterNotFound,
         Cause::DnsResolutionFailed,
         Cause::RateLimited,
+        Cause::RateLimitServiceUnavailable,
         Cause::LocalHealthCheckFailed,
         Cause::DownstreamDisconnected,
         Cause::UpstreamErrorResponse,
@@ -70,6 +80,10 @@ impl Cause {
         Cause::Unauthorized,
         Cause::FaultInjected,
         Cause::Overloaded,
+        Cause::UpstreamRateLimited,
+        Cause::ModelUnavailable,
+        Cause::UnknownModel,
+        Cause::InvalidRequest,
         Cause::Unknown,
         Cause::None,
     ];
@@ -90,6 +104,7 @@ impl Cause {
             Cause::ClusterNotFound => "cluster_not_found",
             Cause::DnsResolutionFailed => "dns_resolution_failed",
             Cause::RateLimited => "rate_limited",
+            Cause::RateLimitServiceUnavailable => "rate_limit_service_unavailable",
             Cause::LocalHealthCheckFailed => "local_health_check_failed",
             Cause::DownstreamDisconnected => "downstream_disconnected",
             Cause::UpstreamErrorResponse => "upstream_error_response",
@@ -98,6 +113,10 @@ impl Cause {
             Cause::Unauthorized => "unauthorized",
             Cause::FaultInjected => "fault_injected",
             Cause::Overloaded => "overloaded",
+            Cause::UpstreamRateLimited => "upstream_rate_limited",
+            Cause::ModelUnavailable => "model_unavailable",
+            Cause::UnknownModel => "unknown_model",
+            Cause::InvalidRequest => "invalid_request",
             Cause::Unknown => "unknown",
             Cause::None => "none",
         }
@@ -141,6 +160,9 @@ impl Cause {
                 "the upstream hostname could not be resolved: check DNS and service discovery for the cluster"
             }
             Cause::RateLimited => "the request went over a rate limit: slow down and retry after the Retry-After delay",
+            Cause::RateLimitServiceUnavailable => {
+                "a global rate limit could not be checked because its rate limit service failed or did not answer in time, and the rule refuses what it cannot check: check the service, its Envoy cluster and its store, or set on_service_error to local"
+            }
             Cause::LocalHealthCheckFailed => {
                 "this proxy failed its own health check and is draining: check why the local service is unhealthy"
             }
@@ -162,6 +184,18 @@ impl Cause {
             Cause::FaultInjected => "a fault-injection rule answered this request: check the route's fault filter settings",
             Cause::Overloaded => {
                 "the proxy is shedding load (overload manager or drop_overload): add capacity or review the overload actions"
+            }
+            Cause::UpstreamRateLimited => {
+                "the provider answered 429 (its own rate limit or quota): it is out of rotation until retry_after, and requests for the model go to its next provider; raise the provider quota or add providers"
+            }
+            Cause::ModelUnavailable => {
+                "every provider configured for this model is out (rate limited, ejected or failing checks; reasons lists each): retry after Retry-After, or add a provider for the model"
+            }
+            Cause::UnknownModel => {
+                "the request names a model the gateway does not route: use one of the models listed in the response body, or add it to the llm configuration"
+            }
+            Cause::InvalidRequest => {
+                "the request body is not a JSON object with a string model field, or is larger than the gateway buffers: fix the client's request"
             }
             Cause::Unknown => "no known cause matched: the flags and details fields carry Envoy's own words",
             Cause::None => "the upstream answered; nothing failed",
@@ -241,8 +275,13 @@ fn own_local_reply(details: &str) -> Option<Cause> {
     match details {
         details::CIRCUIT_OPEN => Some(Cause::CircuitOpen),
         details::RATE_LIMITED => Some(Cause::RateLimited),
+        details::RATE_LIMIT_SERVICE_UNAVAILABLE => Some(Cause::RateLimitServiceUnavailable),
         details::NO_HEALTHY_UPSTREAM => Some(Cause::NoHealthyUpstream),
         details::HEALTH_STATUS => Some(Cause::None),
+        details::MODEL_UNAVAILABLE => Some(Cause::ModelUnavailable),
+        details::UNKNOWN_MODEL => Some(Cause::UnknownModel),
+        details::INVALID_REQUEST => Some(Cause::InvalidRequest),
+        details::TOKEN_BUDGET => Some(Cause::RateLimited),
         d if d.starts_with(details::PREFIX) => Some(Cause::Unknown),
         _ => None,
     }
@@ -452,8 +491,16 @@ mod tests {
     fn own_local_replies_are_named_even_without_flags() {
         assert_eq!(classify(&obs(503, 0, details::CIRCUIT_OPEN, "")), Cause::CircuitOpen);
         assert_eq!(classify(&obs(429, 0, details::RATE_LIMITED, "")), Cause::RateLimited);
+        let unavailable = obs(503, 0, details::RATE_LIMIT_SERVICE_UNAVAILABLE, "");
+        assert_eq!(classify(&unavailable), Cause::RateLimitServiceUnavailable);
+        assert!(is_error(&unavailable));
+        assert!(!upstream_failed(&unavailable, &[503]), "the upstream was never asked");
         assert_eq!(classify(&obs(503, 0, details::NO_HEALTHY_UPSTREAM, "")), Cause::NoHealthyUpstream);
         assert!(is_error(&obs(429, 0, details::RATE_LIMITED, "")));
+        assert_eq!(classify(&obs(503, 0, details::MODEL_UNAVAILABLE, "")), Cause::ModelUnavailable);
+        assert_eq!(classify(&obs(404, 0, details::UNKNOWN_MODEL, "")), Cause::UnknownModel);
+        assert_eq!(classify(&obs(400, 0, details::INVALID_REQUEST, "")), Cause::InvalidRequest);
+        assert_eq!(classify(&obs(429, 0, details::TOKEN_BUDGET, "")), Cause::RateLimited);
     }
 
     #[test]

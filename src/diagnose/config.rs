@@ -7,9 +7,11 @@ use crate::peer::Trust;
 
 /// When the diagnosis header is added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum When {
-    /// Only when a failure flag is set, the status is 500 or more, or one of our filters replied.
+    /// Only when a failure flag is set, the status is 500 or more, or an upstream-guard filter
+    /// replied.
     #[default]
     Errors,
     /// On every response (`cause=none` when nothing failed).
@@ -18,6 +20,7 @@ pub enum When {
 
 /// Who may see upstream addresses, cluster and route names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Expose {
     /// Nobody: every client gets `cause`, `flags` and `hint` only.
@@ -29,17 +32,47 @@ pub enum Expose {
     Always,
 }
 
-/// The JSON plugin configuration, as written by the operator. Every field is optional.
+/// # diagnostics
+///
+/// The diagnostics filter's plugin configuration (also the `diagnostics` section of
+/// upstream_guard.wasm's). Every field is optional: `{}` gives the defaults.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DiagnosticsJson {
+    /// Response header that carries the diagnosis (a lowercase header name).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "x-upstream-diagnosis"), pattern(crate::schema::HEADER_NAME)))]
     pub header: String,
+    /// When the header is added: `errors` (a failure flag is set, the status is 500 or more, or
+    /// an upstream-guard filter replied) or `always` (`cause=none` on success).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "errors")))]
     pub on: When,
+    /// Who sees `status`, `cluster`, `upstream`, `attempts`, `route` and `details`: `never`,
+    /// `trusted` (clients in `trusted_cidrs` or sending the debug token) or `always`. Others get
+    /// `cause`, `flags` and `hint` only.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "trusted")))]
     pub expose_upstream: Expose,
+    /// Client address blocks (`source.address`) that are trusted, IPv4 and IPv6 (`"10.0.0.0/8"`,
+    /// `"::1/128"`, a bare address is one host).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = []), inner(pattern(crate::schema::CIDR))))]
     pub trusted_cidrs: Vec<String>,
+    /// Also trust client addresses Envoy took from `x-forwarded-for`: only safe behind a proxy
+    /// that overwrites that header.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
     pub trust_x_forwarded_for: bool,
+    /// A request carrying this header with `debug_token` as its value is trusted (compared in
+    /// constant time; the header is removed before the request goes upstream). Set both or
+    /// neither: checked by the filter only.
+    #[cfg_attr(feature = "schema", schemars(pattern(crate::schema::HEADER_NAME)))]
     pub debug_header: Option<String>,
+    /// The secret `debug_header` must carry (non-empty). Set both or neither: checked by the
+    /// filter only.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub debug_token: Option<String>,
+    /// When the response is a local reply (Envoy's or another filter's, never the upstream's own
+    /// body) and the client's `Accept` includes `application/json`, replace the body with the
+    /// diagnosis as JSON (same fields) and fix `content-length`. gRPC replies are never rewritten.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
     pub json_body: bool,
 }
 

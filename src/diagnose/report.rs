@@ -18,15 +18,30 @@ pub struct Report<'a> {
     pub route: Option<&'a str>,
     /// `upstream.request_attempt_count`.
     pub attempts: Option<u64>,
+    /// Seconds until the cause is expected to clear (a provider's pause): shown to everyone,
+    /// since it is what a client needs to know.
+    pub retry_after: Option<u64>,
+    /// Per-upstream reasons a stage gave (they name clusters: trusted clients only).
+    pub reasons: Option<&'a str>,
 }
 
 impl<'a> Report<'a> {
     /// A report with no upstream details yet.
     pub fn new(cause: Cause, observation: Observation<'a>) -> Self {
-        Report { cause, observation, cluster: None, upstream: None, route: None, attempts: None }
+        Report {
+            cause,
+            observation,
+            cluster: None,
+            upstream: None,
+            route: None,
+            attempts: None,
+            retry_after: None,
+            reasons: None,
+        }
     }
 
-    fn flags_text(&self) -> String {
+    /// Envoy's short flag names (`UF,URX`), `-` for none.
+    pub fn flags_text(&self) -> String {
         let names = self.observation.flags.short_names();
         if names.is_empty() {
             "-".into()
@@ -41,6 +56,9 @@ impl<'a> Report<'a> {
         let mut d = Dictionary::new();
         d.token("cause", self.cause.token());
         d.string("flags", &self.flags_text());
+        if let Some(s) = self.retry_after {
+            d.integer("retry_after", i64::try_from(s).unwrap_or(i64::MAX));
+        }
         if expose {
             if let Some(status) = self.observation.status {
                 d.integer("status", i64::from(status));
@@ -60,6 +78,9 @@ impl<'a> Report<'a> {
             if !self.observation.details.is_empty() {
                 d.string("details", self.observation.details);
             }
+            if let Some(r) = non_empty(self.reasons) {
+                d.string("reasons", r);
+            }
         }
         d.string("hint", self.cause.hint());
         d.finish()
@@ -70,6 +91,9 @@ impl<'a> Report<'a> {
         let mut m = Map::new();
         m.insert("cause".into(), Value::from(self.cause.token()));
         m.insert("flags".into(), Value::from(self.flags_text()));
+        if let Some(s) = self.retry_after {
+            m.insert("retry_after".into(), Value::from(s));
+        }
         if expose {
             if let Some(status) = self.observation.status {
                 m.insert("status".into(), Value::from(status));
@@ -88,6 +112,9 @@ impl<'a> Report<'a> {
             }
             if !self.observation.details.is_empty() {
                 m.insert("details".into(), Value::from(self.observation.details));
+            }
+            if let Some(r) = non_empty(self.reasons) {
+                m.insert("reasons".into(), Value::from(r));
             }
         }
         m.insert("hint".into(), Value::from(self.cause.hint()));
@@ -118,6 +145,8 @@ mod tests {
             upstream: Some("127.0.0.1:18099"),
             route: Some(""),
             attempts: Some(1),
+            retry_after: None,
+            reasons: None,
         }
     }
 
@@ -147,6 +176,18 @@ mod tests {
         assert_eq!(v["attempts"], 1);
         let hidden: Value = serde_json::from_str(&refused().json(false)).unwrap();
         assert!(hidden.get("upstream").is_none() && hidden.get("cluster").is_none());
+    }
+
+    #[test]
+    fn a_stages_retry_time_is_for_everyone_and_its_reasons_for_trusted_clients() {
+        let mut r = Report::new(Cause::UpstreamRateLimited, Observation { status: Some(429), ..Default::default() });
+        r.retry_after = Some(20);
+        r.reasons = Some("openai: rate limited by the upstream (429), back in 20000 ms");
+        let open = r.header_value(false);
+        assert!(open.starts_with("cause=upstream_rate_limited, flags=\"-\", retry_after=20, hint="), "{open}");
+        assert!(r.header_value(true).contains("reasons=\"openai: rate limited"));
+        let v: Value = serde_json::from_str(&r.json(false)).unwrap();
+        assert_eq!((v["retry_after"].as_u64(), v.get("reasons")), (Some(20), None));
     }
 
     #[test]

@@ -7,17 +7,21 @@ use crate::peer::Trust;
 
 /// How requests are spread over healthy upstreams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// The first healthy upstream in configured order.
     #[default]
     Failover,
+    /// Each healthy upstream in turn.
     RoundRobin,
+    /// Healthy upstreams in proportion to their `weight`.
     Weighted,
 }
 
 /// What to do when no upstream is available.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NoneHealthy {
     /// 503 at once, with every upstream's reason.
@@ -27,76 +31,148 @@ pub enum NoneHealthy {
     Panic,
 }
 
+// Also the LLM stage's providers' checks.
+/// Active checks: `GET` callouts on the tick, sent by one worker at a time.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct HealthCheckJson {
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub(crate) struct HealthCheckJson {
+    /// The path checked with `GET`.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "/healthz"), pattern(crate::schema::PATH)))]
     #[serde(default)]
     path: Option<String>,
+    /// `:authority` of the check (default: the cluster name).
     #[serde(default)]
     authority: Option<String>,
+    /// Statuses that pass (default: any 2xx).
+    #[cfg_attr(feature = "schema", schemars(inner(range(min = 100, max = 599))))]
     #[serde(default)]
     expected_statuses: Option<Vec<u16>>,
+    /// Time between checks.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "1s"), pattern(crate::schema::DURATION)))]
     #[serde(default)]
     interval: Option<String>,
+    /// A check not answered by then fails.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "250ms"), pattern(crate::schema::DURATION)))]
     #[serde(default)]
     timeout: Option<String>,
+    /// A fixed per-upstream offset in `[0, jitter)` added to the interval, so that checks of
+    /// several upstreams spread out.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "0s"), pattern(crate::schema::DURATION_OR_ZERO)))]
     #[serde(default)]
     jitter: Option<String>,
+    /// Failed checks in a row that mark the upstream unhealthy.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 2), range(min = 1)))]
     #[serde(default)]
     unhealthy_threshold: Option<u32>,
+    /// Passed checks in a row that bring it back.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 2), range(min = 1)))]
     #[serde(default)]
     healthy_threshold: Option<u32>,
 }
 
+/// One upstream cluster.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct UpstreamJson {
+    /// An Envoy cluster (printable ASCII without spaces; each listed once, checked by the filter
+    /// only).
+    #[cfg_attr(feature = "schema", schemars(pattern(r"^[!-~]+$")))]
     cluster: String,
+    /// Share of traffic under `strategy: weighted`.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 1), range(min = 1)))]
     #[serde(default)]
     weight: Option<u32>,
+    /// Active checks; without them only passive detection applies.
     #[serde(default)]
     health_check: Option<HealthCheckJson>,
 }
 
+// Also the LLM stage's (with its own defaults).
+/// Passive detection: failed responses in a row eject the upstream at once.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct PassiveJson {
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub(crate) struct PassiveJson {
+    /// Failed responses in a row (a status in `statuses`, or UF/UT/UC/UR/UH) that eject the
+    /// upstream.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 5), range(min = 1)))]
     #[serde(default)]
     consecutive_failures: Option<u32>,
+    /// How long an ejected upstream stays out.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "10s"), pattern(crate::schema::DURATION)))]
     #[serde(default)]
     ejection: Option<String>,
+    /// Statuses that count as failures.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(extend("default" = [500, 502, 503, 504]), inner(range(min = 100, max = 599)))
+    )]
     #[serde(default)]
     statuses: Option<Vec<u16>>,
 }
 
+/// A per-path upstream list.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct RouteJson {
+    /// Requests whose path starts with this use `upstreams`.
     path_prefix: String,
+    /// Clusters named in `upstreams` (checked by the filter only), in preference order.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     upstreams: Vec<String>,
 }
 
-/// The JSON plugin configuration.
+/// # health_router
+///
+/// The health router's plugin configuration (also the `health_router` section of
+/// upstream_guard.wasm's). Routes each request to a healthy upstream cluster by setting
+/// `route_header`, which the route's `cluster_header` reads.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HealthJson {
+    /// The Envoy clusters to route to, in failover order.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     upstreams: Vec<UpstreamJson>,
+    /// `failover` (first available in configured order), `round_robin` or `weighted`.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "failover")))]
     #[serde(default)]
     strategy: Strategy,
+    /// The header the route's `cluster_header` reads; always overwritten, so clients cannot pick
+    /// the upstream.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "x-upstream-cluster"), pattern(crate::schema::HEADER_NAME)))]
     #[serde(default)]
     route_header: Option<String>,
+    /// Passive detection (default: off).
     #[serde(default)]
     passive: Option<PassiveJson>,
+    /// `fail_fast`: a 503 at once with every upstream's reason; `panic`: the configured order
+    /// anyway.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "fail_fast")))]
     #[serde(default)]
     when_none_healthy: NoneHealthy,
+    /// A path answered with every upstream's health as JSON, to `trusted_cidrs` only.
+    #[cfg_attr(feature = "schema", schemars(pattern(crate::schema::PATH)))]
     #[serde(default)]
     status_path: Option<String>,
+    /// Client address blocks that may read `status_path`.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = []), inner(pattern(crate::schema::CIDR))))]
     #[serde(default)]
     trusted_cidrs: Vec<String>,
+    /// Also trust client addresses Envoy took from `x-forwarded-for`: only safe behind a proxy
+    /// that overwrites that header.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
     #[serde(default)]
     trust_x_forwarded_for: bool,
+    /// Per-path upstream lists; the first match picks the list, otherwise every upstream.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = [])))]
     #[serde(default)]
     routes: Vec<RouteJson>,
+    /// gRPC status of the fail-fast refusal of a gRPC request (0–16; 14 is UNAVAILABLE).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 14), range(max = 16)))]
     #[serde(default)]
     grpc_status: Option<u32>,
 }
@@ -219,6 +295,76 @@ impl HealthConfig {
     }
 }
 
+/// A cluster name field: printable ASCII without spaces.
+pub(crate) fn cluster_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || !name.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
+        return Err(ConfigError::new(field, format!("{name:?} is not a cluster name"), "name an Envoy cluster"));
+    }
+    Ok(())
+}
+
+/// Validates an active check of `cluster`; `field` is the check's own path
+/// (`upstreams[0].health_check`).
+pub(crate) fn validate_check(field: &str, cluster: &str, h: HealthCheckJson) -> Result<HealthCheck, ConfigError> {
+    let at = |f: &str| format!("{field}.{f}");
+    let d = HealthCheck::default();
+    let path = h.path.unwrap_or(d.path);
+    if !path.starts_with('/') {
+        return Err(ConfigError::new(
+            at("path"),
+            format!("{path:?} does not start with /"),
+            "use a path such as \"/healthz\"",
+        ));
+    }
+    let expected = h.expected_statuses.unwrap_or_default();
+    statuses(&at("expected_statuses"), &expected)?;
+    let interval_ns = duration(&at("interval"), h.interval.as_deref(), d.interval_ns, false)?;
+    let timeout_ns = duration(&at("timeout"), h.timeout.as_deref(), d.timeout_ns, false)?;
+    let jitter_ns = duration(&at("jitter"), h.jitter.as_deref(), 0, true)?;
+    let unhealthy_threshold = h.unhealthy_threshold.unwrap_or(d.unhealthy_threshold);
+    let healthy_threshold = h.healthy_threshold.unwrap_or(d.healthy_threshold);
+    for (name, v) in [("unhealthy_threshold", unhealthy_threshold), ("healthy_threshold", healthy_threshold)] {
+        if v == 0 {
+            return Err(ConfigError::new(at(name), "is 0", "use 1 or more (default 2)"));
+        }
+    }
+    Ok(HealthCheck {
+        path,
+        authority: h.authority.unwrap_or_else(|| cluster.to_string()),
+        expected_statuses: expected,
+        interval_ns,
+        timeout_ns,
+        jitter_ns,
+        unhealthy_threshold,
+        healthy_threshold,
+    })
+}
+
+/// Validates passive detection (`None`: off), filling unset fields from `defaults`.
+pub(crate) fn validate_passive(
+    field: &str,
+    p: Option<PassiveJson>,
+    defaults: Passive,
+) -> Result<Option<Passive>, ConfigError> {
+    let Some(p) = p else { return Ok(None) };
+    let at = |f: &str| format!("{field}.{f}");
+    let consecutive_failures = p.consecutive_failures.unwrap_or(defaults.consecutive_failures);
+    if consecutive_failures == 0 {
+        return Err(ConfigError::new(
+            at("consecutive_failures"),
+            "is 0",
+            format!("use 1 or more (default {})", defaults.consecutive_failures),
+        ));
+    }
+    let list = p.statuses.unwrap_or(defaults.statuses);
+    statuses(&at("statuses"), &list)?;
+    Ok(Some(Passive {
+        consecutive_failures,
+        ejection_ns: duration(&at("ejection"), p.ejection.as_deref(), defaults.ejection_ns, false)?,
+        statuses: list,
+    }))
+}
+
 impl HealthJson {
     /// Checks every field.
     pub fn validate(self) -> Result<HealthConfig, ConfigError> {
@@ -232,13 +378,7 @@ impl HealthJson {
         let mut upstreams: Vec<Upstream> = Vec::new();
         for (i, u) in self.upstreams.into_iter().enumerate() {
             let at = |f: &str| format!("upstreams[{i}].{f}");
-            if u.cluster.is_empty() || !u.cluster.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
-                return Err(ConfigError::new(
-                    at("cluster"),
-                    format!("{:?} is not a cluster name", u.cluster),
-                    "name an Envoy cluster",
-                ));
-            }
+            cluster_name(&at("cluster"), &u.cluster)?;
             if upstreams.iter().any(|x| x.cluster == u.cluster) {
                 return Err(ConfigError::new(
                     at("cluster"),
@@ -250,70 +390,13 @@ impl HealthJson {
             if weight == 0 {
                 return Err(ConfigError::new(at("weight"), "is 0", "use a positive weight, or remove the upstream"));
             }
-            let health_check = match u.health_check {
-                None => None,
-                Some(h) => {
-                    let d = HealthCheck::default();
-                    let path = h.path.unwrap_or(d.path);
-                    if !path.starts_with('/') {
-                        return Err(ConfigError::new(
-                            at("health_check.path"),
-                            format!("{path:?} does not start with /"),
-                            "use a path such as \"/healthz\"",
-                        ));
-                    }
-                    let expected = h.expected_statuses.unwrap_or_default();
-                    statuses(&at("health_check.expected_statuses"), &expected)?;
-                    let interval_ns =
-                        duration(&at("health_check.interval"), h.interval.as_deref(), d.interval_ns, false)?;
-                    let timeout_ns = duration(&at("health_check.timeout"), h.timeout.as_deref(), d.timeout_ns, false)?;
-                    let jitter_ns = duration(&at("health_check.jitter"), h.jitter.as_deref(), 0, true)?;
-                    let unhealthy_threshold = h.unhealthy_threshold.unwrap_or(d.unhealthy_threshold);
-                    let healthy_threshold = h.healthy_threshold.unwrap_or(d.healthy_threshold);
-                    for (name, v) in
-                        [("unhealthy_threshold", unhealthy_threshold), ("healthy_threshold", healthy_threshold)]
-                    {
-                        if v == 0 {
-                            return Err(ConfigError::new(
-                                at(&format!("health_check.{name}")),
-                                "is 0",
-                                "use 1 or more (default 2)",
-                            ));
-                        }
-                    }
-                    Some(HealthCheck {
-                        path,
-                        authority: h.authority.unwrap_or_else(|| u.cluster.clone()),
-                        expected_statuses: expected,
-                        interval_ns,
-                        timeout_ns,
-                        jitter_ns,
-                        unhealthy_threshold,
-                        healthy_threshold,
-                    })
-                }
-            };
+            let health_check =
+                u.health_check.map(|h| validate_check(&at("health_check"), &u.cluster, h)).transpose()?;
             upstreams.push(Upstream { cluster: u.cluster, weight, health_check });
         }
         let route_header = self.route_header.unwrap_or_else(|| "x-upstream-cluster".into());
         crate::config::header_name("route_header", &route_header)?;
-        let passive = match self.passive {
-            None => None,
-            Some(p) => {
-                let d = Passive::default();
-                let consecutive_failures = p.consecutive_failures.unwrap_or(d.consecutive_failures);
-                if consecutive_failures == 0 {
-                    return Err(ConfigError::new("passive.consecutive_failures", "is 0", "use 1 or more (default 5)"));
-                }
-                let list = p.statuses.unwrap_or(d.statuses);
-                statuses("passive.statuses", &list)?;
-                Some(Passive {
-                    consecutive_failures,
-                    ejection_ns: duration("passive.ejection", p.ejection.as_deref(), d.ejection_ns, false)?,
-                    statuses: list,
-                })
-            }
-        };
+        let passive = validate_passive("passive", self.passive, Passive::default())?;
         if let Some(p) = &self.status_path {
             if !p.starts_with('/') {
                 return Err(ConfigError::new(

@@ -7,7 +7,7 @@
 //! (renewed every tick), probes, and publishes results that all workers route on; if it stops
 //! renewing, the lease expires and another worker takes over.
 
-mod config;
+pub(crate) mod config;
 mod lease;
 mod select;
 mod state;
@@ -36,6 +36,7 @@ pub fn report_json(config: &HealthConfig, indexes: &[usize], states: &[Health], 
                 "consecutive_check_failures": h.consecutive_fail,
                 "consecutive_check_successes": h.consecutive_ok,
                 "ejected_until_ms": if h.ejected_until > now { ms(h.ejected_until) } else { serde_json::Value::Null },
+                "rate_limited_until_ms": if h.rate_limited_until > now { ms(h.rate_limited_until) } else { serde_json::Value::Null },
                 "since_ms": ms(h.since),
                 "active_checks": u.health_check.is_some(),
             }))

@@ -76,6 +76,8 @@ pub enum HealthTransition {
     BecameUnhealthy,
     BecameHealthy,
     Ejected,
+    /// The upstream asked for a pause (429).
+    RateLimited,
 }
 
 /// One upstream's health as all workers share it.
@@ -89,6 +91,9 @@ pub struct Health {
     pub passive_fail: u32,
     /// Passive ejection: unavailable until then.
     pub ejected_until: u64,
+    /// The upstream asked for a pause (a 429 with Retry-After or reset headers): unavailable
+    /// until then, without counting as a failure.
+    pub rate_limited_until: u64,
     /// When the last active check finished (0: never).
     pub last_check_at: u64,
     pub last_result: Option<CheckResult>,
@@ -104,6 +109,7 @@ impl Default for Health {
             consecutive_fail: 0,
             passive_fail: 0,
             ejected_until: 0,
+            rate_limited_until: 0,
             last_check_at: 0,
             last_result: None,
             since: 0,
@@ -114,7 +120,28 @@ impl Default for Health {
 impl Health {
     /// True when requests may go to this upstream at `now`.
     pub fn available(&self, now: u64) -> bool {
-        self.healthy && now >= self.ejected_until
+        self.healthy && now >= self.ejected_until && now >= self.rate_limited_until
+    }
+
+    /// The upstream answered 429 and asked to be left alone until `until`: it leaves rotation
+    /// until then. Not a failure: the consecutive-failure run is neither extended nor reset, and
+    /// an earlier, longer pause is kept. `None` when nothing changed.
+    pub fn apply_rate_limit(&mut self, until: u64) -> Option<HealthTransition> {
+        if until <= self.rate_limited_until {
+            return None;
+        }
+        self.rate_limited_until = until;
+        Some(HealthTransition::RateLimited)
+    }
+
+    /// When this upstream is expected back, if it is out only for a known time (ejection or a
+    /// rate-limit pause, not a failed active check); `None` when available or when only checks
+    /// can bring it back.
+    pub fn back_at(&self, now: u64) -> Option<u64> {
+        if self.available(now) || !self.healthy {
+            return None;
+        }
+        Some(self.ejected_until.max(self.rate_limited_until))
     }
 
     /// Applies an active check result: `unhealthy_threshold` failures in a row mark it
@@ -169,15 +196,21 @@ impl Health {
                 "ejected by passive detection after consecutive failed responses, for {} ms more",
                 (self.ejected_until - now).div_ceil(1_000_000)
             )
+        } else if now < self.rate_limited_until {
+            format!(
+                "rate limited by the upstream (429), back in {} ms",
+                (self.rate_limited_until - now).div_ceil(1_000_000)
+            )
         } else {
             String::new()
         }
     }
 
-    /// Fixed-size little-endian encoding for shared data.
+    /// Fixed-size little-endian encoding for shared data (version 2: version 1 plus
+    /// `rate_limited_until`; both decode).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(48);
-        out.push(1);
+        let mut out = Vec::with_capacity(49);
+        out.push(2);
         out.push(u8::from(self.healthy));
         for v in [self.consecutive_ok, self.consecutive_fail, self.passive_fail] {
             out.extend_from_slice(&v.to_le_bytes());
@@ -186,13 +219,16 @@ impl Health {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&self.last_result.map(CheckResult::encode).unwrap_or([0; 3]));
+        out.extend_from_slice(&self.rate_limited_until.to_le_bytes());
         out
     }
 
     /// Parses [`Health::encode`]'s output.
     pub fn decode(b: &[u8]) -> Option<Health> {
-        if b.len() != 2 + 12 + 24 + 3 || b[0] != 1 {
-            return None;
+        const V1: usize = 2 + 12 + 24 + 3;
+        match (b.first(), b.len()) {
+            (Some(1), V1) | (Some(2), 49) => {}
+            _ => return None,
         }
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
@@ -202,6 +238,7 @@ impl Health {
             consecutive_fail: u32_at(6),
             passive_fail: u32_at(10),
             ejected_until: u64_at(14),
+            rate_limited_until: if b.len() > V1 { u64_at(V1) } else { 0 },
             last_check_at: u64_at(22),
             since: u64_at(30),
             last_result: CheckResult::decode([b[38], b[39], b[40]])?,
@@ -306,7 +343,28 @@ mod tests {
         let mut h = Health::default();
         h.apply_check(&check(1, 1), CheckResult::BadStatus(502), 5);
         h.ejected_until = 99;
+        h.rate_limited_until = 1234;
         assert_eq!(Health::decode(&h.encode()), Some(h));
         assert_eq!(Health::decode(&[1, 2, 3]), None);
+        // A value written by the previous version (without the pause) still reads.
+        let mut v1 = h.encode();
+        v1.truncate(41);
+        v1[0] = 1;
+        assert_eq!(Health::decode(&v1), Some(Health { rate_limited_until: 0, ..h }));
+    }
+
+    #[test]
+    fn a_rate_limit_pause_takes_the_upstream_out_without_counting_a_failure() {
+        let p = Passive { consecutive_failures: 2, ejection_ns: S, ..Passive::default() };
+        let mut h = Health::default();
+        h.apply_passive(&p, true, 0);
+        assert_eq!(h.apply_rate_limit(5 * S), Some(HealthTransition::RateLimited));
+        assert_eq!(h.passive_fail, 1, "a 429 neither extends nor resets the failure run");
+        assert!(!h.available(4 * S));
+        assert_eq!(h.back_at(4 * S), Some(5 * S));
+        assert_eq!(h.reason(4 * S), "rate limited by the upstream (429), back in 1000 ms");
+        assert_eq!(h.apply_rate_limit(3 * S), None, "a shorter pause never shortens a longer one");
+        assert!(h.available(5 * S));
+        assert_eq!(h.back_at(5 * S), None);
     }
 }

@@ -24,6 +24,7 @@ impl Limit {
 
 /// Which algorithm a rule uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// Smooth refill at `requests / per`, bursts up to `burst`.

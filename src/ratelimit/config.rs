@@ -4,11 +4,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::algorithm::{Algorithm, Decision, Limit};
-use super::key::{KeyPart, RequestView, SEPARATOR};
+use super::global::{Global, ServiceJson, Target};
+use super::key::{KeyPart, RequestView};
 use crate::config::ConfigError;
 
 /// Which matching rules apply to a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Apply {
     /// The first rule whose match fits (rules are tried in order).
@@ -20,15 +22,19 @@ pub enum Apply {
 
 /// Enforce limits, or only count what would have been refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
+    /// Refuse requests over a limit.
     #[default]
     Enforce,
+    /// Count and log what would be refused; refuse nothing.
     Shadow,
 }
 
 /// What to do when the shared-data compare-and-swap keeps losing races (retries exhausted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Contention {
     /// Admit the request (availability first); counted in `…contention`.
@@ -48,16 +54,23 @@ impl Contention {
     }
 }
 
-/// Where the client address comes from.
+/// Where the client address (the `client_ip` key part) comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ClientIp {
-    /// Proxies in front of Envoy that append to the header; 0 means "use the peer address".
+    /// Proxies in front of Envoy that append to `header`. `0`: the peer address. `n`: the `n`-th
+    /// entry from the right of `header`, the one your outermost trusted proxy appended; entries to
+    /// its left are client-controlled and ignored. A list too short or an unparsable entry falls
+    /// back to the peer address.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 0), range(max = 64)))]
     pub trusted_hops: u32,
     /// The header those proxies append to.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "x-forwarded-for"), pattern(crate::schema::HEADER_NAME)))]
     pub header: String,
     /// Never key on an address Envoy took from `x-forwarded-for` (port 0): such requests share one
     /// bucket, so a spoofed header never buys a fresh one even on a misconfigured listener.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
     pub require_peer: bool,
 }
 
@@ -67,74 +80,179 @@ impl Default for ClientIp {
     }
 }
 
+/// A rule's limit.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct LimitJson {
+    /// Requests per period, sustained (a fresh key may spend them all at once).
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     requests: u64,
+    /// The period: `250ms`, `1s`, `1m`, `1h`, `1.5s`.
+    #[cfg_attr(feature = "schema", schemars(pattern(crate::schema::DURATION)))]
     per: String,
+    /// Bucket size instead of `requests` (token bucket only: refused with `sliding_window` by the
+    /// filter only).
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     #[serde(default)]
     burst: Option<u64>,
 }
 
+/// A condition on a request header: present (the default), absent (`"present": false`) or equal
+/// to `exact`. `present` and `exact` together are refused by the filter only.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct HeaderMatchJson {
+    /// The header (lowercase).
+    #[cfg_attr(feature = "schema", schemars(pattern(crate::schema::HEADER_NAME)))]
     name: String,
+    /// `false`: the header must be absent.
     #[serde(default)]
     present: Option<bool>,
+    /// The value the header must have.
     #[serde(default)]
     exact: Option<String>,
 }
 
+/// Which requests a rule applies to: every given condition must hold (`{}` matches everything).
+/// At most one of `path_prefix`, `path_exact`, `path_regex`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("not" = {"anyOf": [
+    {"required": ["path_prefix", "path_exact"]},
+    {"required": ["path_prefix", "path_regex"]},
+    {"required": ["path_exact", "path_regex"]}]})))]
 struct MatchJson {
+    /// The path (without its query string) starts with this.
     #[serde(default)]
     path_prefix: Option<String>,
+    /// The path (without its query string) is exactly this.
     #[serde(default)]
     path_exact: Option<String>,
+    /// The path (without its query string) matches this regular expression (Rust regex syntax,
+    /// compiled by the filter only).
     #[serde(default)]
     path_regex: Option<String>,
+    /// The request method, uppercase (`"GET"`).
+    #[cfg_attr(feature = "schema", schemars(pattern(r"^[A-Z]+$")))]
     #[serde(default)]
     method: Option<String>,
+    /// Header conditions, all of which must hold.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = [])))]
     #[serde(default)]
     headers: Vec<HeaderMatchJson>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleJson {
-    name: String,
-    #[serde(rename = "match", default)]
-    matcher: MatchJson,
-    #[serde(default)]
-    key: Option<Vec<Value>>,
-    limit: LimitJson,
-    #[serde(default)]
-    algorithm: Algorithm,
+/// One part of a bucket key.
+#[cfg(feature = "schema")]
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum KeyPartJson {
+    /// The client address (see `client_ip`).
+    ClientIp,
+    /// The request path.
+    Path,
+    /// The request method.
+    Method,
+    /// A request header's value (lowercase name). A missing header puts the request in the
+    /// rule's shared *missing* bucket: leaving the header out never escapes the limit.
+    Header(#[schemars(pattern(crate::schema::HEADER_NAME))] String),
+    /// A fixed text: one bucket for all requests of the rule.
+    Constant(String),
 }
 
-/// The JSON plugin configuration.
+/// One limit.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+struct RuleJson {
+    /// Names the rule in headers, logs and metrics: printable ASCII, unique (uniqueness is
+    /// checked by the filter only).
+    #[cfg_attr(feature = "schema", schemars(pattern(r"^[ -~]+$")))]
+    name: String,
+    /// Which requests the rule applies to (default: every request).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = {})))]
+    #[serde(rename = "match", default)]
+    matcher: MatchJson,
+    /// Parts joined into the bucket key (default `["client_ip"]`).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<Vec<KeyPartJson>>", extend("default" = ["client_ip"]), length(min = 1))
+    )]
+    #[serde(default)]
+    key: Option<Vec<Value>>,
+    /// `{"requests": N, "per": "<duration>"}`: N per period sustained; `burst` sets the bucket
+    /// size instead (token bucket only).
+    limit: LimitJson,
+    /// `token_bucket` (GCRA: one timestamp per key) or `sliding_window` (this and the previous
+    /// fixed window, the previous weighted by overlap).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "token_bucket")))]
+    #[serde(default)]
+    algorithm: Algorithm,
+    /// Count in a rate limit service shared by a fleet of Envoys instead of in this Envoy
+    /// (requires `service`).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
+    #[serde(default)]
+    global: bool,
+    /// The rate limit service of a global rule.
+    #[serde(default)]
+    service: Option<ServiceJson>,
+}
+
+/// # rate_limiter
+///
+/// The rate limiter's plugin configuration (also the `rate_limiter` section of
+/// upstream_guard.wasm's). Keyed limits, exact across every worker of one Envoy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RateLimitJson {
+    /// The limits, tried in order; a request that matches no rule passes unlimited.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     rules: Vec<RuleJson>,
+    /// `first`: the first matching rule applies; `all`: every matching rule, refused if any
+    /// refuses (tokens taken by the earlier rules stay taken).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "first")))]
     #[serde(default)]
     apply: Apply,
+    /// Where the client address comes from.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(extend("default" = {"trusted_hops": 0, "header": "x-forwarded-for", "require_peer": false}))
+    )]
     #[serde(default)]
     client_ip: ClientIp,
+    /// `enforce`, or `shadow`: count and log what would be refused, refuse nothing.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "enforce")))]
     #[serde(default)]
     mode: Mode,
+    /// HTTP status of a refusal (400–599).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 429), range(min = 400, max = 599)))]
     #[serde(default = "default_status")]
     status: u16,
+    /// Size of the shared-data table: keys are hashed into this many slots (1–10000000).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 100000), range(min = 1, max = 10000000)))]
     #[serde(default = "default_max_keys")]
     max_keys: u32,
+    /// When `cas_retries` compare-and-swap attempts all lose races: `allow` or `deny` the
+    /// request; counted either way.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "allow")))]
     #[serde(default)]
     on_contention: Contention,
+    /// Attempts per bucket update (1–1000).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 10), range(min = 1, max = 1000)))]
     #[serde(default = "default_cas_retries")]
     cas_retries: u32,
+    /// Add `RateLimit` / `RateLimit-Policy` (of the tightest rule) to admitted responses.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = true)))]
     #[serde(default = "default_true")]
     response_headers: bool,
+    /// gRPC status of a refusal of a gRPC request (0–16; 8 is RESOURCE_EXHAUSTED, which gRPC
+    /// clients do not retry at once the way they retry UNAVAILABLE).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 8), range(max = 16)))]
     #[serde(default)]
     grpc_status: Option<u32>,
 }
@@ -240,19 +358,15 @@ pub struct Rule {
     /// share a slot: two rules in one slot would read each other's state (a sliding window's
     /// counts as a fresh token bucket, another period's window as a new one) and reset it.
     pub slots: (u32, u32),
+    /// Set for a global rule: counted by a rate limit service for the whole fleet; `limit` and
+    /// `algorithm` then describe the local bucket it falls back to.
+    pub global: Option<Global>,
 }
 
 impl Rule {
     /// The bucket key for `req`: parts joined by 0x1F, as bytes.
     pub fn key(&self, req: &mut dyn RequestView) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (i, part) in self.key.iter().enumerate() {
-            if i > 0 {
-                out.push(SEPARATOR);
-            }
-            part.append(req, &mut out);
-        }
-        out
+        super::key::join_key(&self.key, req)
     }
 
     /// The shared-data slot of this rule's bucket for `key`, within the rule's own share of the
@@ -278,6 +392,8 @@ pub struct RateLimitConfig {
     /// gRPC status of a refusal of a gRPC request (default 8, RESOURCE_EXHAUSTED: not retried
     /// by gRPC clients the way UNAVAILABLE is).
     pub grpc_status: u32,
+    /// The rate limit services global rules call (see [`Global::target`]).
+    pub targets: Vec<Target>,
 }
 
 impl RateLimitConfig {
@@ -300,6 +416,11 @@ impl RateLimitConfig {
             }
         }
         out
+    }
+
+    /// True when some rule is global (the filter then handles gRPC answers).
+    pub fn any_global(&self) -> bool {
+        self.rules.iter().any(|r| r.global.is_some())
     }
 
     /// Every header any rule reads on the request path (for the configure-time read plan).
@@ -365,6 +486,7 @@ impl RateLimitJson {
             ));
         }
         let mut rules = Vec::with_capacity(self.rules.len());
+        let mut targets = Vec::new();
         for (i, r) in self.rules.into_iter().enumerate() {
             let at = |f: &str| format!("rules[{i}].{f}");
             if r.name.is_empty() || !r.name.bytes().all(|b| (b' '..=b'~').contains(&b)) {
@@ -409,10 +531,30 @@ impl RateLimitJson {
                 }
                 Some(parts) => parts.iter().enumerate().map(|(j, p)| key_part(p, &at(&format!("key[{j}]")))).collect::<Result<_, _>>()?,
             };
+            let global = match (r.global, r.service) {
+                (false, None) => None,
+                (true, Some(service)) => {
+                    Some(service.validate(&key, &|f| at(&format!("service.{f}")), &mut targets)?)
+                }
+                (true, None) => {
+                    return Err(err(
+                        at("service"),
+                        "is missing for a global rule",
+                        "add \"service\": {\"cluster\": \"<Envoy cluster of the rate limit service>\", \"domain\": \"<domain>\"}",
+                    ))
+                }
+                (false, Some(_)) => {
+                    return Err(err(
+                        at("global"),
+                        "is false but the rule has a service section",
+                        "set \"global\": true to count this rule in the service, or remove \"service\"",
+                    ))
+                }
+            };
             let policy = super::headers::policy_header(&r.name, &limit);
             let quoted = super::headers::quoted(&r.name);
             let slots = (i as u32 * share, share);
-            rules.push(Rule { name: r.name, matcher, key, limit, algorithm: r.algorithm, policy, quoted, slots });
+            rules.push(Rule { name: r.name, matcher, key, limit, algorithm: r.algorithm, policy, quoted, slots, global });
         }
         Ok(RateLimitConfig {
             rules,
@@ -425,11 +567,12 @@ impl RateLimitJson {
             cas_retries: self.cas_retries,
             response_headers: self.response_headers,
             grpc_status,
+            targets,
         })
     }
 }
 
-fn key_part(v: &Value, field: &str) -> Result<KeyPart, ConfigError> {
+pub(crate) fn key_part(v: &Value, field: &str) -> Result<KeyPart, ConfigError> {
     let fix = "use \"client_ip\", \"path\", \"method\", {\"header\": \"<name>\"} or {\"constant\": \"<text>\"}";
     match v {
         Value::String(s) => match s.as_str() {

@@ -21,6 +21,12 @@ pub fn policy_header(rule: &str, limit: &Limit) -> String {
     format!("{};q={};w={}", sf_string(rule), limit.burst, limit.period_ns.div_ceil(NS_PER_S).max(1))
 }
 
+/// `RateLimit-Policy` item from an already quoted rule name, a quota and a window in seconds
+/// (a global rule reports the limit its service named).
+pub fn policy_field(quoted: &str, quota: u64, window_secs: u64) -> String {
+    format!("{quoted};q={quota};w={}", window_secs.max(1))
+}
+
 /// `RateLimit` item: `remaining` requests, quota whole again in `reset_ns`.
 pub fn ratelimit_header(rule: &str, remaining: u64, reset_ns: u64) -> String {
     ratelimit_field(&quoted(rule), remaining, reset_ns)
@@ -69,6 +75,7 @@ mod tests {
         assert_eq!(policy_header("per-client", &l), r#""per-client";q=100;w=60"#);
         assert_eq!(ratelimit_header("per-client", 0, 1_500_000_000), r#""per-client";r=0;t=2"#);
         assert_eq!(ratelimit_field(&quoted("a"), 12_345_678_901, 0), r#""a";r=12345678901;t=0"#);
+        assert_eq!(policy_field(&quoted("g"), 100, 60), r#""g";q=100;w=60"#);
     }
 
     #[test]

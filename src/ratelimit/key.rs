@@ -51,6 +51,39 @@ impl KeyPart {
         }
     }
 
+    /// This part's value as text, for a rate limit service descriptor (global rules): the client
+    /// address as an address (`10.0.0.1`, `::1`), other parts as their bytes, with any byte
+    /// sequence that is not UTF-8 replaced by U+FFFD (the protocol carries strings). A missing
+    /// source is [`MISSING`] as text: one shared counter, never an escape from the limit.
+    pub fn text(&self, req: &mut dyn RequestView) -> String {
+        match self {
+            KeyPart::ClientIp => match req.client() {
+                ClientAddr::Peer(ip) | ClientAddr::Forwarded(ip) | ClientAddr::Hop(ip) => ip.to_string(),
+                other => String::from_utf8_lossy(&other.key()).into_owned(),
+            },
+            other => {
+                let mut bytes = Vec::new();
+                other.append(req, &mut bytes);
+                match String::from_utf8(bytes) {
+                    Ok(s) => s,
+                    Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                }
+            }
+        }
+    }
+
+    /// The descriptor key this part is sent under unless the rule names one: Envoy's names for
+    /// the same actions (`remote_address`, `generic_key`) and the header's own name.
+    pub fn descriptor_key(&self) -> &str {
+        match self {
+            KeyPart::ClientIp => "remote_address",
+            KeyPart::Header(name) => name,
+            KeyPart::Path => "path",
+            KeyPart::Method => "method",
+            KeyPart::Constant(_) => "generic_key",
+        }
+    }
+
     /// The headers this part reads (for the configure-time read plan).
     pub fn header_name(&self) -> Option<&str> {
         match self {
@@ -60,6 +93,19 @@ impl KeyPart {
             KeyPart::ClientIp | KeyPart::Constant(_) => None,
         }
     }
+}
+
+/// The key of `req` made of `parts`: their values joined by [`SEPARATOR`], as bytes (a rate-limit
+/// rule's bucket, a token budget's balance).
+pub fn join_key(parts: &[KeyPart], req: &mut dyn RequestView) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(SEPARATOR);
+        }
+        part.append(req, &mut out);
+    }
+    out
 }
 
 /// A request view over fixed values, for tests and the documentation.
@@ -112,6 +158,19 @@ mod tests {
         assert_eq!(value(KeyPart::Header("x-other".into())), MISSING);
         assert_eq!(value(KeyPart::ClientIp), MISSING);
         assert_eq!(value(KeyPart::Constant("g".into())), b"g");
+    }
+
+    #[test]
+    fn descriptor_values_are_text_and_addresses_are_written_out() {
+        let mut r = req();
+        assert_eq!(KeyPart::Header("x-tenant".into()).text(&mut r), "acme");
+        assert_eq!(KeyPart::Header("x-bytes".into()).text(&mut r), "caf\u{fffd}\u{fffd}");
+        assert_eq!(KeyPart::Path.text(&mut r), "/a/b");
+        assert_eq!(KeyPart::ClientIp.text(&mut r), "\0missing");
+        r.client = Some(ClientAddr::Peer("2001:db8::1".parse().unwrap()));
+        assert_eq!(KeyPart::ClientIp.text(&mut r), "2001:db8::1");
+        assert_eq!(KeyPart::Constant("g".into()).descriptor_key(), "generic_key");
+        assert_eq!(KeyPart::Header("x-tenant".into()).descriptor_key(), "x-tenant");
     }
 
     #[test]

@@ -3,9 +3,11 @@
 // Istio WasmPlugins are checked with @kubernetes-models/istio; Envoy Gateway
 // EnvoyExtensionPolicies against the project's own JSON Schema
 // (test-harness/schemas/envoy-gateway-envoyextensionpolicy.schema.json). Prints one JSON line per
-// manifest ({file, kind, filter, config}) so the caller can check each plugin config with the
-// filter's own parser; exits 1 on the first invalid manifest, naming the field at fault.
-import { readFileSync, readdirSync } from "node:fs";
+// plugin configuration ({file, kind, filter, config}) so the caller can check each with the
+// filter's own parser and schema: one per manifest, and one per wasm filter of every
+// <example>/envoy.yaml (kind "Envoy", its StringValue parsed as JSON). Exits 1 on the first invalid
+// manifest, naming the field at fault.
+import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { parse } from "yaml";
 import Ajv from "ajv";
@@ -20,6 +22,30 @@ const fail = (file, why) => {
   console.error(`${file}: ${why}`);
   process.exit(1);
 };
+const WASM = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+// Every wasm filter's plugin configuration in an Envoy config: [root_id, configuration text].
+const wasmConfigs = (node, out = []) => {
+  if (Array.isArray(node)) node.forEach((n) => wasmConfigs(n, out));
+  else if (node && typeof node === "object") {
+    if (node["@type"] === WASM && node.config) out.push([node.config.root_id, node.config.configuration?.value ?? ""]);
+    else Object.values(node).forEach((n) => wasmConfigs(n, out));
+  }
+  return out;
+};
+for (const dir of readdirSync(examples).sort()) {
+  const file = join(examples, dir, "envoy.yaml");
+  if (!existsSync(file)) continue;
+  for (const [filter, text] of wasmConfigs(parse(readFileSync(file, "utf8")))) {
+    let config;
+    try {
+      config = text.trim() === "" ? {} : JSON.parse(text);
+    } catch (e) {
+      fail(file, `the configuration of ${filter} is not JSON: ${e.message}`);
+    }
+    console.log(JSON.stringify({ file, kind: "Envoy", filter, config }));
+  }
+}
+
 const yamlFiles = (dir) => readdirSync(join(examples, dir)).filter((f) => f.endsWith(".yaml")).sort();
 
 for (const name of yamlFiles("istio")) {

@@ -226,7 +226,7 @@ fn serve<S: Read + Write>(raw: Option<TcpStream>, io: S, st: &State) {
                 }
             }
         }
-        let Some((path, keep_alive)) = read_request(&mut reader) else { return };
+        let Some(crate::backend::Request { path, keep_alive, .. }) = read_request(&mut reader) else { return };
         if st.stop.load(Ordering::SeqCst) {
             return;
         }
@@ -327,9 +327,19 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Reads one request head (and skips a content-length body). Returns the path and whether the
-/// connection stays open.
-fn read_request<R: BufRead>(r: &mut R) -> Option<(String, bool)> {
+/// One request as a backend read it.
+pub(crate) struct Request {
+    pub path: String,
+    /// Lowercased names.
+    pub headers: Vec<(String, String)>,
+    /// The body (content-length or chunked).
+    pub body: Vec<u8>,
+    /// The connection stays open after the answer.
+    pub keep_alive: bool,
+}
+
+/// Reads one request: head and body.
+pub(crate) fn read_request<R: BufRead>(r: &mut R) -> Option<Request> {
     let mut line = String::new();
     if r.read_line(&mut line).ok()? == 0 {
         return None;
@@ -338,8 +348,7 @@ fn read_request<R: BufRead>(r: &mut R) -> Option<(String, bool)> {
     let _method = parts.next()?;
     let path = parts.next()?.to_string();
     let http10 = parts.next().is_some_and(|v| v == "HTTP/1.0");
-    let mut keep_alive = !http10;
-    let mut body_len = 0usize;
+    let mut headers = Vec::new();
     loop {
         // Header values may hold any bytes (Envoy forwards bytes >= 0x80): read bytes, then lossily.
         let mut raw = Vec::new();
@@ -352,17 +361,29 @@ fn read_request<R: BufRead>(r: &mut R) -> Option<(String, bool)> {
             break;
         }
         if let Some((k, v)) = h.split_once(':') {
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
-            if k == "content-length" {
-                body_len = v.parse().unwrap_or(0);
-            } else if k == "connection" && v == "close" {
-                keep_alive = false;
-            }
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
     }
-    let mut body = vec![0; body_len];
-    r.read_exact(&mut body).ok()?;
-    Some((path, keep_alive))
+    let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.to_ascii_lowercase());
+    let mut body = Vec::new();
+    if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(n) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body = vec![0; n];
+        r.read_exact(&mut body).ok()?;
+    }
+    let keep_alive = !http10 && get("connection").is_none_or(|v| v != "close");
+    Some(Request { path, headers, body, keep_alive })
 }
 
 fn tls_config(cert: Cert) -> Result<(Arc<rustls::ServerConfig>, String)> {

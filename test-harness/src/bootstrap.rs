@@ -65,6 +65,30 @@ pub fn route(prefix: &str, cluster: &str) -> Value {
     json!({"name": format!("route-{cluster}"), "match": {"prefix": prefix}, "route": {"cluster": cluster}})
 }
 
+/// Envoy's buffer filter: holds a request's headers from the router until its body is complete
+/// (at most `max_request_bytes`, else 413). `upstream_guard`'s LLM stage needs it right after the
+/// module: it routes once the body is in.
+pub fn buffer_filter(max_request_bytes: u64) -> Value {
+    json!({
+        "name": "envoy.filters.http.buffer",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+            "max_request_bytes": max_request_bytes,
+        },
+    })
+}
+
+/// A route sending requests under `prefix` to `cluster` when the LLM stage chose that cluster
+/// (the filter state `wasm.upstream_guard.llm_cluster`).
+pub fn llm_route(prefix: &str, cluster: &str) -> Value {
+    json!({
+        "name": format!("llm-{cluster}"),
+        "match": {"prefix": prefix, "filter_state": [
+            {"key": "wasm.upstream_guard.llm_cluster", "string_match": {"exact": cluster}}]},
+        "route": {"cluster": cluster, "timeout": "30s"},
+    })
+}
+
 /// A route sending `prefix` to `cluster` with route-level `rate_limits` (a list of Envoy
 /// `config.route.v3.RateLimit`, each a list of actions that build one descriptor).
 pub fn rate_limited_route(prefix: &str, cluster: &str, rate_limits: Value) -> Value {

@@ -28,6 +28,17 @@ impl Envoy {
         Self::start_file("envoy.json", &config.to_string(), concurrency, true)
     }
 
+    /// Starts Envoy with extra command-line arguments (`--file-flush-interval-msec 50`, say).
+    pub fn start_with_args(config: &Value, concurrency: u32, args: &[&str]) -> Result<Envoy> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Self::start_full(
+            "envoy.json",
+            &config.to_string(),
+            &Launch { concurrency, verbose: true, ..Launch::default() },
+            &args,
+        )
+    }
+
     /// Starts Envoy from YAML text (an example config with its ports rewritten, say).
     pub fn start_yaml(yaml: &str, concurrency: u32) -> Result<Envoy> {
         Self::start_file("envoy.yaml", yaml, concurrency, true)
@@ -40,14 +51,14 @@ impl Envoy {
 
     /// Starts Envoy as `launch` says (pinned to CPUs, or under a profiler), logging warnings only.
     pub fn start_launch(config: &Value, launch: &Launch) -> Result<Envoy> {
-        Self::start_full("envoy.json", &config.to_string(), launch)
+        Self::start_full("envoy.json", &config.to_string(), launch, &[])
     }
 
     fn start_file(name: &str, text: &str, concurrency: u32, verbose: bool) -> Result<Envoy> {
-        Self::start_full(name, text, &Launch { concurrency, verbose, ..Launch::default() })
+        Self::start_full(name, text, &Launch { concurrency, verbose, ..Launch::default() }, &[])
     }
 
-    fn start_full(name: &str, text: &str, launch: &Launch) -> Result<Envoy> {
+    fn start_full(name: &str, text: &str, launch: &Launch, extra: &[String]) -> Result<Envoy> {
         let (concurrency, verbose) = (launch.concurrency.max(1), launch.verbose);
         // A wrapper (taskset, valgrind) needs the Envoy executable itself, not a launcher script.
         let bin = if launch.wrapper.is_empty() { paths::envoy_bin()? } else { paths::envoy_executable()? };
@@ -78,6 +89,7 @@ impl Envoy {
             } else {
                 ["-l", "warn", "--component-log-level", "wasm:warn"]
             })
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))

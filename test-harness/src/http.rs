@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
 
@@ -44,8 +44,70 @@ pub fn request(
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<Response> {
+    let stream = send(addr, method, path, headers, None, timeout)?;
+    read_response(&mut BufReader::new(stream), method == "HEAD")
+}
+
+/// `POST path` with a body (sent with `content-length`).
+pub fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response> {
+    let stream = send(addr, "POST", path, headers, Some(body), Duration::from_secs(15))?;
+    read_response(&mut BufReader::new(stream), false)
+}
+
+/// A response and when its parts arrived.
+#[derive(Debug, Clone)]
+pub struct Timed {
+    pub response: Response,
+    /// When the request was sent.
+    pub sent_at: Instant,
+    /// When the first byte after the response head arrived.
+    pub first_body_byte_at: Option<Instant>,
+}
+
+/// `POST path` with a body, noting when the first byte of the response body arrives (for
+/// time-to-first-byte measurements of streamed responses).
+pub fn post_timed(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Timed> {
+    let sent_at = Instant::now();
+    let mut stream = send(addr, "POST", path, headers, Some(body), timeout)?;
+    let mut raw = Vec::new();
+    let mut first_body_byte_at = None;
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => return Err(Error::Io { context: "read response".into(), source: e }),
+        };
+        raw.extend_from_slice(&buf[..n]);
+        if first_body_byte_at.is_none() {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                if raw.len() > end + 4 {
+                    first_body_byte_at = Some(Instant::now());
+                }
+            }
+        }
+    }
+    let response = read_response(&mut BufReader::new(&raw[..]), false)?;
+    Ok(Timed { response, sent_at, first_body_byte_at })
+}
+
+fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<TcpStream> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(Error::io(format!("connect {addr}")))?;
     stream.set_read_timeout(Some(timeout)).map_err(Error::io("set timeout"))?;
+    let _ = stream.set_nodelay(true);
     let mut head = format!("{method} {path} HTTP/1.1\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         head.push_str("host: localhost\r\n");
@@ -53,9 +115,14 @@ pub fn request(
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
+    if let Some(b) = body {
+        head.push_str(&format!("content-length: {}\r\n", b.len()));
+    }
     head.push_str("connection: close\r\n\r\n");
-    stream.write_all(head.as_bytes()).map_err(Error::io("send request"))?;
-    read_response(&mut BufReader::new(stream), method == "HEAD")
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body.unwrap_or_default());
+    stream.write_all(&bytes).map_err(Error::io("send request"))?;
+    Ok(stream)
 }
 
 /// Sends `raw` (a whole HTTP/1.1 request, any bytes: for requests a well-behaved client would not

@@ -8,7 +8,10 @@
 //! - [`bootstrap`]: builds Envoy bootstrap configs (JSON) with our wasm filters in them;
 //! - [`backend`]: programmable loopback backends (status codes, hangs, resets, closes, TLS with
 //!   self-signed or expired certificates, a health path that fails or passes on command);
-//! - [`http`]: a small blocking HTTP/1.1 client for assertions on status, headers and body;
+//! - [`llm_backend`]: a fake OpenAI-compatible provider (JSON and event-stream answers, chunk
+//!   delays, usage on or off, 429 with any rate-limit headers, 5xx and 529);
+//! - [`http`]: a small blocking HTTP/1.1 client for assertions on status, headers and body, and
+//!   for when a streamed response's first byte arrived;
 //! - [`redis`]: a throw-away `redis-server` on a free loopback port, for global rate limits
 //!   (the `ug-rls-server` crate beside this one is the rate limit service that uses it).
 //! - [`host`]: the deterministic proxy-wasm host (the `proxy-wasm-test-host` crate), and
@@ -23,6 +26,7 @@ pub mod envoy;
 pub mod fuzz;
 pub mod host;
 pub mod http;
+pub mod llm_backend;
 pub mod paths;
 pub mod redis;
 

@@ -65,19 +65,21 @@ fn budgets() -> Vec<(&'static str, Value, u64, u64)> {
     vec![
         // `:status` only: the client address is read when a diagnosis must decide who sees details.
         ("diagnostics", diag(), 1, 1),
-        // client address, clock, bucket read + write, allowed counter, two RateLimit headers.
-        ("rate_limiter", rl(), 7, 2),
+        // client address, clock, bucket read + write, allowed counter, two RateLimit headers, and
+        // the verdict for the access log (a rule applied; a write that returns nothing).
+        ("rate_limiter", rl(), 8, 2),
         // routed cluster, epoch (request), epoch (response), `:status`: the breaker's own state
         // is not read while the epoch says it did not change.
         ("circuit_breaker", cb(), 4, 2),
-        // clock, epoch, route header, routed counter.
+        // clock, epoch, route header, routed counter (a plain choice is not written to the access log).
         ("health_router", hr(), 4, 0),
         // The four together: each value read once and shared by the stages (the cluster comes from
-        // the router stage, the epoch once per callback for the router and the breaker).
+        // the router stage, the epoch once per callback for the router and the breaker), and one
+        // access-log write (the rule that applied).
         (
             "upstream_guard",
             json!({"diagnostics": diag(), "rate_limiter": rl(), "health_router": hr(), "circuit_breaker": cb()}),
-            12,
+            13,
             3,
         ),
     ]

@@ -220,7 +220,9 @@ fn health_check_answers_with_hostile_bytes_count_as_failures_not_traps() {
     let config = json!({"upstreams": [{"cluster": "a", "health_check": {"path": "/healthz", "unhealthy_threshold": 1}}, {"cluster": "b"}]});
     let host = Host::new();
     let p = host.load(wasm_path("health_router").unwrap(), config).unwrap();
-    let answers: Vec<(Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>)> = vec![
+    // (headers, body) of each check's answer.
+    type Answer = (Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>);
+    let answers: Vec<Answer> = vec![
         (vec![(b":status".to_vec(), b"2\xff0".to_vec())], b"\xff\xfe".to_vec()),
         (vec![(b":status".to_vec(), b"503".to_vec())], vec![0xff; 64 * 1024]),
         (vec![(b":status".to_vec(), Vec::new())], Vec::new()),

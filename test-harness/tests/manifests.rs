@@ -46,8 +46,8 @@ fn istio_and_envoy_gateway_manifests_validate_and_carry_valid_plugin_configs() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.iter().filter(|l| l["kind"] == "WasmPlugin").count(), 4, "one WasmPlugin per filter");
-    assert_eq!(lines.iter().filter(|l| l["kind"] == "EnvoyExtensionPolicy").count(), 4, "one policy per filter");
+    assert_eq!(lines.iter().filter(|l| l["kind"] == "WasmPlugin").count(), 5, "one WasmPlugin per module");
+    assert_eq!(lines.iter().filter(|l| l["kind"] == "EnvoyExtensionPolicy").count(), 5, "one policy per module");
     for l in &lines {
         check_plugin_config(l["filter"].as_str().unwrap(), &l["config"])
             .unwrap_or_else(|e| panic!("{}: {e}", l["file"]));
@@ -129,5 +129,5 @@ fn every_example_envoy_config_passes_envoy_validate() {
             checked += 1;
         }
     }
-    assert!(checked >= 5, "expected an envoy.yaml per filter plus chain/, found {checked}");
+    assert!(checked >= 6, "expected an envoy.yaml per filter plus chain/ and llm-gateway/, found {checked}");
 }

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
             .and_then(|_| setup_target())
             .and_then(|()| build())
             .and_then(|()| push(&args[1..])),
+        Some("schemas") => schemas(),
         Some("manifests") => setup_target().and_then(|()| build()).and_then(|()| manifests(&args[1..])),
         Some("demo") => setup().and_then(|()| build()).and_then(|()| {
             let example = if args.iter().any(|a| a == "--chain") {
@@ -81,11 +82,22 @@ fn main() -> ExitCode {
             setup_target().and_then(|()| build())?;
             xtask::fuzz::run(minutes, seed, target).map(drop).map_err(|e| TaskError(e.0))
         }),
+        Some("bench") if args.iter().any(|a| a == "--llm") => setup_target().and_then(|()| build()).and_then(|()| {
+            let plan = if args.iter().any(|a| a == "--smoke") {
+                xtask::bench::Plan::smoke()
+            } else {
+                xtask::bench::Plan::full()
+            };
+            xtask::bench::llm(&plan).map(drop).map_err(|e| TaskError(e.0))
+        }),
         Some("bench") if args.iter().any(|a| a == "--harness") => {
             setup_target().and_then(|()| build()).and_then(|()| {
                 xtask::bench::harness_micro(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
             })
         }
+        Some("bench") if args.iter().any(|a| a == "--global") => setup().and_then(|()| build()).and_then(|()| {
+            xtask::bench::global_rate_limit(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
+        }),
         Some("bench") => setup().and_then(|()| build()).and_then(|()| {
             let plan = if args.iter().any(|a| a == "--smoke") {
                 xtask::bench::Plan::smoke()
@@ -129,11 +141,14 @@ usage: cargo xtask <command>
   manifests [--registry REGISTRY/PREFIX] [--tag TAG]
           regenerate envoy-examples/istio/ and envoy-examples/envoy-gateway/ pinned to the
           digests of the images built from this checkout (default ghcr.io/upstream-guard)
-  bench [--smoke | --harness]
+  schemas regenerate envoy-examples/schemas/<module>.schema.json from the configuration types
+  bench [--smoke | --harness | --global | --llm]
           throughput and latency in real Envoy (passthrough, each filter, the chain, native
-          equivalents), breaker latency, failover vs native, harness ns/round and load times;
-          prints tables and writes target/bench/results.json (--smoke: a few seconds, to keep it
-          working; --harness: only the harness figures, printed, not saved)
+          equivalents), breaker latency, failover vs native, global rate limits vs local and
+          native, harness ns/round and load times; prints tables and writes
+          target/bench/results.json (--smoke: a few seconds, to keep it working; --harness,
+          --global or --llm: only those figures, printed, not saved; --llm: time to first byte,
+          body cost, token accounting error)
   fuzz [--minutes N] [--seed S] [--target NAME]
           fuzz every module's callbacks on the deterministic host for N minutes (default 10), all
           modules at once; a failure prints the seed, the shortest failing sequence and how to
@@ -191,7 +206,7 @@ fn setup_npm() -> Result {
     let manifest = std::fs::read(src.join("package.json")).map_err(|e| TaskError(format!("package.json: {e}")))?;
     let fresh = std::fs::read(dst.join("package.json")).ok().as_deref() == Some(manifest.as_slice())
         && dst.join("node_modules").join("ajv").is_dir();
-    for f in ["package.json", "validate-manifests.mjs"] {
+    for f in ["package.json", "validate-manifests.mjs", "validate-configs.mjs"] {
         std::fs::copy(src.join(f), dst.join(f)).map_err(|e| TaskError(format!("copy {f}: {e}")))?;
     }
     if fresh {
@@ -424,6 +439,20 @@ fn manifests(args: &[String]) -> Result {
             std::fs::write(&path, text).map_err(|e| TaskError(format!("{}: {e}", path.display())))?;
             println!("{}", path.display());
         }
+    }
+    Ok(())
+}
+
+/// Writes every configuration's JSON Schema (`upstream_guard::schema`) to
+/// `envoy-examples/schemas/`; the `config_schemas` test fails when these files are stale.
+fn schemas() -> Result {
+    let dir = root().join("envoy-examples").join("schemas");
+    std::fs::create_dir_all(&dir).map_err(|e| TaskError(format!("{}: {e}", dir.display())))?;
+    for (name, schema) in upstream_guard::schema::all() {
+        let path = dir.join(format!("{name}.schema.json"));
+        std::fs::write(&path, upstream_guard::schema::file_text(&schema))
+            .map_err(|e| TaskError(format!("{}: {e}", path.display())))?;
+        println!("{}", path.display());
     }
     Ok(())
 }

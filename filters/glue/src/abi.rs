@@ -100,6 +100,7 @@ extern "C" {
         buffer_data: *const u8,
         buffer_size: usize,
     ) -> u32;
+    pub fn proxy_get_buffer_status(buffer_type: u32, return_buffer_size: *mut usize, return_flags: *mut u32) -> u32;
     pub fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize)
         -> u32;
     pub fn proxy_get_header_map_value(
@@ -216,6 +217,7 @@ mod native {
         proxy_set_tick_period_milliseconds(p: u32);
         proxy_get_buffer_bytes(t: u32, a: usize, m: usize, rd: *mut *mut u8, rs: *mut usize);
         proxy_set_buffer_bytes(t: u32, a: usize, s: usize, d: *const u8, l: usize);
+        proxy_get_buffer_status(t: u32, s: *mut usize, f: *mut u32);
         proxy_get_header_map_pairs(t: u32, rd: *mut *mut u8, rs: *mut usize);
         proxy_get_header_map_value(t: u32, k: *const u8, kl: usize, rd: *mut *mut u8, rs: *mut usize);
         proxy_replace_header_map_value(t: u32, k: *const u8, kl: usize, v: *const u8, vl: usize);

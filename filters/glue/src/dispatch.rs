@@ -5,7 +5,8 @@
 //! on as if it answered "continue") without entering the VM, and every entry into V8 costs about
 //! 2,000 instructions per stream. The SDK's dispatcher exports every callback; a module built
 //! here exports `context_create`, `request_headers`, `response_headers` and `delete`, plus
-//! `response_body`, `log`, `tick`, HTTP-callout and gRPC callbacks on request.
+//! `request_body` (with request trailers), `response_body`, `log`, `tick`, HTTP-callout and gRPC
+//! callbacks on request.
 //!
 //! State: one [`Vm`] per VM (per Envoy worker), holding a [`Root`] per plugin configuration
 //! (root context) and a [`Slot`] per live stream. Callbacks clone the slot's `Rc` and release the
@@ -36,6 +37,19 @@ const STOP: u32 = 1;
 const STOP_ALL: u32 = 4;
 /// `FilterDataStatus::StopIterationAndBuffer`.
 const BUFFER: u32 = 1;
+/// `FilterDataStatus::StopIterationNoBuffer`: after a local reply sent from a body callback.
+const STOP_NO_BUFFER: u32 = 3;
+
+/// Which callback a decision is settled in: the stop codes differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Callback {
+    /// Request headers (`FilterHeadersStatus`), or an asynchronous answer.
+    Headers,
+    /// A request body chunk (`FilterDataStatus`).
+    Body,
+    /// Request trailers (`FilterTrailersStatus`).
+    Trailers,
+}
 
 /// Context ids are small integers the host hands out: a multiplicative hash spreads them well
 /// enough, for a fraction of SipHash's cost on every callback.
@@ -193,18 +207,43 @@ fn with_stream<P: Pipeline, R>(
 }
 
 impl<P: Pipeline> Root<P> {
-    /// Acts on where the request stands: go on, wait, or send the refusal (decorated by the
-    /// stages before the one that refused). A reply the host refuses lets the request go on, is
-    /// counted and logged: one way, for every stage.
-    fn settle(&self, st: &mut P::Streams, cx: &mut Cx<'_>, step: Step) -> u32 {
+    /// Acts on where the request stands: go on, wait, read the body, or send the refusal
+    /// (decorated by the stages before the one that refused). A reply the host refuses lets the
+    /// request go on, is counted and logged: one way, for every stage.
+    fn settle(&self, st: &mut P::Streams, cx: &mut Cx<'_>, step: Step, callback: Callback) -> u32 {
         match step {
-            Step::Continue => CONTINUE,
-            Step::Wait(_) => STOP_ALL,
+            Step::Continue => {
+                cx.facts().body_stage = None;
+                CONTINUE
+            }
+            Step::Wait(_) => match callback {
+                Callback::Headers => STOP_ALL,
+                Callback::Body => BUFFER,
+                Callback::Trailers => STOP,
+            },
+            Step::Body(stage) => {
+                if cx.facts().body_stage.is_none() {
+                    // The headers go on now (a native buffer filter holds them from the router):
+                    // keep a copy for the stages that decide after the body.
+                    cx.keep_request_headers();
+                    cx.facts().body_stage = Some(stage);
+                }
+                match callback {
+                    Callback::Headers => CONTINUE,
+                    Callback::Body => BUFFER,
+                    Callback::Trailers => STOP,
+                }
+            }
             Step::Reply(stage, mut reply) => {
+                cx.facts().body_stage = None;
                 cx.facts().replied = Some(Replied { status: reply.status, details: reply.details });
                 self.pipeline.decorate_before(st, cx, stage, &mut reply);
                 if self.send(&reply) {
-                    STOP
+                    if callback == Callback::Body {
+                        STOP_NO_BUFFER
+                    } else {
+                        STOP
+                    }
                 } else {
                     cx.facts().replied = None;
                     CONTINUE
@@ -234,7 +273,31 @@ pub fn request_headers<P: Pipeline>(vm: VmKey<P>, id: u32, end_of_stream: bool) 
     with_stream(vm, id, Phase::Request, |root, st, cx| {
         cx.end_of_stream = end_of_stream;
         let step = root.pipeline.request_from(st, cx, 0);
-        root.settle(st, cx, step)
+        root.settle(st, cx, step, Callback::Headers)
+    })
+    .unwrap_or(CONTINUE)
+}
+
+/// `proxy_on_request_body`: the chunk goes to the stage that decides from the body (held until
+/// the end); every other request passes at once.
+pub fn request_body<P: Pipeline>(vm: VmKey<P>, id: u32, size: usize, end: bool) -> u32 {
+    with_stream(vm, id, Phase::Request, |root, st, cx| {
+        let Some(stage) = cx.facts().body_stage else { return CONTINUE };
+        cx.end_of_stream = end;
+        let step = root.pipeline.request_body_at(st, cx, stage, size, end);
+        root.settle(st, cx, step, Callback::Body)
+    })
+    .unwrap_or(CONTINUE)
+}
+
+/// `proxy_on_request_trailers`: trailers end the body the stage is reading.
+pub fn request_trailers<P: Pipeline>(vm: VmKey<P>, id: u32) -> u32 {
+    with_stream(vm, id, Phase::Request, |root, st, cx| {
+        let Some(stage) = cx.facts().body_stage else { return CONTINUE };
+        cx.end_of_stream = true;
+        let size = host::buffer_len(BufferType::HttpRequestBody).unwrap_or(0);
+        let step = root.pipeline.request_body_at(st, cx, stage, size, true);
+        root.settle(st, cx, step, Callback::Trailers)
     })
     .unwrap_or(CONTINUE)
 }
@@ -256,6 +319,8 @@ pub fn response_body<P: Pipeline>(vm: VmKey<P>, id: u32, size: usize, end: bool)
         if end && action == BodyAction::Continue {
             cx.facts().response_complete = true;
         }
+        // Held data comes back with the next chunk: stages that read chunks skip what they saw.
+        cx.facts().response_seen = if action == BodyAction::Hold { size } else { 0 };
         action
     });
     match action {
@@ -314,7 +379,7 @@ fn deliver<P: Pipeline>(vm: VmKey<P>, root_id: u32, event: &Event<'_>) {
     }
     let action = with_stream(vm, stream, Phase::Request, |root, st, cx| {
         let step = root.pipeline.resume_at(st, cx, stage, event);
-        root.settle(st, cx, step)
+        root.settle(st, cx, step, Callback::Headers)
     });
     if action == Some(CONTINUE) {
         let _ = host::continue_request();
@@ -322,7 +387,8 @@ fn deliver<P: Pipeline>(vm: VmKey<P>, root_id: u32, event: &Event<'_>) {
 }
 
 /// Writes the `proxy_on_*` exports of a module: `export_filter!(name, PipelineType, configure_fn,
-/// [optional callbacks])`, where the optional callbacks are any of `response_body`,
+/// [optional callbacks])`, where the optional callbacks are any of `request_body` (request body
+/// and trailers: needed by stages that decide from the body), `response_body`,
 /// `response_trailers`, `log`, `tick`, `http_calls`, `grpc`.
 #[macro_export]
 macro_rules! export_filter {
@@ -356,6 +422,16 @@ macro_rules! export_filter {
             $crate::dispatch::delete(&UG_VM, id)
         }
         $($crate::export_filter!(@optional $opt);)*
+    };
+    (@optional request_body) => {
+        #[no_mangle]
+        pub extern "C" fn proxy_on_request_body(id: u32, size: usize, end: u32) -> u32 {
+            $crate::dispatch::request_body(&UG_VM, id, size, end != 0)
+        }
+        #[no_mangle]
+        pub extern "C" fn proxy_on_request_trailers(id: u32, _trailers: usize) -> u32 {
+            $crate::dispatch::request_trailers(&UG_VM, id)
+        }
     };
     (@optional response_body) => {
         #[no_mangle]

@@ -181,6 +181,14 @@ pub fn buffer(kind: BufferType, start: usize, max: usize) -> Option<Vec<u8>> {
     Some(take(ptr, len))
 }
 
+/// How many bytes a buffer holds now (`None` when the host cannot tell).
+pub fn buffer_len(kind: BufferType) -> Option<usize> {
+    let (mut len, mut flags) = (0usize, 0u32);
+    // SAFETY: the return slots are live locals.
+    Status::check(unsafe { abi::proxy_get_buffer_status(kind as u32, &mut len, &mut flags) }).ok()?;
+    Some(len)
+}
+
 /// Replaces `size` bytes of a buffer at `start` with `data`.
 pub fn set_buffer(kind: BufferType, start: usize, size: usize, data: &[u8]) -> Result<(), Status> {
     // SAFETY: `data` is alive for the call.

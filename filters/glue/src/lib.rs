@@ -31,4 +31,4 @@ pub use abi::{BufferType, MapType, Status};
 pub use host::Level;
 pub use metrics::{Counter, Family, Gauge};
 pub use stage::{BodyAction, Event, Flow, LocalReply, Pipeline, Stage, Step};
-pub use stream::{Cx, Facts, Phase, Replied};
+pub use stream::{Cx, Facts, Note, Phase, Replied};

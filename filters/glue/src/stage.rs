@@ -9,6 +9,17 @@
 //! When a stage refuses a request, the stages before it [`Stage::decorate`] the reply (the
 //! diagnostics stage adds its header, and its JSON body) before it is sent, the way an earlier
 //! filter in a chain sees a later filter's local reply.
+//!
+//! A stage that decides from the request body (the LLM stage routes by the body's model) answers
+//! [`Flow::Body`] at the headers. The stages before it have decided; it and the stages after it
+//! decide once the body is in: every chunk goes to its [`Stage::request_body`] (Envoy buffers
+//! them), and when the last one has, the stages after it run their [`Stage::request`]. Envoy
+//! does not let a wasm filter hold the request headers while it reads the body (proxy-wasm hosts
+//! turn a headers `StopIteration` into "stop everything"), so the headers go on at once: a
+//! native buffer filter placed after this module must hold them from the router until the body
+//! is complete. From then on request headers can no longer be read or changed from the module:
+//! the dispatcher keeps a copy for [`Cx::request_header`], and a stage that routes after the body
+//! does it with filter state and a route-cache clear, not with a header.
 
 use crate::stream::Cx;
 
@@ -66,6 +77,9 @@ pub enum Flow {
     Reply(LocalReply),
     /// Hold it until an answer arrives (see [`Stage::resume`]).
     Wait,
+    /// Decide from the request body (see the module documentation): the chunks go to
+    /// [`Stage::request_body`], and the stages after this one wait for its decision.
+    Body,
 }
 
 /// An answer a waiting stage receives.
@@ -89,8 +103,17 @@ pub trait Stage: 'static {
     /// What the stage remembers about one stream.
     type Stream: Default + 'static;
 
-    /// Request headers arrived.
+    /// Request headers arrived (for a stage after one that answered [`Flow::Body`]: the body is
+    /// complete, and request headers are only readable from the copy [`Cx`] keeps).
     fn request(&self, _st: &mut Self::Stream, _cx: &mut Cx<'_>) -> Flow {
+        Flow::Continue
+    }
+    /// A chunk of the request body, for the stage that answered [`Flow::Body`]: `size` bytes are
+    /// held so far (every chunk since the headers), `end` on the last. Before the end,
+    /// [`Flow::Continue`] reads on; at the end it lets the request go on (the stages after this
+    /// one decide next). [`Flow::Reply`] refuses; [`Flow::Wait`] at the end waits for an answer
+    /// ([`Stage::resume`]).
+    fn request_body(&self, _st: &mut Self::Stream, _cx: &mut Cx<'_>, _size: usize, _end: bool) -> Flow {
         Flow::Continue
     }
     /// An answer to what the stage waits for arrived ([`Flow::Wait`]).
@@ -129,6 +152,9 @@ impl<S: Stage> Stage for Option<S> {
 
     fn request(&self, st: &mut S::Stream, cx: &mut Cx<'_>) -> Flow {
         self.as_ref().map_or(Flow::Continue, |s| s.request(st, cx))
+    }
+    fn request_body(&self, st: &mut S::Stream, cx: &mut Cx<'_>, size: usize, end: bool) -> Flow {
+        self.as_ref().map_or(Flow::Continue, |s| s.request_body(st, cx, size, end))
     }
     fn resume(&self, st: &mut S::Stream, cx: &mut Cx<'_>, event: &Event<'_>) -> Flow {
         self.as_ref().map_or(Flow::Continue, |s| s.resume(st, cx, event))
@@ -183,6 +209,8 @@ pub enum Step {
     Wait(usize),
     /// Stage `n` refuses it.
     Reply(usize, LocalReply),
+    /// Stage `n` decides from the body: let the headers go on and send it the body.
+    Body(usize),
 }
 
 /// Stages in order.
@@ -192,6 +220,9 @@ pub trait Pipeline: 'static {
 
     /// Runs the request through stages `from..`.
     fn request_from(&self, st: &mut Self::Streams, cx: &mut Cx<'_>, from: usize) -> Step;
+    /// A request body chunk for stage `stage` (which answered [`Flow::Body`]); at the end of the
+    /// body, once it lets the request go on, the stages after it.
+    fn request_body_at(&self, st: &mut Self::Streams, cx: &mut Cx<'_>, stage: usize, size: usize, end: bool) -> Step;
     /// Resumes stage `stage` with `event`, then runs the stages after it.
     fn resume_at(&self, st: &mut Self::Streams, cx: &mut Cx<'_>, stage: usize, event: &Event<'_>) -> Step;
     /// Lets the stages before `stage` decorate its reply.
@@ -226,10 +257,24 @@ macro_rules! pipeline_for_tuple {
                             Flow::Continue => {}
                             Flow::Wait => return Step::Wait($i),
                             Flow::Reply(r) => return Step::Reply($i, r),
+                            Flow::Body => return Step::Body($i),
                         }
                     }
                 )+
                 Step::Continue
+            }
+
+            fn request_body_at(&self, st: &mut Self::Streams, cx: &mut Cx<'_>, stage: usize, size: usize, end: bool) -> Step {
+                let flow = match stage {
+                    $($i => self.$i.request_body(&mut st.$i, cx, size, end),)+
+                    _ => Flow::Continue,
+                };
+                match flow {
+                    Flow::Continue if end => self.request_from(st, cx, stage + 1),
+                    Flow::Continue | Flow::Body => Step::Body(stage),
+                    Flow::Wait => Step::Wait(stage),
+                    Flow::Reply(r) => Step::Reply(stage, r),
+                }
             }
 
             fn resume_at(&self, st: &mut Self::Streams, cx: &mut Cx<'_>, stage: usize, event: &Event<'_>) -> Step {
@@ -241,6 +286,7 @@ macro_rules! pipeline_for_tuple {
                     Flow::Continue => self.request_from(st, cx, stage + 1),
                     Flow::Wait => Step::Wait(stage),
                     Flow::Reply(r) => Step::Reply(stage, r),
+                    Flow::Body => Step::Body(stage),
                 }
             }
 

@@ -6,7 +6,7 @@
 //! here for the stages after them: the upstream cluster the router chose, the local reply a stage
 //! sent.
 
-use upstream_guard::diagnose::{Observation, ResponseFlags};
+use upstream_guard::diagnose::{Cause, Observation, ResponseFlags};
 use upstream_guard::peer::Peer;
 
 use crate::abi::MapType;
@@ -57,6 +57,18 @@ pub struct Replied {
     pub details: &'static str,
 }
 
+/// A diagnosis a stage already made, for the diagnostics stage to report as it is: the LLM
+/// stage knows that a 429 came from a provider (and when it will be tried again), or why every
+/// provider of a model is out, which Envoy's flags cannot say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub cause: Cause,
+    /// Seconds until the cause should clear (shown to every client).
+    pub retry_after_s: Option<u64>,
+    /// Per-upstream reasons (they name clusters: trusted clients only).
+    pub reasons: Option<String>,
+}
+
 /// The callback the stream is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -87,6 +99,25 @@ pub struct Facts {
     /// The response reached its end (headers, body or trailers said end of stream): nothing can
     /// fail after the headers any more. Only known in modules that export the body callbacks.
     pub response_complete: bool,
+    /// The response is a gRPC trailers-only answer with a status other than OK: HTTP 200, yet
+    /// possibly Envoy's own refusal (a gRPC client's "connection refused" is a 200 with UF).
+    grpc_failed: Option<bool>,
+    /// A stage's own diagnosis of this stream (see [`Note`]).
+    pub note: Option<Note>,
+    /// The stage that decides from the request body, while it reads it.
+    pub(crate) body_stage: Option<usize>,
+    /// Bytes at the start of the response body buffer that the stages already saw (held back by
+    /// a stage in an earlier body callback).
+    pub(crate) response_seen: usize,
+}
+
+impl Facts {
+    /// How many bytes at the start of this response body callback's buffer an earlier callback
+    /// already passed to the stages (non-zero only while some stage holds the body back):
+    /// a stage that reads chunks reads from here.
+    pub fn response_seen(&self) -> usize {
+        self.response_seen
+    }
 }
 
 /// A stage's handle on the stream during one callback.
@@ -134,9 +165,18 @@ impl<'a> Cx<'a> {
         *self.facts.peer.get_or_insert_with(|| host::property(path::SOURCE_ADDRESS).and_then(|b| Peer::parse(&b)))
     }
 
+    /// Reads the whole request header map now (if not read yet) and answers every later
+    /// [`Cx::request_header`] from it: for the callbacks after the headers went on, when Envoy no
+    /// longer lets the module read them.
+    pub fn keep_request_headers(&mut self) {
+        if self.facts.request_map.is_none() {
+            self.facts.request_map = Some(host::header_map(MapType::RequestHeaders).unwrap_or_default());
+        }
+    }
+
     /// A request header's value as bytes (the first, if repeated), read once per stream.
     pub fn request_header(&mut self, name: &str) -> Option<&[u8]> {
-        if self.plan.whole_map {
+        if self.plan.whole_map || self.facts.request_map.is_some() {
             let map = self
                 .facts
                 .request_map
@@ -234,7 +274,7 @@ impl<'a> Cx<'a> {
             return OwnedObservation { status: Some(r.status), details: r.details.to_string(), ..Default::default() };
         }
         let status = self.status();
-        let below_400 = status.is_some_and(|s| s < 400);
+        let below_400 = status.is_some_and(|s| s < 400) && !self.grpc_failed();
         if below_400 && self.phase != Phase::Log {
             return OwnedObservation { status, ..OwnedObservation::default() };
         }
@@ -249,6 +289,27 @@ impl<'a> Cx<'a> {
         let details = self.details().to_string();
         let transport_failure = if flags.any_failure() { self.transport_failure().to_string() } else { String::new() };
         OwnedObservation { status, flags, details, transport_failure }
+    }
+
+    /// Publishes a stage's verdict for the access log: Envoy keeps it as filter state
+    /// `wasm.<key>`, printed by `%FILTER_STATE(wasm.<key>:PLAIN)%`. One host call that returns
+    /// nothing; a host without the call (or a stream without stream info) simply keeps nothing.
+    pub fn publish(&mut self, key: &str, fields: &upstream_guard::access_log::Fields) {
+        let _ = host::set_property(key.as_bytes(), fields.as_str().as_bytes());
+    }
+
+    /// True for a gRPC trailers-only response whose `grpc-status` is not 0. Read (one header)
+    /// only for a response whose headers end the stream, once per stream.
+    fn grpc_failed(&mut self) -> bool {
+        if let Some(f) = self.facts.grpc_failed {
+            return f;
+        }
+        if self.phase != Phase::Response || !self.end_of_stream {
+            return false;
+        }
+        let failed = host::header(MapType::ResponseHeaders, "grpc-status").is_some_and(|s| s.as_slice() != b"0");
+        self.facts.grpc_failed = Some(failed);
+        failed
     }
 
     /// A string property, lossily (for names and addresses shown to trusted clients).

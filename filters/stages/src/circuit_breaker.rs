@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use upstream_guard::access_log::{key, Fields};
 use upstream_guard::breaker::{Admission, Breaker, BreakerConfig, Outcome, Phase, Policy, Transition};
 use upstream_guard::details;
 use upstream_guard::ratelimit::retry_after_secs;
@@ -212,12 +213,17 @@ impl Stage for CircuitBreaker {
                 Flow::Continue
             }
             Admission::Probe(id) => {
+                let fields = Fields::new().add("cluster", &cluster).add("state", phase.name()).add("decision", "probe");
+                cx.publish(key::CIRCUIT_BREAKER, &fields);
                 st.probe = Some(id);
                 st.target = Some(Target { cluster, key });
                 Flow::Continue
             }
             Admission::Reject { retry_after_ns } => {
                 self.metrics.get(&cluster).rejected.inc();
+                let fields =
+                    Fields::new().add("cluster", &cluster).add("state", phase.name()).add("decision", "refused");
+                cx.publish(key::CIRCUIT_BREAKER, &fields);
                 let retry_after = retry_after_secs(retry_after_ns).to_string();
                 // The body never names the cluster: any client may receive it, and cluster names
                 // are internal (the diagnostics stage shows them to trusted clients).
@@ -258,7 +264,19 @@ impl Stage for CircuitBreaker {
         }
         let now = cx.now();
         match self.update(&target.key, |b| b.record(policy, now, outcome, probe)) {
-            Ok(Some(t)) => self.report(&target.cluster, &target.key, t),
+            Ok(Some(t)) => {
+                // The response that moved the circuit says so in its access log line.
+                let decision = match (t.from, t.to) {
+                    (Phase::HalfOpen, Phase::Open) => "reopened",
+                    (_, Phase::Open) => "tripped",
+                    (_, Phase::Closed) => "closed",
+                    (_, Phase::HalfOpen) => "half_opened",
+                };
+                let fields =
+                    Fields::new().add("cluster", &target.cluster).add("state", t.to.name()).add("decision", decision);
+                cx.publish(key::CIRCUIT_BREAKER, &fields);
+                self.report(&target.cluster, &target.key, t)
+            }
             Ok(None) => {}
             Err(_) => self.metrics.get(&target.cluster).contention.inc(),
         }

@@ -6,8 +6,11 @@
 //! local replies swap the body for the diagnosis as JSON when asked. The replies of the other
 //! stages of the same module are diagnosed as they are sent ([`Stage::decorate`]), with no
 //! property read at all. At the end of the stream the final flags are classified again and
-//! counted, so a reset after the headers left is still counted.
+//! counted, so a reset after the headers left is still counted. When a later stage already knows
+//! the cause (the LLM stage: a provider's 429, every provider of a model out), it leaves a
+//! [`Note`](upstream_guard_glue::Note) and the diagnosis reports it as it is.
 
+use upstream_guard::access_log::{key, Fields};
 use upstream_guard::diagnose::{classify, is_error, Cause, DiagnosticsConfig, Expose, Observation, Report, When};
 use upstream_guard_glue::stream::{path, OwnedObservation};
 use upstream_guard_glue::{host, BodyAction, BufferType, Counter, Cx, Flow, Level, LocalReply, Stage};
@@ -41,6 +44,15 @@ impl Diagnostics {
         t
     }
 
+    /// The verdict for the access log: cause and flags.
+    fn publish(st: &mut DiagnosticsStream, cx: &mut Cx<'_>, report: &Report<'_>) {
+        cx.publish(
+            key::DIAGNOSTICS,
+            &Fields::new().add("cause", report.cause.token()).add("flags", &report.flags_text()),
+        );
+        st.published = Some(report.cause);
+    }
+
     fn count(&self, cause: Cause) {
         if let Some(c) = Cause::ALL.iter().position(|c| *c == cause).and_then(|i| self.per_cause.get(i)) {
             c.inc();
@@ -55,8 +67,14 @@ impl Diagnostics {
         trusted: bool,
         names: &'a mut Names,
     ) -> Report<'a> {
-        let cause = classify(&obs.view());
+        let note = cx.facts().note.clone();
+        let cause = note.as_ref().map_or_else(|| classify(&obs.view()), |n| n.cause);
         let mut report = Report::new(cause, obs.view());
+        if let Some(n) = note {
+            report.retry_after = n.retry_after_s;
+            names.reasons = n.reasons;
+            report.reasons = names.reasons.as_deref();
+        }
         if trusted {
             names.cluster = cx.facts().cluster.clone().or_else(|| cx.property_text(path::CLUSTER_NAME));
             names.upstream = cx.property_text(path::UPSTREAM_ADDRESS);
@@ -75,6 +93,7 @@ struct Names {
     cluster: Option<String>,
     upstream: Option<String>,
     route: Option<String>,
+    reasons: Option<String>,
 }
 
 /// Per stream.
@@ -90,6 +109,8 @@ pub struct DiagnosticsStream {
     decorated: bool,
     /// JSON body to put in place of a local reply's body.
     replacement: Option<Vec<u8>>,
+    /// The cause published for the access log.
+    published: Option<Cause>,
 }
 
 /// Compares without an early exit, so response timing does not reveal how much of a guessed
@@ -122,7 +143,10 @@ impl Stage for Diagnostics {
             st.token_sent = ok.unwrap_or(false);
         }
         if config.json_body {
-            st.wants_json = cx.request_header("accept").is_some_and(accepts_json);
+            // A gRPC client gets its diagnosis in the header only: a local reply's body becomes
+            // its grpc-message, and the upstream's body is never ours to touch.
+            let grpc = cx.request_header("content-type").is_some_and(|t| t.starts_with(b"application/grpc"));
+            st.wants_json = !grpc && cx.request_header("accept").is_some_and(accepts_json);
         }
         Flow::Continue
     }
@@ -133,13 +157,14 @@ impl Stage for Diagnostics {
             details: reply.details.to_string(),
             ..OwnedObservation::default()
         };
-        if self.config.when == When::Errors && !is_error(&obs.view()) {
+        if self.config.when == When::Errors && !is_error(&obs.view()) && cx.facts().note.is_none() {
             return;
         }
         let trusted = self.trusted(st, cx);
         let mut names = Names::default();
         let report = self.report(cx, &obs, trusted, &mut names);
         reply.set_header(&self.config.header, report.header_value(trusted));
+        Self::publish(st, cx, &report);
         let json_reply = reply.header_value("content-type").is_some_and(|t| t.starts_with(b"application/json"));
         if self.config.json_body && st.wants_json && !json_reply {
             reply.body = report.json(trusted).into_bytes();
@@ -153,13 +178,14 @@ impl Stage for Diagnostics {
             return;
         }
         let obs = cx.observation();
-        if self.config.when == When::Errors && !is_error(&obs.view()) {
+        if self.config.when == When::Errors && !is_error(&obs.view()) && cx.facts().note.is_none() {
             return;
         }
         let trusted = self.trusted(st, cx);
         let mut names = Names::default();
         let report = self.report(cx, &obs, trusted, &mut names);
         cx.set_response_header(&self.config.header, report.header_value(trusted).as_bytes());
+        Self::publish(st, cx, &report);
         if report.cause != Cause::None {
             host::log_with(Level::Debug, || format!("diagnostics: {}", report.header_value(true)));
         }
@@ -193,13 +219,20 @@ impl Stage for Diagnostics {
         BodyAction::Continue
     }
 
-    fn log(&self, _st: &mut DiagnosticsStream, cx: &mut Cx<'_>) {
+    fn log(&self, st: &mut DiagnosticsStream, cx: &mut Cx<'_>) {
         // Count with the final flags: a reset after the headers went out is only known now.
         let obs = cx.observation();
         let view: Observation<'_> = obs.view();
-        if is_error(&view) {
-            let cause = classify(&view);
+        let noted = cx.facts().note.as_ref().map(|n| n.cause);
+        if is_error(&view) || noted.is_some() {
+            let cause = noted.unwrap_or_else(|| classify(&view));
             self.count(cause);
+            if st.published != Some(cause) {
+                // A failure the response headers did not show (a reset in the body). Envoy 1.40
+                // runs the HTTP connection manager's access loggers after this callback, so the
+                // log line still shows it; where a host logs earlier, the header-time value stays.
+                Self::publish(st, cx, &Report::new(cause, view));
+            }
             host::log_with(Level::Debug, || {
                 format!("diagnostics: stream ended: {}", Report::new(cause, view).header_value(true))
             });
@@ -212,6 +245,7 @@ impl Stage for Diagnostics {
         }
         if self.config.json_body {
             out.push("accept".into());
+            out.push("content-type".into());
         }
     }
 }

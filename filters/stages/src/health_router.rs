@@ -11,14 +11,20 @@
 //!   says, per upstream, why (to trusted clients; others get no cluster names); or, with
 //!   `when_none_healthy: panic`, the configured order anyway.
 //!
-//! Shared-data keys: `ug.hr.lease`, `ug.hr.seq`, `ug.hr.v` and one `ug.hr.h.<cluster>` per
-//! configured upstream: bounded by the configuration.
+//! Shared-data keys: `ug.hr.lease`, `ug.hr.seq` and one `ug.hr.h.<cluster>` per configured
+//! upstream: bounded by the configuration. The machinery is a [`Pool`], which the LLM stage
+//! reuses for its providers under its own keys.
+//!
+//! In the combined module, a request an earlier stage already routed (`Facts::cluster` set by the
+//! LLM stage) is left alone.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
+use upstream_guard::access_log::{key, Fields};
 use upstream_guard::details;
 use upstream_guard::diagnose::upstream_failed;
+use upstream_guard::health::Strategy;
 use upstream_guard::health::{
     report_json, select, Candidate, CheckResult, Health, HealthConfig, HealthTransition, Lease, NoneHealthy,
 };
@@ -26,12 +32,20 @@ use upstream_guard_glue::shared::{self, Epoch, Snapshot};
 use upstream_guard_glue::{host, BufferType, Counter, Cx, Flow, Gauge, Level, LocalReply, MapType, Stage};
 
 const CAS_ATTEMPTS: u32 = 16;
-const LEASE_KEY: &[u8] = b"ug.hr.lease";
-const SEQ_KEY: &[u8] = b"ug.hr.seq";
 
-fn health_key(cluster: &str) -> Vec<u8> {
-    format!("ug.hr.h.{cluster}").into_bytes()
+/// Where a pool keeps its state and reports: shared-data keys `<keys>.h.<cluster>`,
+/// `<keys>.lease`, `<keys>.seq`; metrics `<metrics>.<cluster>.…`; log lines prefixed `<log>:`.
+/// Two pools in one module (the health router's upstreams, the LLM stage's providers) never
+/// share a lease or a prober id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Namespace {
+    pub keys: &'static str,
+    pub metrics: &'static str,
+    pub log: &'static str,
 }
+
+/// The health router's namespace (its keys and metric names are part of its interface).
+const HEALTH_ROUTER: Namespace = Namespace { keys: "ug.hr", metrics: "upstream_guard.health", log: "health_router" };
 
 /// Metrics of one upstream.
 #[derive(Clone, Copy)]
@@ -54,25 +68,30 @@ struct Prober {
     last_dispatch: Vec<u64>,
 }
 
-/// The stage, configured.
-pub struct HealthRouter {
-    config: HealthConfig,
+/// A set of upstreams with shared health: active checks by the lease holder, passive ejection,
+/// pauses, selection. The health router routes over one; the LLM stage over another (its
+/// providers).
+pub(crate) struct Pool {
+    pub config: HealthConfig,
+    ns: Namespace,
+    lease_key: Vec<u8>,
+    seq_key: Vec<u8>,
+    health_keys: Vec<Vec<u8>>,
     metrics: Vec<UpstreamMetrics>,
-    no_healthy: Counter,
     /// Per-VM rotation counter for round-robin and weighted selection.
     rotation: Cell<u64>,
     health: Snapshot<Vec<Health>>,
     prober: RefCell<Prober>,
 }
 
-impl HealthRouter {
+impl Pool {
     /// Defines the metrics.
-    pub fn new(config: HealthConfig) -> HealthRouter {
+    pub fn new(config: HealthConfig, ns: Namespace) -> Pool {
         let metrics = config
             .upstreams
             .iter()
             .map(|u| {
-                let base = format!("upstream_guard.health.{}", upstream_guard_glue::metrics::segment(&u.cluster));
+                let base = format!("{}.{}", ns.metrics, upstream_guard_glue::metrics::segment(&u.cluster));
                 UpstreamMetrics {
                     healthy: Gauge::define(&format!("{base}.healthy")),
                     checks_passed: Counter::define(&format!("{base}.checks_passed")),
@@ -82,11 +101,16 @@ impl HealthRouter {
                 }
             })
             .collect();
+        let health_keys =
+            config.upstreams.iter().map(|u| format!("{}.h.{}", ns.keys, u.cluster).into_bytes()).collect();
         let prober = Prober { last_dispatch: vec![0; config.upstreams.len()], ..Prober::default() };
-        HealthRouter {
+        Pool {
+            lease_key: format!("{}.lease", ns.keys).into_bytes(),
+            seq_key: format!("{}.seq", ns.keys).into_bytes(),
+            health_keys,
             config,
+            ns,
             metrics,
-            no_healthy: Counter::define("upstream_guard.health.no_healthy_upstream"),
             rotation: Cell::new(0),
             health: Snapshot::new(),
             prober: RefCell::new(prober),
@@ -95,36 +119,91 @@ impl HealthRouter {
 
     /// Every upstream's shared health (a never-checked upstream is healthy), from this worker's
     /// copy unless it changed.
-    fn states(&self, epoch: u32) -> Vec<Health> {
+    pub fn states(&self, epoch: u32) -> Vec<Health> {
         let reload = |all: &mut Vec<Health>| {
             *all = self
-                .config
-                .upstreams
+                .health_keys
                 .iter()
-                .map(|u| {
-                    host::shared_get(&health_key(&u.cluster))
-                        .ok()
-                        .flatten()
-                        .and_then(|(v, _)| Health::decode(&v))
-                        .unwrap_or_default()
-                })
+                .map(|k| host::shared_get(k).ok().flatten().and_then(|(v, _)| Health::decode(&v)).unwrap_or_default())
                 .collect();
         };
         self.health.with(epoch, reload, |all| all.clone())
     }
 
+    /// Picks among `indexes` with the configured strategy; `None` when none is available.
+    pub fn select(&self, indexes: &[usize], states: &[Health], now: u64) -> Option<usize> {
+        let candidates: Vec<Candidate> = indexes
+            .iter()
+            .filter_map(|i| {
+                let h = states.get(*i)?;
+                Some(Candidate {
+                    index: *i,
+                    available: h.available(now),
+                    weight: self.config.upstreams.get(*i)?.weight,
+                })
+            })
+            .collect();
+        let counter = self.rotation.get();
+        self.rotation.set(counter.wrapping_add(1));
+        select(self.config.strategy, &candidates, counter)
+    }
+
+    /// Why upstream `chosen` (the access log's `reason`), and the unavailable upstreams passed
+    /// over, each with why (`primary:unhealthy`, `primary:ejected`): under failover those before
+    /// the one chosen, otherwise all of them.
+    pub fn why(&self, indexes: &[usize], states: &[Health], chosen: Option<usize>, now: u64) -> (&'static str, String) {
+        let strategy = self.config.strategy;
+        let reason = match (chosen, strategy) {
+            (None, _) if self.config.when_none_healthy == NoneHealthy::Panic => "panic",
+            (None, _) => "none_healthy",
+            (Some(i), Strategy::Failover) if indexes.first() == Some(&i) => "first_choice",
+            (Some(_), Strategy::Failover) => "failover",
+            (Some(_), Strategy::RoundRobin) => "round_robin",
+            (Some(_), Strategy::Weighted) => "weighted",
+        };
+        let before_chosen = strategy == Strategy::Failover && chosen.is_some();
+        let mut skipped = String::new();
+        for &i in indexes {
+            if before_chosen && Some(i) == chosen {
+                break;
+            }
+            let (Some(h), Some(u)) = (states.get(i), self.config.upstreams.get(i)) else { continue };
+            if h.available(now) {
+                continue;
+            }
+            if !skipped.is_empty() {
+                skipped.push(',');
+            }
+            skipped.push_str(&u.cluster);
+            skipped.push_str(if h.healthy { ":ejected" } else { ":unhealthy" });
+        }
+        (reason, skipped)
+    }
+
+    /// Counts a request routed to upstream `i`.
+    pub fn routed(&self, i: usize) {
+        if let Some(m) = self.metrics.get(i) {
+            m.routed.inc();
+        }
+    }
+
     /// Applies `f` to upstream `i`'s shared health with compare-and-swap; announces a change to
     /// every worker; logs and counts a transition.
-    fn update(&self, i: usize, f: impl Fn(&mut Health) -> Option<HealthTransition>) {
-        let (Some(u), Some(m)) = (self.config.upstreams.get(i), self.metrics.get(i)) else { return };
-        let result = shared::update(&health_key(&u.cluster), CAS_ATTEMPTS, |cur| {
+    pub fn update(&self, i: usize, f: impl Fn(&mut Health) -> Option<HealthTransition>) {
+        let (Some(u), Some(m), Some(key)) =
+            (self.config.upstreams.get(i), self.metrics.get(i), self.health_keys.get(i))
+        else {
+            return;
+        };
+        let log = self.ns.log;
+        let result = shared::update(key, CAS_ATTEMPTS, |cur| {
             let old = cur.and_then(Health::decode).unwrap_or_default();
             let mut new = old;
             let t = f(&mut new);
             ((new != old).then(|| new.encode()), (t, new, new != old))
         });
         let Ok((transition, health, changed)) = result else {
-            host::log(Level::Warn, &format!("health_router: could not update the health of {:?}", u.cluster));
+            host::log(Level::Warn, &format!("{log}: could not update the health of {:?}", u.cluster));
             return;
         };
         if changed {
@@ -133,116 +212,31 @@ impl HealthRouter {
         m.healthy.set(u64::from(health.healthy));
         match transition {
             Some(HealthTransition::BecameUnhealthy) => host::log_with(Level::Warn, || {
-                format!("health_router: upstream {:?} is unhealthy: {}", u.cluster, health.reason(health.last_check_at))
+                format!("{log}: upstream {:?} is unhealthy: {}", u.cluster, health.reason(health.last_check_at))
             }),
             Some(HealthTransition::BecameHealthy) => {
-                host::log_with(Level::Info, || format!("health_router: upstream {:?} is healthy again", u.cluster))
+                host::log_with(Level::Info, || format!("{log}: upstream {:?} is healthy again", u.cluster))
             }
             Some(HealthTransition::Ejected) => {
                 m.ejections.inc();
-                host::log_with(Level::Warn, || {
-                    format!("health_router: upstream {:?} ejected by passive detection", u.cluster)
-                })
+                host::log_with(Level::Warn, || format!("{log}: upstream {:?} ejected by passive detection", u.cluster))
             }
+            Some(HealthTransition::RateLimited) => host::log_with(Level::Info, || {
+                format!(
+                    "{log}: upstream {:?} asked for a pause (429) until {} ms",
+                    u.cluster,
+                    health.rate_limited_until / 1_000_000
+                )
+            }),
             None => {}
         }
     }
 
-    /// This worker's prober id, from a shared counter (once).
-    fn worker_id(&self, prober: &mut Prober) -> Option<u64> {
-        if prober.worker_id.is_none() {
-            prober.worker_id = shared::update(SEQ_KEY, CAS_ATTEMPTS, |cur| {
-                let next = cur.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes).unwrap_or(0) + 1;
-                (Some(next.to_le_bytes().to_vec()), next)
-            })
-            .ok();
-        }
-        prober.worker_id
-    }
-}
-
-/// Per stream: the upstream chosen.
-#[derive(Debug, Default)]
-pub struct HealthStream {
-    chosen: Option<usize>,
-}
-
-impl Stage for HealthRouter {
-    type Stream = HealthStream;
-
-    fn request(&self, st: &mut HealthStream, cx: &mut Cx<'_>) -> Flow {
-        let config = &self.config;
-        let now = cx.now();
-        let needs_path = config.status_path.is_some() || !config.routes.is_empty();
-        let path = if needs_path { cx.request_header(":path").map(<[u8]>::to_vec) } else { None };
-        let path_only = path.as_deref().map(|p| p.split(|b| *b == b'?').next().unwrap_or_default()).unwrap_or(b"");
-
-        if config.status_path.as_deref().is_some_and(|s| s.as_bytes() == path_only) && config.trust.trusts(cx.peer()) {
-            let all: Vec<usize> = (0..config.upstreams.len()).collect();
-            let body = report_json(config, &all, &self.states(cx.epoch()), now);
-            let mut reply = LocalReply::text(200, details::HEALTH_STATUS, String::new());
-            reply.body = body.into_bytes();
-            reply.set_header("content-type", "application/json");
-            return Flow::Reply(reply);
-        }
-
-        let indexes = config.upstreams_for(&String::from_utf8_lossy(path_only));
-        let states = self.states(cx.epoch());
-        let candidates: Vec<Candidate> = indexes
-            .iter()
-            .filter_map(|i| {
-                let h = states.get(*i)?;
-                Some(Candidate { index: *i, available: h.available(now), weight: config.upstreams.get(*i)?.weight })
-            })
-            .collect();
-        let counter = self.rotation.get();
-        self.rotation.set(counter.wrapping_add(1));
-        let chosen = match select(config.strategy, &candidates, counter) {
-            Some(i) => i,
-            None if config.when_none_healthy == NoneHealthy::Panic => indexes.first().copied().unwrap_or(0),
-            None => {
-                self.no_healthy.inc();
-                // Every upstream and why it is out, for trusted clients only (the same who may read
-                // the status endpoint): cluster names and check results are internal. Others get
-                // Envoy's own words, which the diagnostics stage can turn into its JSON.
-                let mut reply = if config.trust.trusts(cx.peer()) {
-                    let listed: Vec<Health> = indexes.iter().filter_map(|i| states.get(*i).copied()).collect();
-                    let mut r = LocalReply::text(503, details::NO_HEALTHY_UPSTREAM, String::new())
-                        .header("content-type", "application/json");
-                    r.body = report_json(config, &indexes, &listed, now).into_bytes();
-                    r
-                } else {
-                    LocalReply::text(503, details::NO_HEALTHY_UPSTREAM, "no healthy upstream\n".into())
-                }
-                .header("retry-after", "1");
-                reply.grpc_status = Some(config.grpc_status);
-                return Flow::Reply(reply);
-            }
-        };
-        let Some(upstream) = config.upstreams.get(chosen) else { return Flow::Continue };
-        // Overwrite whatever the client sent: clients never choose the upstream. For an ABI 0.2.1
-        // module Envoy clears the route cache itself when a request header changes, so the route
-        // is matched again with this header (the explicit `clear_route_cache` foreign function
-        // would cost another entry into the host for nothing).
-        cx.set_request_header(&config.route_header, upstream.cluster.as_bytes());
-        if let Some(m) = self.metrics.get(chosen) {
-            m.routed.inc();
-        }
-        cx.facts().cluster = Some(upstream.cluster.clone());
-        st.chosen = Some(chosen);
-        Flow::Continue
-    }
-
-    fn response(&self, st: &mut HealthStream, cx: &mut Cx<'_>) {
-        let (Some(i), Some(passive)) = (st.chosen, self.config.passive.as_ref()) else { return };
-        if cx.facts().replied.is_some() {
-            // A later stage of this module refused the request: it never reached the upstream.
-            return;
-        }
-        let obs = cx.observation();
-        let failed = upstream_failed(&obs.view(), &passive.statuses);
-        // A success with no failure counted changes nothing: no write (and no read of the state
-        // itself while this worker's copy is current).
+    /// Passive detection of one response of upstream `i`: `failed` per the one failure
+    /// classifier. A success with no failure counted changes nothing: no write (and no read of
+    /// the state itself while this worker's copy is current).
+    pub fn passive(&self, i: usize, failed: bool, cx: &mut Cx<'_>) {
+        let Some(passive) = self.config.passive.as_ref() else { return };
         if !failed && self.states(cx.epoch()).get(i).is_some_and(|h| h.passive_fail == 0) {
             return;
         }
@@ -250,11 +244,24 @@ impl Stage for HealthRouter {
         self.update(i, |h| h.apply_passive(passive, failed, now));
     }
 
-    fn tick(&self, now: u64) {
+    /// This worker's prober id, from a shared counter (once).
+    fn worker_id(&self, prober: &mut Prober) -> Option<u64> {
+        if prober.worker_id.is_none() {
+            prober.worker_id = shared::update(&self.seq_key, CAS_ATTEMPTS, |cur| {
+                let next = cur.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes).unwrap_or(0) + 1;
+                (Some(next.to_le_bytes().to_vec()), next)
+            })
+            .ok();
+        }
+        prober.worker_id
+    }
+
+    /// The timer: the lease holder sends the checks that are due.
+    pub fn tick(&self, now: u64) {
         let Ok(mut prober) = self.prober.try_borrow_mut() else { return };
         let Some(me) = self.worker_id(&mut prober) else { return };
         let ttl = self.config.lease_ttl_ns();
-        let holder = shared::update(LEASE_KEY, CAS_ATTEMPTS, |cur| {
+        let holder = shared::update(&self.lease_key, CAS_ATTEMPTS, |cur| {
             let (write, mine) = Lease::claim(cur.and_then(Lease::decode), me, now, ttl);
             (write.map(|l| l.encode()), mine)
         })
@@ -294,8 +301,8 @@ impl Stage for HealthRouter {
                     host::log(
                         Level::Warn,
                         &format!(
-                            "health_router: cannot send a health check to cluster {:?} ({status:?}): is it defined in Envoy?",
-                            u.cluster
+                            "{}: cannot send a health check to cluster {:?} ({status:?}): is it defined in Envoy?",
+                            self.ns.log, u.cluster
                         ),
                     );
                     if let Some(m) = self.metrics.get(i) {
@@ -307,12 +314,14 @@ impl Stage for HealthRouter {
         }
     }
 
-    fn tick_ms(&self) -> Option<u32> {
+    /// How often the pool ticks: only when some upstream has active checks.
+    pub fn tick_ms(&self) -> Option<u32> {
         let any = self.config.upstreams.iter().any(|u| u.health_check.is_some());
         any.then(|| u32::try_from(self.config.tick_ns() / 1_000_000).unwrap_or(u32::MAX).max(1))
     }
 
-    fn http_call_response(&self, token: u32, _headers: usize, body: usize) {
+    /// A check's answer (ignored when the token is not one of this pool's checks).
+    pub fn http_call_response(&self, token: u32, _headers: usize, body: usize) {
         let Some((i, _)) = self.prober.try_borrow_mut().ok().and_then(|mut p| p.in_flight.remove(&token)) else {
             return;
         };
@@ -335,9 +344,131 @@ impl Stage for HealthRouter {
         let now = host::now();
         self.update(i, |h| h.apply_check(check, result, now));
     }
+}
+
+/// The stage, configured.
+pub struct HealthRouter {
+    pool: Pool,
+    no_healthy: Counter,
+}
+
+impl HealthRouter {
+    /// Defines the metrics.
+    pub fn new(config: HealthConfig) -> HealthRouter {
+        HealthRouter {
+            pool: Pool::new(config, HEALTH_ROUTER),
+            no_healthy: Counter::define("upstream_guard.health.no_healthy_upstream"),
+        }
+    }
+}
+
+/// Per stream: the upstream chosen.
+#[derive(Debug, Default)]
+pub struct HealthStream {
+    chosen: Option<usize>,
+}
+
+impl Stage for HealthRouter {
+    type Stream = HealthStream;
+
+    fn request(&self, st: &mut HealthStream, cx: &mut Cx<'_>) -> Flow {
+        if cx.facts().cluster.is_some() {
+            // An earlier stage of this module routed the request (the LLM stage, by model): its
+            // choice stands.
+            return Flow::Continue;
+        }
+        let pool = &self.pool;
+        let config = &pool.config;
+        let now = cx.now();
+        let needs_path = config.status_path.is_some() || !config.routes.is_empty();
+        let path = if needs_path { cx.request_header(":path").map(<[u8]>::to_vec) } else { None };
+        let path_only = path.as_deref().map(|p| p.split(|b| *b == b'?').next().unwrap_or_default()).unwrap_or(b"");
+
+        if config.status_path.as_deref().is_some_and(|s| s.as_bytes() == path_only) && config.trust.trusts(cx.peer()) {
+            let all: Vec<usize> = (0..config.upstreams.len()).collect();
+            let body = report_json(config, &all, &pool.states(cx.epoch()), now);
+            let mut reply = LocalReply::text(200, details::HEALTH_STATUS, String::new());
+            reply.body = body.into_bytes();
+            reply.set_header("content-type", "application/json");
+            cx.publish(key::HEALTH_ROUTER, &Fields::new().add("reason", "status_endpoint"));
+            return Flow::Reply(reply);
+        }
+
+        let indexes = config.upstreams_for(&String::from_utf8_lossy(path_only));
+        let states = pool.states(cx.epoch());
+        let selected = pool.select(&indexes, &states, now);
+        let (reason, skipped) = pool.why(&indexes, &states, selected, now);
+        let chosen = match selected {
+            Some(i) => i,
+            None if config.when_none_healthy == NoneHealthy::Panic => indexes.first().copied().unwrap_or(0),
+            None => {
+                let fields = Fields::new().add("reason", reason);
+                cx.publish(
+                    key::HEALTH_ROUTER,
+                    &if skipped.is_empty() { fields } else { fields.add("skipped", &skipped) },
+                );
+                self.no_healthy.inc();
+                // Every upstream and why it is out, for trusted clients only (the same who may read
+                // the status endpoint): cluster names and check results are internal. Others get
+                // Envoy's own words, which the diagnostics stage can turn into its JSON.
+                let mut reply = if config.trust.trusts(cx.peer()) {
+                    let listed: Vec<Health> = indexes.iter().filter_map(|i| states.get(*i).copied()).collect();
+                    let mut r = LocalReply::text(503, details::NO_HEALTHY_UPSTREAM, String::new())
+                        .header("content-type", "application/json");
+                    r.body = report_json(config, &indexes, &listed, now).into_bytes();
+                    r
+                } else {
+                    LocalReply::text(503, details::NO_HEALTHY_UPSTREAM, "no healthy upstream\n".into())
+                }
+                .header("retry-after", "1");
+                reply.grpc_status = Some(config.grpc_status);
+                return Flow::Reply(reply);
+            }
+        };
+        let Some(upstream) = config.upstreams.get(chosen) else { return Flow::Continue };
+        // Overwrite whatever the client sent: clients never choose the upstream. For an ABI 0.2.1
+        // module Envoy clears the route cache itself when a request header changes, so the route
+        // is matched again with this header (the explicit `clear_route_cache` foreign function
+        // would cost another entry into the host for nothing).
+        cx.set_request_header(&config.route_header, upstream.cluster.as_bytes());
+        // A plain choice (the first in order, or the next in rotation, with nothing passed over)
+        // says nothing `%UPSTREAM_CLUSTER%` does not: no write, the common request stays cheap.
+        if !skipped.is_empty() || reason == "panic" {
+            let fields = Fields::new().add("upstream", &upstream.cluster).add("reason", reason);
+            cx.publish(key::HEALTH_ROUTER, &if skipped.is_empty() { fields } else { fields.add("skipped", &skipped) });
+        }
+        pool.routed(chosen);
+        cx.facts().cluster = Some(upstream.cluster.clone());
+        st.chosen = Some(chosen);
+        Flow::Continue
+    }
+
+    fn response(&self, st: &mut HealthStream, cx: &mut Cx<'_>) {
+        let (Some(i), Some(passive)) = (st.chosen, self.pool.config.passive.as_ref()) else { return };
+        if cx.facts().replied.is_some() {
+            // A later stage of this module refused the request: it never reached the upstream.
+            return;
+        }
+        let obs = cx.observation();
+        let failed = upstream_failed(&obs.view(), &passive.statuses);
+        self.pool.passive(i, failed, cx);
+    }
+
+    fn tick(&self, now: u64) {
+        self.pool.tick(now);
+    }
+
+    fn tick_ms(&self) -> Option<u32> {
+        self.pool.tick_ms()
+    }
+
+    fn http_call_response(&self, token: u32, headers: usize, body: usize) {
+        self.pool.http_call_response(token, headers, body);
+    }
 
     fn request_headers_read(&self, out: &mut Vec<String>) {
-        if self.config.status_path.is_some() || !self.config.routes.is_empty() {
+        let config = &self.pool.config;
+        if config.status_path.is_some() || !config.routes.is_empty() {
             out.push(":path".into());
         }
     }

@@ -140,6 +140,14 @@ macro_rules! property_methods {
             self.core.data(|d| d.properties.get(&key).cloned())
         }
 
+        /// This stream's own property whose path is given as segments (a filter that sets
+        /// `upstream_guard.llm_cluster` as one segment is read back with
+        /// `&[b"upstream_guard.llm_cluster"]`).
+        pub fn property_value_path(&self, path: &[&[u8]]) -> Option<Vec<u8>> {
+            let key = $crate::state::segments_key(path);
+            self.core.data(|d| d.properties.get(&key).cloned())
+        }
+
         /// The context id the filter sees for this stream.
         pub fn id(&self) -> u32 {
             self.core.id

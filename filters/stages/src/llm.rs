@@ -1,0 +1,518 @@
+//! The LLM stage: routes OpenAI-compatible requests by the model in their body, across provider
+//! clusters, honouring providers' 429s, and charges token budgets from the reported usage.
+//!
+//! Every decision is the core's (`upstream_guard::llm`); this stage moves bytes:
+//!
+//! - **Request headers** (claimed paths only; every other request costs the `:path` read the
+//!   suite may already do): reads the budget keys, removes `content-length` (the body may change
+//!   length; Envoy's buffer filter sets it again) and `accept-encoding` (usage is read from the
+//!   answer, which must not be compressed), and answers [`Flow::Body`]. The headers go on to
+//!   Envoy's buffer filter, which must follow this module in the chain and holds them from the
+//!   router until the body is complete.
+//! - **Request body** (up to `max_body_bytes`): reads the model, checks the token budgets, picks
+//!   the first available provider of the model, rewrites `model` for a provider that names it
+//!   differently, and routes: the chosen cluster goes to the filter state
+//!   `wasm.upstream_guard.llm_cluster` (request headers can no longer be changed from a wasm
+//!   module at this point) and the route cache is cleared, so the router matches a route on that
+//!   filter state. The stages after this one (health router, circuit breaker) decide next.
+//! - **Response**: a provider's 429 pauses it for the time its headers ask (capped), without
+//!   counting as a failure, and leaves a diagnosis note; other responses go to passive detection
+//!   (5xx and 529 by default). A successful JSON or event-stream response is read chunk by chunk
+//!   as it passes, never held: the usage it reports is charged to the budgets at its end.
+//!
+//! Provider health (active checks, ejection, pauses) is the health router's [`Pool`] under the
+//! keys `ug.llm.h.<cluster>`, `ug.llm.lease`, `ug.llm.seq`; budget balances are
+//! `ug.llm.tb.<slot>`, at most `max_keys` of them.
+//!
+//! **Where a global budget plugs in.** Balances live behind [`TokenLedger`]: [`LocalLedger`]
+//! keeps them in shared data (exact across the workers of one Envoy). A ledger on the rate limit
+//! service would implement the same calls: the admission check as a descriptor request with
+//! `hits_addend: 0` (asynchronous: the stage would return [`Flow::Wait`] from `request` and
+//! answer in `resume`), and the charge after the response as one with `hits_addend: <tokens>`.
+
+use std::cell::Cell;
+
+use upstream_guard::details;
+use upstream_guard::diagnose::{upstream_failed, Cause};
+use upstream_guard::llm::{
+    choose, error_json, needs_rewrite, provider_pause, rewrite, scan, Admission, Balance, Budget, LlmConfig,
+    ResetHeaders, Usage, UsageMeter, RESET_HEADER_NAMES,
+};
+use upstream_guard::ratelimit::retry_after_secs;
+use upstream_guard_glue::pairs::Pairs;
+use upstream_guard_glue::shared::{self, UpdateError};
+use upstream_guard_glue::{
+    host, metrics, BodyAction, BufferType, Counter, Cx, Flow, Level, LocalReply, MapType, Note, Stage,
+};
+
+use crate::health_router::{Namespace, Pool};
+use crate::rate_limiter::View;
+
+const CAS_ATTEMPTS: u32 = 16;
+/// The property the chosen cluster is written to: Envoy keeps it as the filter state
+/// `wasm.upstream_guard.llm_cluster`, which routes match.
+pub const ROUTE_PROPERTY: &str = "upstream_guard.llm_cluster";
+const PROVIDERS: Namespace = Namespace { keys: "ug.llm", metrics: "upstream_guard.llm.provider", log: "llm" };
+
+/// Where token balances are kept: admission before the request, the charge after it.
+pub trait TokenLedger {
+    /// May a request of `key` go on under `budget` at `now`?
+    fn admission(&self, budget: &Budget, key: &[u8], now: u64) -> Admission;
+    /// Charges `tokens` to `key`; `Err` when the charge could not be recorded.
+    fn charge(&self, budget: &Budget, key: &[u8], tokens: u64, now: u64) -> Result<(), UpdateError>;
+}
+
+/// Balances in Envoy's shared data, one value per (budget, key) slot, updated with
+/// compare-and-swap: exact across every worker of one Envoy.
+pub struct LocalLedger {
+    max_keys: u32,
+}
+
+impl LocalLedger {
+    fn slot_key(&self, budget: &Budget, key: &[u8]) -> Vec<u8> {
+        format!("ug.llm.tb.{}", budget.slot(key, self.max_keys)).into_bytes()
+    }
+}
+
+impl TokenLedger for LocalLedger {
+    fn admission(&self, budget: &Budget, key: &[u8], now: u64) -> Admission {
+        let stored =
+            host::shared_get(&self.slot_key(budget, key)).ok().flatten().and_then(|(v, _)| Balance::decode(&v));
+        Balance::at_time(stored, &budget.rate, now).admission(&budget.rate, now)
+    }
+
+    fn charge(&self, budget: &Budget, key: &[u8], tokens: u64, now: u64) -> Result<(), UpdateError> {
+        shared::update(&self.slot_key(budget, key), CAS_ATTEMPTS, |cur| {
+            let b = Balance::at_time(cur.and_then(Balance::decode), &budget.rate, now).charge(tokens);
+            (Some(b.encode()), ())
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ModelMetrics {
+    requests: Counter,
+    failovers: Counter,
+    unavailable: Counter,
+    tokens: Counter,
+    prompt_tokens: Counter,
+    completion_tokens: Counter,
+    usage_missing: Counter,
+}
+
+#[derive(Clone, Copy)]
+struct ProviderMetrics {
+    rate_limited: Counter,
+    failures: Counter,
+    tokens: Counter,
+}
+
+#[derive(Clone, Copy)]
+struct BudgetMetrics {
+    admitted: Counter,
+    refused: Counter,
+    charged_tokens: Counter,
+}
+
+/// The stage, configured.
+pub struct Llm {
+    config: LlmConfig,
+    pool: Pool,
+    ledger: LocalLedger,
+    models: Vec<ModelMetrics>,
+    providers: Vec<ProviderMetrics>,
+    budgets: Vec<BudgetMetrics>,
+    unknown_model: Counter,
+    invalid_request: Counter,
+    contention: Counter,
+    warned: Cell<bool>,
+}
+
+impl Llm {
+    /// Defines the metrics.
+    pub fn new(config: LlmConfig) -> Llm {
+        let models = config
+            .models
+            .iter()
+            .map(|m| {
+                let base = format!("upstream_guard.llm.model.{}", metrics::segment(&m.name));
+                let c = |n: &str| Counter::define(&format!("{base}.{n}"));
+                ModelMetrics {
+                    requests: c("requests"),
+                    failovers: c("failovers"),
+                    unavailable: c("unavailable"),
+                    tokens: c("tokens"),
+                    prompt_tokens: c("prompt_tokens"),
+                    completion_tokens: c("completion_tokens"),
+                    usage_missing: c("usage_missing"),
+                }
+            })
+            .collect();
+        let providers = config
+            .providers
+            .upstreams
+            .iter()
+            .map(|u| {
+                let base = format!("{}.{}", PROVIDERS.metrics, metrics::segment(&u.cluster));
+                let c = |n: &str| Counter::define(&format!("{base}.{n}"));
+                ProviderMetrics { rate_limited: c("rate_limited"), failures: c("failures"), tokens: c("tokens") }
+            })
+            .collect();
+        let budgets = config
+            .budgets
+            .iter()
+            .map(|b| {
+                let base = format!("upstream_guard.llm.budget.{}", metrics::segment(&b.name));
+                let c = |n: &str| Counter::define(&format!("{base}.{n}"));
+                BudgetMetrics { admitted: c("admitted"), refused: c("refused"), charged_tokens: c("charged_tokens") }
+            })
+            .collect();
+        Llm {
+            pool: Pool::new(config.providers.clone(), PROVIDERS),
+            ledger: LocalLedger { max_keys: config.max_keys },
+            config,
+            models,
+            providers,
+            budgets,
+            unknown_model: Counter::define("upstream_guard.llm.unknown_model"),
+            invalid_request: Counter::define("upstream_guard.llm.invalid_request"),
+            contention: Counter::define("upstream_guard.llm.budget_contention"),
+            warned: Cell::new(false),
+        }
+    }
+
+    fn invalid(&self, status: u16, code: &str, message: &str) -> Flow {
+        self.invalid_request.inc();
+        json_reply(status, details::INVALID_REQUEST, error_json(code, message, serde_json::json!({})))
+    }
+
+    /// Reads the budget keys of this request (at the headers: every budget, whatever the model).
+    fn budget_keys(&self, cx: &mut Cx<'_>) -> Vec<Vec<u8>> {
+        if self.config.budgets.is_empty() {
+            return Vec::new();
+        }
+        let mut view = View { cx, client_ip: &self.config.client_ip, client: None };
+        let keys = self.config.budgets.iter().map(|b| b.key(&mut view)).collect();
+        if view.client.is_some_and(|c| c.from_client_header()) && !self.warned.replace(true) {
+            host::log(
+                Level::Warn,
+                "llm: a budget key's client address came from x-forwarded-for (source.address has port 0), a header \
+                 the client can write: set use_remote_address: true on the listener's HttpConnectionManager",
+            );
+        }
+        keys
+    }
+
+    /// Charges what the response reported, once.
+    fn charge(&self, st: &mut LlmStream, now: u64) {
+        let Some(mut meter) = st.meter.take() else { return };
+        let (Some(m), Some(p)) = (st.model.and_then(|i| self.models.get(i)), st.provider) else { return };
+        let usage: Option<Usage> = meter.finish();
+        let Some(tokens) = usage.and_then(|u| u.tokens()) else {
+            m.usage_missing.inc();
+            host::log_with(Level::Debug, || "llm: the response reported no usage: nothing charged".to_string());
+            return;
+        };
+        if let Some(u) = usage {
+            m.prompt_tokens.add(u.prompt.unwrap_or(0));
+            m.completion_tokens.add(u.completion.unwrap_or(0));
+        }
+        m.tokens.add(tokens);
+        if let Some(pm) = self.providers.get(p) {
+            pm.tokens.add(tokens);
+        }
+        for (b, key) in &st.budget_keys {
+            let (Some(budget), Some(bm)) = (self.config.budgets.get(*b), self.budgets.get(*b)) else { continue };
+            match self.ledger.charge(budget, key, tokens, now) {
+                Ok(()) => bm.charged_tokens.add(tokens),
+                Err(e) => {
+                    self.contention.inc();
+                    host::log(Level::Warn, &format!("llm: could not charge budget {:?} ({e:?})", budget.name));
+                }
+            }
+        }
+    }
+}
+
+fn json_reply(status: u16, details: &'static str, body: String) -> Flow {
+    let mut reply = LocalReply::text(status, details, String::new()).header("content-type", "application/json");
+    reply.body = body.into_bytes();
+    Flow::Reply(reply)
+}
+
+/// Per stream.
+#[derive(Debug, Default)]
+pub struct LlmStream {
+    /// The path is one of ours.
+    claimed: Option<bool>,
+    /// Every budget's key for this request, read at the headers.
+    keys: Vec<Vec<u8>>,
+    /// The budgets that apply (index, key), and the least remaining at admission.
+    budget_keys: Vec<(usize, Vec<u8>)>,
+    remaining: Option<u64>,
+    model: Option<usize>,
+    provider: Option<usize>,
+    meter: Option<UsageMeter>,
+}
+
+impl Llm {
+    fn claimed(&self, st: &mut LlmStream, cx: &mut Cx<'_>) -> bool {
+        if let Some(c) = st.claimed {
+            return c;
+        }
+        let c = cx.request_header(":path").is_some_and(|p| self.config.claims(p));
+        st.claimed = Some(c);
+        c
+    }
+
+    /// The body is in: decide, rewrite, route.
+    fn route(&self, st: &mut LlmStream, cx: &mut Cx<'_>, raw: &[u8]) -> Flow {
+        let config = &self.config;
+        let scanned = match scan(raw) {
+            Ok(s) => s,
+            Err(e) => return self.invalid(400, "invalid_request", &e.to_string()),
+        };
+        let Some(mi) = config.models.iter().position(|m| m.name == scanned.model) else {
+            self.unknown_model.inc();
+            let names = config.model_names();
+            let message =
+                format!("model {:?} is not served here; configured models: {}", scanned.model, names.join(", "));
+            return json_reply(
+                404,
+                details::UNKNOWN_MODEL,
+                error_json("model_not_found", &message, serde_json::json!({"models": names})),
+            );
+        };
+        let Some(route) = config.models.get(mi) else { return Flow::Continue };
+        let now = cx.now();
+
+        // Budgets: refused while any applicable balance is negative.
+        let mut remaining: Option<u64> = None;
+        let mut applied = Vec::new();
+        for (b, budget) in config.budgets.iter().enumerate() {
+            if !budget.applies_to(&route.name) {
+                continue;
+            }
+            let key = st.keys.get(b).cloned().unwrap_or_default();
+            let bm = self.budgets.get(b);
+            match self.ledger.admission(budget, &key, now) {
+                Admission::Admit { remaining: r } => {
+                    remaining = Some(remaining.map_or(r, |x| x.min(r)));
+                    applied.push((b, key));
+                }
+                Admission::Refuse { retry_after_ns } => {
+                    if let Some(bm) = bm {
+                        bm.refused.inc();
+                    }
+                    let secs = retry_after_secs(retry_after_ns);
+                    let message = format!("token budget {:?} is spent: retry after {secs} s", budget.name);
+                    let mut body =
+                        error_json("rate_limit_exceeded", &message, serde_json::json!({"budget": budget.name}));
+                    body.push('\n');
+                    let Flow::Reply(reply) = json_reply(429, details::TOKEN_BUDGET, body) else {
+                        return Flow::Continue;
+                    };
+                    return Flow::Reply(
+                        reply.header("retry-after", secs.to_string()).header("x-ratelimit-remaining-tokens", "0"),
+                    );
+                }
+            }
+        }
+        for (b, _) in &applied {
+            if let Some(bm) = self.budgets.get(*b) {
+                bm.admitted.inc();
+            }
+        }
+
+        // The first available provider of the model.
+        let states = self.pool.states(cx.epoch());
+        let mm = self.models.get(mi);
+        let ti = match choose(route, &self.pool.config, &states, now) {
+            Ok(t) => t,
+            Err(unavailable) => {
+                if let Some(m) = mm {
+                    m.unavailable.inc();
+                }
+                let retry = unavailable.retry_after_ns().map(retry_after_secs);
+                cx.facts().note = Some(Note {
+                    cause: Cause::ModelUnavailable,
+                    retry_after_s: retry,
+                    reasons: Some(unavailable.reasons()),
+                });
+                let Flow::Reply(reply) = json_reply(503, details::MODEL_UNAVAILABLE, unavailable.json()) else {
+                    return Flow::Continue;
+                };
+                return Flow::Reply(reply.header("retry-after", retry.unwrap_or(1).to_string()));
+            }
+        };
+        let Some(target) = route.targets.get(ti) else { return Flow::Continue };
+        let cluster = config.cluster(target.provider).to_string();
+
+        if needs_rewrite(&scanned, target.model.as_deref(), config.stream_usage) {
+            let body = rewrite(raw, &scanned, target.model.as_deref(), config.stream_usage);
+            let _ = host::set_buffer(BufferType::HttpRequestBody, 0, raw.len(), &body);
+        }
+        // Routes match the filter state; the route the headers matched is forgotten.
+        let routed = host::set_property(ROUTE_PROPERTY.as_bytes(), cluster.as_bytes())
+            .and_then(|()| host::foreign("clear_route_cache", b"").map(drop));
+        if let Err(status) = routed {
+            host::log(Level::Error, &format!("llm: cannot route to {cluster:?}: the host refused ({status:?})"));
+        }
+        cx.facts().cluster = Some(cluster);
+        self.pool.routed(target.provider);
+        if let Some(m) = mm {
+            m.requests.inc();
+            if ti > 0 {
+                m.failovers.inc();
+            }
+        }
+        st.model = Some(mi);
+        st.provider = Some(target.provider);
+        st.budget_keys = applied;
+        st.remaining = remaining;
+        Flow::Continue
+    }
+}
+
+impl Stage for Llm {
+    type Stream = LlmStream;
+
+    fn request(&self, st: &mut LlmStream, cx: &mut Cx<'_>) -> Flow {
+        if !self.claimed(st, cx) {
+            return Flow::Continue;
+        }
+        if cx.end_of_stream {
+            return self.invalid(400, "invalid_request", "this API needs a JSON request body with a model");
+        }
+        st.keys = self.budget_keys(cx);
+        cx.remove_request_header("content-length");
+        cx.remove_request_header("accept-encoding");
+        Flow::Body
+    }
+
+    fn request_body(&self, st: &mut LlmStream, cx: &mut Cx<'_>, size: usize, end: bool) -> Flow {
+        let max = self.config.max_body_bytes;
+        if size > max {
+            return self.invalid(
+                413,
+                "request_too_large",
+                &format!("the request body is larger than the {max} bytes this gateway reads to find the model"),
+            );
+        }
+        if !end {
+            return Flow::Continue;
+        }
+        let raw = host::buffer(BufferType::HttpRequestBody, 0, size).unwrap_or_default();
+        self.route(st, cx, &raw)
+    }
+
+    fn response(&self, st: &mut LlmStream, cx: &mut Cx<'_>) {
+        let Some(p) = st.provider else { return };
+        if cx.facts().replied.is_some() {
+            // A later stage of this module refused the request: no provider saw it.
+            return;
+        }
+        let status = cx.status();
+        if status == Some(429) {
+            let map = host::header_map(MapType::ResponseHeaders).unwrap_or_default();
+            let pairs = Pairs::new(&map);
+            let values = RESET_HEADER_NAMES.map(|n| pairs.get(n.as_bytes()));
+            let now = cx.now();
+            let pause = provider_pause(
+                &ResetHeaders::from_values(values),
+                now,
+                self.config.rate_limited_default_ns,
+                self.config.rate_limited_max_ns,
+            );
+            let until = now.saturating_add(pause.ns);
+            self.pool.update(p, |h| h.apply_rate_limit(until));
+            if let Some(pm) = self.providers.get(p) {
+                pm.rate_limited.inc();
+            }
+            let cluster = self.config.cluster(p);
+            host::log_with(Level::Info, || {
+                format!(
+                    "llm: provider {cluster:?} answered 429: paused for {} ms ({:?})",
+                    pause.ns / 1_000_000,
+                    pause.source
+                )
+            });
+            // The client's own retry (its SDK retries a 429) goes to the model's next provider
+            // if one is available: it need not wait for this provider's pause.
+            let states = self.pool.states(cx.epoch());
+            let other = st.model.and_then(|m| self.config.models.get(m)).is_some_and(|route| {
+                route.targets.iter().any(|t| t.provider != p && states.get(t.provider).is_none_or(|h| h.available(now)))
+            });
+            let mut reasons =
+                format!("{cluster}: rate limited by the upstream (429), back in {} ms", pause.ns / 1_000_000);
+            if other {
+                cx.set_response_header("retry-after", b"0");
+                reasons.push_str("; another provider of the model is available: retry now");
+            }
+            cx.facts().note = Some(Note {
+                cause: Cause::UpstreamRateLimited,
+                retry_after_s: Some(pause.ns.div_ceil(1_000_000_000)),
+                reasons: Some(reasons),
+            });
+        } else if let Some(passive) = self.pool.config.passive.as_ref() {
+            let obs = cx.observation();
+            let failed = upstream_failed(&obs.view(), &passive.statuses);
+            if failed {
+                if let Some(pm) = self.providers.get(p) {
+                    pm.failures.inc();
+                }
+            }
+            self.pool.passive(p, failed, cx);
+        }
+        if let Some(r) = st.remaining {
+            cx.set_response_header("x-ratelimit-remaining-tokens", r.to_string().as_bytes());
+        }
+        if status.is_some_and(|s| (200..300).contains(&s)) {
+            st.meter = cx.response_header("content-type").and_then(|t| UsageMeter::for_content_type(&t));
+            if cx.end_of_stream {
+                let now = cx.now();
+                self.charge(st, now);
+            }
+        }
+    }
+
+    fn response_body(&self, st: &mut LlmStream, cx: &mut Cx<'_>, size: usize, end: bool) -> BodyAction {
+        let Some(meter) = st.meter.as_mut() else { return BodyAction::Continue };
+        let seen = cx.facts().response_seen().min(size);
+        if size > seen {
+            if let Some(chunk) = host::buffer(BufferType::HttpResponseBody, seen, size - seen) {
+                meter.feed(&chunk);
+            }
+        }
+        if end {
+            let now = cx.now();
+            self.charge(st, now);
+        }
+        BodyAction::Continue
+    }
+
+    fn log(&self, st: &mut LlmStream, cx: &mut Cx<'_>) {
+        // A response that ended with trailers, or was cut: charge what it reported.
+        if st.meter.is_some() {
+            let now = cx.now();
+            self.charge(st, now);
+        }
+    }
+
+    fn tick(&self, now: u64) {
+        self.pool.tick(now);
+    }
+
+    fn tick_ms(&self) -> Option<u32> {
+        self.pool.tick_ms()
+    }
+
+    fn http_call_response(&self, token: u32, headers: usize, body: usize) {
+        self.pool.http_call_response(token, headers, body);
+    }
+
+    fn request_headers_read(&self, out: &mut Vec<String>) {
+        out.push(":path".into());
+        out.extend(self.config.header_names().into_iter().map(str::to_string));
+    }
+}

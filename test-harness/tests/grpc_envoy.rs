@@ -1,0 +1,154 @@
+//! gRPC clients in real Envoy 1.40: each refusal carries the gRPC status that fits (rate limited:
+//! RESOURCE_EXHAUSTED; circuit open, no healthy upstream: UNAVAILABLE; each configurable), the
+//! diagnosis rides in a response header (gRPC metadata), and no body is rewritten. The client and
+//! the upstream service are tonic: Envoy's rate limit service API, answered by a stub that
+//! always says OK, serves as "some gRPC service".
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code as RlsCode;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use serde_json::{json, Value};
+use test_harness::backend::closed_port;
+use test_harness::bootstrap::{http2_cluster, route, wasm_filter, Bootstrap};
+use test_harness::envoy::Envoy;
+use test_harness::{parse_diagnosis, paths};
+use tonic::{Code, Request, Response, Status};
+
+/// The upstream gRPC service: every call succeeds with `OVERALL_CODE = OK`.
+struct Upstream;
+
+#[tonic::async_trait]
+impl RateLimitService for Upstream {
+    async fn should_rate_limit(&self, _: Request<RateLimitRequest>) -> Result<Response<RateLimitResponse>, Status> {
+        Ok(Response::new(RateLimitResponse { overall_code: RlsCode::Ok as i32, ..Default::default() }))
+    }
+}
+
+/// A tokio runtime with the upstream service on `127.0.0.1:0`.
+fn serve() -> (tokio::runtime::Runtime, SocketAddr) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let _ = tonic::transport::Server::builder()
+            .serve_with_incoming(RateLimitServiceServer::new(Upstream), incoming)
+            .await;
+    });
+    (rt, addr)
+}
+
+/// Envoy with upstream_guard.wasm configured by `sections`, routing everything to `cluster`.
+fn envoy(sections: Value, cluster: &str, upstream: SocketAddr) -> Envoy {
+    let module = wasm_filter("upstream_guard", &paths::wasm_path("upstream_guard").unwrap(), &sections);
+    let cfg =
+        Bootstrap::new().filter(module).route(route("/", cluster)).cluster(http2_cluster(cluster, upstream)).build();
+    Envoy::start(&cfg).unwrap()
+}
+
+/// One unary call through Envoy, with `metadata`.
+fn call(
+    rt: &tokio::runtime::Runtime,
+    envoy: SocketAddr,
+    metadata: &[(&'static str, &'static str)],
+) -> Result<RateLimitResponse, Status> {
+    rt.block_on(async {
+        let mut client = RateLimitServiceClient::connect(format!("http://{envoy}")).await.unwrap();
+        let mut request = Request::new(RateLimitRequest { domain: "test".into(), ..Default::default() });
+        for (k, v) in metadata {
+            request.metadata_mut().insert(*k, v.parse().unwrap());
+        }
+        client.should_rate_limit(request).await.map(Response::into_inner)
+    })
+}
+
+/// The diagnosis a refusal carries in its metadata.
+fn diagnosis(status: &Status) -> std::collections::BTreeMap<String, String> {
+    let header = status.metadata().get("x-upstream-diagnosis").expect("no x-upstream-diagnosis in the metadata");
+    parse_diagnosis(header.to_str().unwrap()).unwrap()
+}
+
+const DIAGNOSTICS: &str = "diagnostics";
+
+fn diagnostics() -> Value {
+    // json_body is on and the client asks for JSON: a gRPC reply must keep its form all the same.
+    json!({"trusted_cidrs": ["127.0.0.1/32"], "json_body": true})
+}
+
+#[test]
+fn a_rate_limited_call_gets_resource_exhausted_with_its_diagnosis() {
+    let (rt, upstream) = serve();
+    let rules = json!({"rules": [{"name": "one-per-minute", "key": [{"constant": "all"}],
+                                  "limit": {"requests": 1, "per": "1m"}}]});
+    let envoy = envoy(json!({DIAGNOSTICS: diagnostics(), "rate_limiter": rules}), "grpc", upstream);
+    let addr = envoy.main().unwrap();
+    let ok = call(&rt, addr, &[("accept", "application/json")]).unwrap();
+    assert_eq!(ok.overall_code, RlsCode::Ok as i32, "the first call reaches the upstream service");
+
+    let refused = call(&rt, addr, &[("accept", "application/json")]).unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().starts_with("rate limited by rule \"one-per-minute\""), "{refused:?}");
+    let d = diagnosis(&refused);
+    assert_eq!(d["cause"], "rate_limited");
+    assert_eq!(d["details"], "upstream_guard.rate_limited");
+    assert_eq!(refused.metadata().get("retry-after").unwrap(), "60");
+}
+
+#[test]
+fn the_rate_limiter_grpc_status_is_configurable() {
+    let (rt, upstream) = serve();
+    let rules = json!({"rules": [{"name": "none", "key": [{"constant": "all"}], "limit": {"requests": 1, "per": "1m"}}],
+                       "grpc_status": 14});
+    let envoy = envoy(json!({"rate_limiter": rules}), "grpc", upstream);
+    let addr = envoy.main().unwrap();
+    call(&rt, addr, &[]).unwrap();
+    assert_eq!(call(&rt, addr, &[]).unwrap_err().code(), Code::Unavailable);
+}
+
+#[test]
+fn an_open_circuit_gets_unavailable_with_its_diagnosis() {
+    let (rt, _upstream) = serve();
+    let breaker = json!({"failure": {"consecutive": 1}, "open": {"base": "1m"}});
+    let envoy = envoy(json!({DIAGNOSTICS: diagnostics(), "circuit_breaker": breaker}), "dead", closed_port().unwrap());
+    let addr = envoy.main().unwrap();
+
+    // Envoy's own refusal (nothing listens) is diagnosed too: UNAVAILABLE, cause in the metadata.
+    let refused = call(&rt, addr, &[("accept", "application/json")]).unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(diagnosis(&refused)["cause"], "connection_refused");
+
+    let open = call(&rt, addr, &[("accept", "application/json")]).unwrap_err();
+    assert_eq!(open.code(), Code::Unavailable, "{open:?}");
+    assert!(open.message().starts_with("circuit open for upstream \"dead\""), "{open:?}");
+    assert_eq!(diagnosis(&open)["cause"], "circuit_open");
+    assert_eq!(open.metadata().get("x-upstream-guard-circuit").unwrap(), "open");
+}
+
+#[test]
+fn no_healthy_upstream_gets_unavailable_with_the_reasons() {
+    let (rt, _upstream) = serve();
+    let router = json!({"upstreams": [{"cluster": "dead"}], "passive": {"consecutive_failures": 1, "ejection": "1m"}});
+    let sections = json!({DIAGNOSTICS: diagnostics(), "health_router": router});
+    let module = wasm_filter("upstream_guard", &paths::wasm_path("upstream_guard").unwrap(), &sections);
+    let cfg = Bootstrap::new()
+        .filter(module)
+        .route(json!({"match": {"prefix": "/"}, "route": {"cluster_header": "x-upstream-cluster"}}))
+        .cluster(http2_cluster("dead", closed_port().unwrap()))
+        .build();
+    let envoy = Envoy::start(&cfg).unwrap();
+    let addr = envoy.main().unwrap();
+
+    assert_eq!(call(&rt, addr, &[]).unwrap_err().code(), Code::Unavailable, "refused, and ejected");
+    let refused = call(&rt, addr, &[("accept", "application/json")]).unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(diagnosis(&refused)["cause"], "no_healthy_upstream");
+    // The reasons (the health router's JSON) arrive as the grpc-message.
+    let reasons: Value = serde_json::from_str(refused.message()).unwrap();
+    assert_eq!(reasons["upstreams"][0]["cluster"], "dead", "{reasons}");
+}

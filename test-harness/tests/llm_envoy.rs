@@ -1,0 +1,353 @@
+//! The LLM stage of `upstream_guard.wasm` in real Envoy (two workers) against fake
+//! OpenAI-compatible providers: model routing from the body with a model-name mapping and
+//! failover, a provider's 429 taking it out for the time it asks and its return, every provider
+//! out, token budgets exact across workers with JSON and streamed answers, and a streamed answer
+//! passing through undelayed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use test_harness::bootstrap::{buffer_filter, cluster, llm_route, wasm_filter, Bootstrap};
+use test_harness::envoy::Envoy;
+use test_harness::llm_backend::{FakeLlm, LlmReply};
+use test_harness::{http, parse_diagnosis, paths};
+
+/// `envoy-examples/llm-gateway/envoy.yaml` with its fixed ports swapped for this run's.
+fn example_config(primary: &FakeLlm, secondary: &FakeLlm) -> String {
+    let path = paths::workspace_root().join("envoy-examples/llm-gateway/envoy.yaml");
+    let target = paths::target_dir().display().to_string();
+    std::fs::read_to_string(path)
+        .unwrap()
+        .replace("port_value: 10001", "port_value: 0")
+        .replace("port_value: 9902", "port_value: 0")
+        .replace("port_value: 18091", &format!("port_value: {}", primary.addr().port()))
+        .replace("port_value: 18092", &format!("port_value: {}", secondary.addr().port()))
+        .replace("filename: target/", &format!("filename: {target}/"))
+}
+
+const CHAT: &str = "/v1/chat/completions";
+
+fn llm_section(extra: Value) -> Value {
+    let mut c = json!({
+        "providers": [{"cluster": "provider_a"}, {"cluster": "provider_b"}],
+        "models": [
+            {"name": "gpt-4o", "providers": ["provider_a", {"cluster": "provider_b", "model": "gpt-4o-from-b"}]},
+            {"name": "small", "providers": ["provider_b"]}],
+        "passive": {"consecutive_failures": 2, "ejection": "30s"},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+/// Envoy (2 workers) with the suite (diagnostics, loopback trusted, and the llm section), the
+/// buffer filter after it, and a route per provider on the filter state the stage sets.
+fn start(llm: Value, a: &FakeLlm, b: &FakeLlm) -> Envoy {
+    let suite = json!({"diagnostics": {"trusted_cidrs": ["127.0.0.1/32"]}, "llm": llm});
+    let cfg = Bootstrap::new()
+        .filter(wasm_filter("upstream_guard", &paths::wasm_path("upstream_guard").unwrap(), &suite))
+        .filter(buffer_filter(1 << 20))
+        .route(llm_route("/v1/", "provider_a"))
+        .route(llm_route("/v1/", "provider_b"))
+        .route(json!({"match": {"prefix": "/"}, "route": {"cluster_header": "x-upstream-cluster", "timeout": "10s"}}))
+        .cluster(cluster("provider_a", a.addr()))
+        .cluster(cluster("provider_b", b.addr()))
+        .build();
+    Envoy::start_with(&cfg, 2).unwrap()
+}
+
+fn chat(model: &str) -> Vec<u8> {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi é"}], "temperature": 0.5})
+        .to_string()
+        .into_bytes()
+}
+
+fn diagnosis(r: &http::Response) -> std::collections::BTreeMap<String, String> {
+    parse_diagnosis(r.header("x-upstream-diagnosis").expect("a diagnosis")).unwrap()
+}
+
+#[test]
+fn routes_by_model_and_fails_over_with_the_providers_model_name() {
+    let a = FakeLlm::start("a", LlmReply::json(5, 7)).unwrap();
+    let b = FakeLlm::start("b", LlmReply::json(5, 7)).unwrap();
+    let envoy = start(llm_section(json!({})), &a, &b);
+    let addr = envoy.main().unwrap();
+
+    let r = http::post(addr, CHAT, &[("content-type", "application/json")], &chat("gpt-4o")).unwrap();
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("a")), "{}", r.text());
+    let seen = a.seen().remove(0);
+    assert_eq!(seen.model.as_deref(), Some("gpt-4o"));
+    assert_eq!(seen.body, chat("gpt-4o"), "the body reaches the provider byte for byte");
+
+    let r = http::post(addr, CHAT, &[], &chat("small")).unwrap();
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("b")));
+
+    // The first provider overloads: after two failures (529, then 503) it is ejected and the
+    // model goes to provider b, under b's name for it, with a correct content-length.
+    a.set(LlmReply::status(529));
+    assert_eq!(http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap().status, 529);
+    a.set(LlmReply::status(503));
+    assert_eq!(http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap().status, 503);
+    for _ in 0..3 {
+        let r = http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap();
+        assert_eq!((r.status, r.header("x-backend")), (200, Some("b")), "{}", r.text());
+    }
+    assert_eq!(a.requests(), 3);
+    let seen = b.seen().pop().unwrap();
+    assert_eq!(seen.model.as_deref(), Some("gpt-4o-from-b"));
+    let want = String::from_utf8(chat("gpt-4o")).unwrap().replace("\"gpt-4o\"", "\"gpt-4o-from-b\"");
+    assert_eq!(String::from_utf8(seen.body.clone()).unwrap(), want, "only the model changed");
+    assert_eq!(seen.header("content-length"), Some(want.len().to_string().as_str()));
+    assert_eq!(envoy.stat("upstream_guard.llm.provider.provider_a.ejections").unwrap(), Some(1));
+    assert_eq!(envoy.stat("upstream_guard.llm.model.gpt-4o.failovers").unwrap(), Some(3));
+    assert_eq!(envoy.stat("upstream_guard.llm.model.gpt-4o.tokens").unwrap(), Some(12 * 4));
+}
+
+#[test]
+fn an_unknown_model_or_a_bad_body_is_a_clear_client_error() {
+    let a = FakeLlm::start("a", LlmReply::json(1, 1)).unwrap();
+    let b = FakeLlm::start("b", LlmReply::json(1, 1)).unwrap();
+    let envoy = start(llm_section(json!({})), &a, &b);
+    let addr = envoy.main().unwrap();
+    let r = http::post(addr, CHAT, &[], &chat("gpt-5")).unwrap();
+    assert_eq!(r.status, 404);
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["error"]["code"], "model_not_found");
+    assert_eq!(body["error"]["models"], json!(["gpt-4o", "small"]));
+    assert!(body["error"]["message"].as_str().unwrap().contains("gpt-4o, small"), "{body}");
+    assert_eq!(diagnosis(&r)["cause"], "unknown_model");
+
+    for bad in [&b"not json"[..], br#"{"messages": []}"#, br#"{"model": "gpt-4o", "model": "small"}"#] {
+        let r = http::post(addr, CHAT, &[], bad).unwrap();
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(bad));
+        assert_eq!(diagnosis(&r)["cause"], "invalid_request");
+    }
+    let r = http::request(addr, "GET", CHAT, &[], Duration::from_secs(5)).unwrap();
+    assert_eq!(r.status, 400, "no body at all");
+    // Paths the stage does not claim pass untouched (and unrouted: no cluster header).
+    assert_ne!(http::get(addr, "/v1/models", &[]).unwrap().status, 200);
+    assert_eq!(a.requests() + b.requests(), 0);
+}
+
+/// Sends requests for `model` until one reaches `backend` again; how long that took.
+fn until_back(addr: std::net::SocketAddr, backend: &str, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        let r = http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap();
+        if r.header("x-backend") == Some(backend) {
+            return Some(t.elapsed());
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn a_providers_429_pauses_it_for_the_time_it_asks_without_counting_a_failure() {
+    let a = FakeLlm::start("a", LlmReply::json(1, 1)).unwrap();
+    let b = FakeLlm::start("b", LlmReply::json(1, 1)).unwrap();
+    let envoy = start(llm_section(json!({})), &a, &b);
+    let addr = envoy.main().unwrap();
+    for (headers, pause) in [
+        (vec![("retry-after", "2")], Duration::from_secs(2)),
+        (
+            vec![("x-ratelimit-reset-requests", "1.5s"), ("x-ratelimit-remaining-requests", "0")],
+            Duration::from_millis(1500),
+        ),
+        (vec![("x-ratelimit-reset-tokens", "0m2s")], Duration::from_secs(2)),
+    ] {
+        a.set(LlmReply::rate_limited(&headers));
+        let r = http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap();
+        assert_eq!((r.status, r.header("x-backend")), (429, Some("a")), "the 429 reaches the client");
+        assert_eq!(r.header("retry-after"), Some("0"), "b serves the model: the client may retry at once");
+        let d = diagnosis(&r);
+        assert_eq!(d["cause"], "upstream_rate_limited", "{d:?}");
+        assert_eq!(d["retry_after"], pause.as_secs_f64().ceil().to_string(), "{d:?}");
+        assert!(d["reasons"].starts_with("provider_a: rate limited by the upstream (429), back in"), "{d:?}");
+        a.set(LlmReply::json(1, 1));
+        // Paused: the next requests go to b, until the pause is over.
+        let r = http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap();
+        assert_eq!((r.status, r.header("x-backend")), (200, Some("b")));
+        let back = until_back(addr, "a", pause + Duration::from_secs(5)).expect("a never came back");
+        assert!(back + Duration::from_millis(200) >= pause, "back after {back:?}, asked for {pause:?}");
+    }
+    assert_eq!(envoy.stat("upstream_guard.llm.provider.provider_a.rate_limited").unwrap(), Some(3));
+    assert_eq!(
+        envoy.stat("upstream_guard.llm.provider.provider_a.ejections").unwrap(),
+        Some(0),
+        "429s are not failures"
+    );
+    assert_eq!(envoy.stat("upstream_guard.diagnosis.upstream_rate_limited").unwrap(), Some(3));
+}
+
+#[test]
+fn every_provider_out_is_model_unavailable_with_each_reason() {
+    let a = FakeLlm::start("a", LlmReply::rate_limited(&[("retry-after", "30")])).unwrap();
+    let b = FakeLlm::start("b", LlmReply::status(529)).unwrap();
+    let envoy = start(llm_section(json!({})), &a, &b);
+    let addr = envoy.main().unwrap();
+    let r = http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap();
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("0")), "b is still available");
+    for _ in 0..2 {
+        assert_eq!(http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap().status, 529);
+    }
+    let r = http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((28..=30).contains(&retry), "the first provider back: b, ejected for 30 s ({retry})");
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["error"]["code"], "model_unavailable");
+    let providers = body["error"]["providers"].as_array().unwrap();
+    assert!(providers[0]["reason"].as_str().unwrap().contains("rate limited by the upstream (429)"), "{body}");
+    assert!(providers[1]["reason"].as_str().unwrap().contains("ejected by passive detection"), "{body}");
+    assert_eq!(providers[1]["model"], "gpt-4o-from-b");
+    let d = diagnosis(&r);
+    assert_eq!(d["cause"], "model_unavailable");
+    assert!(d["reasons"].contains("provider_a: rate limited") && d["reasons"].contains("provider_b: ejected"), "{d:?}");
+    assert_eq!((a.requests(), b.requests()), (1, 2), "refused without trying any provider");
+    assert_eq!(envoy.stat("upstream_guard.llm.model.gpt-4o.unavailable").unwrap(), Some(1));
+    assert_eq!(envoy.stat("upstream_guard.llm.model.small.requests").unwrap(), Some(0));
+}
+
+fn budget(tokens: u64) -> Value {
+    json!({"budgets": [{"name": "per-key", "key": [{"header": "x-api-key"}], "tokens": tokens, "per": "1h"}]})
+}
+
+/// Sequential requests of one key, each on a new connection (spread over both workers): a budget
+/// of 100 tokens and 30 per request admits 4 (100, 70, 40, 10 left), then refuses.
+fn spend_the_budget(addr: std::net::SocketAddr, body: &[u8]) {
+    let mut remaining = Vec::new();
+    for _ in 0..4 {
+        let r = http::post(addr, CHAT, &[("x-api-key", "k1")], body).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        remaining.push(r.header("x-ratelimit-remaining-tokens").unwrap().to_string());
+    }
+    assert_eq!(remaining, ["100", "70", "40", "10"]);
+    let r = http::post(addr, CHAT, &[("x-api-key", "k1")], body).unwrap();
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.header("x-ratelimit-remaining-tokens"), Some("0"));
+    assert_eq!(r.header("retry-after"), Some("720"), "20 tokens overdrawn at 100 per hour");
+    assert_eq!(diagnosis(&r)["cause"], "rate_limited");
+    let other = http::post(addr, CHAT, &[("x-api-key", "k2")], body).unwrap();
+    assert_eq!(other.status, 200, "another key has its own budget");
+}
+
+#[test]
+fn a_token_budget_is_exact_across_workers_with_json_answers() {
+    let a = FakeLlm::start("a", LlmReply::json(10, 20)).unwrap();
+    let b = FakeLlm::start("b", LlmReply::json(10, 20)).unwrap();
+    let envoy = start(llm_section(budget(100)), &a, &b);
+    let addr = envoy.main().unwrap();
+    spend_the_budget(addr, &chat("gpt-4o"));
+    assert_eq!(envoy.stat("upstream_guard.llm.budget.per-key.charged_tokens").unwrap(), Some(150));
+    assert_eq!(envoy.stat("upstream_guard.llm.budget.per-key.refused").unwrap(), Some(1));
+    assert_eq!(a.tokens_reported(), 150);
+}
+
+#[test]
+fn a_token_budget_is_exact_across_workers_with_streamed_answers() {
+    let stream = LlmReply::stream(3, Duration::from_millis(5), 10, 20);
+    let a = FakeLlm::start("a", stream.clone()).unwrap();
+    let b = FakeLlm::start("b", stream).unwrap();
+    let envoy = start(llm_section(budget(100)), &a, &b);
+    let addr = envoy.main().unwrap();
+    let body = json!({"model": "gpt-4o", "stream": true, "messages": []}).to_string().into_bytes();
+    spend_the_budget(addr, &body);
+    let seen = a.seen().remove(0).json().unwrap();
+    assert_eq!(seen["stream_options"], json!({"include_usage": true}), "the stream was asked for its usage");
+    assert_eq!(envoy.stat("upstream_guard.llm.budget.per-key.charged_tokens").unwrap(), Some(150));
+    assert_eq!(a.tokens_reported(), 150);
+}
+
+#[test]
+fn concurrent_charges_are_all_counted() {
+    let a = FakeLlm::start("a", LlmReply::stream(2, Duration::from_millis(20), 7, 4)).unwrap();
+    let b = FakeLlm::start("b", LlmReply::json(7, 4)).unwrap();
+    let envoy = start(llm_section(budget(1_000_000)), &a, &b);
+    let addr = envoy.main().unwrap();
+    let body = json!({"model": "gpt-4o", "stream": true}).to_string().into_bytes();
+    let handles: Vec<_> = (0..40)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || http::post(addr, CHAT, &[("x-api-key", "shared")], &body).unwrap().status)
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+    assert_eq!(a.tokens_reported(), 40 * 11);
+    assert_eq!(
+        envoy.stat("upstream_guard.llm.budget.per-key.charged_tokens").unwrap(),
+        Some(40 * 11),
+        "no charge lost"
+    );
+}
+
+#[test]
+fn a_streamed_answer_is_not_held_back() {
+    // The backend sends its first chunk at once, then waits a second before the next.
+    let stream = LlmReply::stream(2, Duration::from_secs(1), 3, 4);
+    let a = FakeLlm::start("a", stream.clone()).unwrap();
+    let b = FakeLlm::start("b", stream).unwrap();
+    let envoy = start(llm_section(budget(1000)), &a, &b);
+    let addr = envoy.main().unwrap();
+    let body = json!({"model": "gpt-4o", "stream": true}).to_string().into_bytes();
+    for _ in 0..3 {
+        let t = http::post_timed(addr, CHAT, &[("x-api-key", "k")], &body, Duration::from_secs(10)).unwrap();
+        assert_eq!(t.response.status, 200);
+        assert!(t.response.text().contains("data: [DONE]"));
+        let sent = a.seen().pop().unwrap().first_chunk_at.unwrap();
+        let got = t.first_body_byte_at.unwrap();
+        let delay = got.saturating_duration_since(sent);
+        assert!(delay < Duration::from_millis(100), "first byte {delay:?} after the backend sent it");
+        assert!(t.sent_at.elapsed() >= Duration::from_secs(1), "the whole answer took the backend's second");
+    }
+    assert_eq!(envoy.stat("upstream_guard.llm.budget.per-key.charged_tokens").unwrap(), Some(21));
+}
+
+#[test]
+fn the_llm_gateway_example_runs_as_its_readme_says() {
+    let primary = FakeLlm::start("primary", LlmReply::json(10, 20)).unwrap();
+    let secondary = FakeLlm::start("secondary", LlmReply::json(10, 20)).unwrap();
+    let envoy = Envoy::start_yaml(&example_config(&primary, &secondary), 2).unwrap();
+    let addr = envoy.main().unwrap();
+    let alice = [("authorization", "Bearer alice")];
+    let r = http::post(addr, CHAT, &alice, br#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}"#)
+        .unwrap();
+    assert_eq!(
+        (r.status, r.header("x-backend"), r.header("x-ratelimit-remaining-tokens")),
+        (200, Some("primary"), Some("100"))
+    );
+    let r =
+        http::post(addr, CHAT, &[("authorization", "Bearer bob")], br#"{"model": "gpt-4o", "stream": true}"#).unwrap();
+    assert!(
+        r.text().contains(r#""usage":{"completion_tokens":20,"prompt_tokens":10,"total_tokens":30}"#),
+        "{}",
+        r.text()
+    );
+
+    // The primary rate limits: its 429 is explained, and the next request goes to the secondary.
+    let ctl = http::get(primary.addr(), "/fake/reply?status=429&retry-after=20", &[]).unwrap();
+    assert_eq!(ctl.status, 200);
+    let r = http::post(addr, CHAT, &alice, br#"{"model": "gpt-4o"}"#).unwrap();
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("0")));
+    assert_eq!(diagnosis(&r)["retry_after"], "20");
+    let r = http::post(addr, CHAT, &alice, br#"{"model": "gpt-4o"}"#).unwrap();
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("secondary")));
+    assert_eq!(secondary.seen().pop().unwrap().model.as_deref(), Some("gpt-4o-2024-08-06"));
+
+    // 100 tokens a minute per key, 30 per request: the fifth request of one key is refused.
+    let dave = [("authorization", "Bearer dave")];
+    let statuses: Vec<u16> =
+        (0..5).map(|_| http::post(addr, CHAT, &dave, br#"{"model": "llama-3.1-8b"}"#).unwrap().status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 429]);
+    let r = http::post(addr, CHAT, &dave, br#"{"model": "llama-3.1-8b"}"#).unwrap();
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("12")));
+
+    // Other paths are not the llm stage's: they go to the primary unbuffered.
+    http::get(primary.addr(), "/fake/reply?status=200", &[]).unwrap();
+    assert_eq!(http::get(addr, "/v1/models", &[]).unwrap().header("x-backend"), Some("primary"));
+}
