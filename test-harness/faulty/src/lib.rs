@@ -1,4 +1,4 @@
-//! `faulty.wasm`: the combined module's four stages behind a test-only fault switch. Never shipped
+//! `faulty.wasm`: the combined module's stages behind a test-only fault switch. Never shipped
 //! (`cargo xtask package` knows only the modules in `FILTERS`, and a test checks that no shipped
 //! `.wasm` contains the switch).
 //!
@@ -18,7 +18,7 @@
 use serde_json::Value;
 use upstream_guard::config::ConfigError;
 use upstream_guard_glue::{host, Cx, Flow, LocalReply, Stage};
-use upstream_guard_stages::{CircuitBreaker, Diagnostics, HealthRouter, RateLimiter};
+use upstream_guard_stages::{CircuitBreaker, Diagnostics, HealthRouter, Llm, RateLimiter};
 
 /// The request header that flips the switch.
 const FAULT_HEADER: &str = "x-ug-test-fault";
@@ -101,7 +101,8 @@ impl Stage for Fault {
     }
 }
 
-type Pipeline = (Fault, Option<Diagnostics>, Option<RateLimiter>, Option<HealthRouter>, Option<CircuitBreaker>);
+type Pipeline =
+    (Fault, Option<Diagnostics>, Option<RateLimiter>, Option<Llm>, Option<HealthRouter>, Option<CircuitBreaker>);
 
 fn probe_of(test: &Value) -> Result<Option<Probe>, ConfigError> {
     let Some(p) = test.get("probe") else { return Ok(None) };
@@ -126,13 +127,13 @@ fn configure(raw: &[u8]) -> Result<Pipeline, ConfigError> {
     let test = doc.as_object_mut().and_then(|o| o.remove("test")).unwrap_or(Value::Null);
     let probe = probe_of(&test)?;
     let rest = doc.to_string();
-    let (d, r, h, b) = upstream_guard_stages::suite(rest.as_bytes())?;
-    Ok((Fault { probe }, d, r, h, b))
+    let (d, r, l, h, b) = upstream_guard_stages::suite(rest.as_bytes())?;
+    Ok((Fault { probe }, d, r, l, h, b))
 }
 
 upstream_guard_glue::export_filter!(
     "faulty",
     Pipeline,
     configure,
-    [response_body, response_trailers, log, tick, http_calls]
+    [request_body, response_body, response_trailers, log, tick, http_calls, grpc]
 );
