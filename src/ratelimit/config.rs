@@ -536,17 +536,19 @@ impl RateLimitJson {
                 (true, Some(service)) => {
                     Some(service.validate(&key, &|f| at(&format!("service.{f}")), &mut targets)?)
                 }
+                // The field that is there is the one named (an error must point at text the
+                // operator can find).
                 (true, None) => {
                     return Err(err(
-                        at("service"),
-                        "is missing for a global rule",
-                        "add \"service\": {\"cluster\": \"<Envoy cluster of the rate limit service>\", \"domain\": \"<domain>\"}",
+                        at("global"),
+                        "is true but the rule has no service section",
+                        "add \"service\": {\"cluster\": \"<Envoy cluster of the rate limit service>\", \"domain\": \"<domain>\"}, or remove \"global\"",
                     ))
                 }
                 (false, Some(_)) => {
                     return Err(err(
-                        at("global"),
-                        "is false but the rule has a service section",
+                        at("service"),
+                        "is set but the rule is not global",
                         "set \"global\": true to count this rule in the service, or remove \"service\"",
                     ))
                 }

@@ -498,10 +498,10 @@ mod tests {
     #[test]
     fn global_and_service_go_together() {
         let no_service = br#"{"rules": [{"name": "a", "global": true, "limit": {"requests": 1, "per": "1s"}}]}"#;
-        assert_eq!(RateLimitConfig::from_json(no_service).unwrap_err().field, "rules[0].service");
+        assert_eq!(RateLimitConfig::from_json(no_service).unwrap_err().field, "rules[0].global");
         let not_global = br#"{"rules": [{"name": "a", "limit": {"requests": 1, "per": "1s"},
                               "service": {"cluster": "rls", "domain": "e"}}]}"#;
-        assert_eq!(RateLimitConfig::from_json(not_global).unwrap_err().field, "rules[0].global");
+        assert_eq!(RateLimitConfig::from_json(not_global).unwrap_err().field, "rules[0].service");
     }
 
     #[test]

@@ -105,6 +105,14 @@ fn extras(target: Target) -> Vec<(&'static str, Value)> {
                 "rules[3]",
                 json!({"name": "exact", "match": {"path_exact": "/login"}, "limit": {"requests": 1, "per": "250ms"}}),
             ),
+            (
+                "rules[4]",
+                json!({"name": "tenant-global", "key": [{"header": "x-tenant"}], "limit": {"requests": 100, "per": "1m"},
+                       "global": true,
+                       "service": {"cluster": "ratelimit", "domain": "edge", "timeout": "50ms",
+                                   "descriptor_keys": ["tenant"], "on_service_error": "local",
+                                   "error_status": 503, "cache_over_limit": "10s"}}),
+            ),
         ],
         Target::CircuitBreaker => vec![
             ("half_open.probe_timeout", json!("30s")),
