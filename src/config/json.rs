@@ -804,7 +804,10 @@ mod tests {
         assert_eq!((d.clusters["p"].a, d.clusters["p"].b, d.clusters["q"].b), (Some(65535), Some(-1.5e-3), Some(-7.0)));
         let e = refused(r#"{"clusters": {"p": {"a": 18446744073709551616}}}"#);
         assert_eq!(e.problem, "invalid type: floating point `1.8446744073709552e+19`, expected u16");
-        assert_eq!(refused(r#"{"clusters": {"p": {"a": 2.0}}}"#).problem, "invalid type: floating point `2.0`, expected u16");
+        assert_eq!(
+            refused(r#"{"clusters": {"p": {"a": 2.0}}}"#).problem,
+            "invalid type: floating point `2.0`, expected u16"
+        );
         assert_eq!(refused(r#"{"clusters": {"p": {"a": -1}}}"#).problem, "invalid value: integer `-1`, expected u16");
     }
 
@@ -819,7 +822,8 @@ mod tests {
         }
         // The document, `rules`, the rule and `key` are four levels: 64 in all.
         let nested = format!("{}{}", "[".repeat(super::MAX_DEPTH - 4), "]".repeat(super::MAX_DEPTH - 4));
-        let json = format!(r#"{{"rules": [{{"name": "a", "key": [{nested}], "limit": {{"requests": 1, "per": "1s"}}}}]}}"#);
+        let json =
+            format!(r#"{{"rules": [{{"name": "a", "key": [{nested}], "limit": {{"requests": 1, "per": "1s"}}}}]}}"#);
         if let Err(e) = parse_json::<Doc>(json.as_bytes()) {
             panic!("{e}");
         }

@@ -556,7 +556,17 @@ impl RateLimitJson {
             let policy = super::headers::policy_header(&r.name, &limit);
             let quoted = super::headers::quoted(&r.name);
             let slots = (i as u32 * share, share);
-            rules.push(Rule { name: r.name, matcher, key, limit, algorithm: r.algorithm, policy, quoted, slots, global });
+            rules.push(Rule {
+                name: r.name,
+                matcher,
+                key,
+                limit,
+                algorithm: r.algorithm,
+                policy,
+                quoted,
+                slots,
+                global,
+            });
         }
         Ok(RateLimitConfig {
             rules,
