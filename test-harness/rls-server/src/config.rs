@@ -106,9 +106,8 @@ impl LimitSpec {
 /// Parses a JSON list of limits, naming the offending field on error (with the core's reader of
 /// plugin configurations, which names fields the same way).
 pub fn parse_limits(json: &str) -> Result<Vec<LimitSpec>, Error> {
-    let limits: Vec<LimitSpec> = upstream_guard::config::parse_json(json.as_bytes()).map_err(|e| Error::Config {
-        field: if e.field == "." { "(top level)".into() } else { e.field },
-        problem: e.problem,
+    let limits: Vec<LimitSpec> = upstream_guard::config::parse_json_value(json.as_bytes()).map_err(|e| {
+        Error::Config { field: if e.field == "." { "(top level)".into() } else { e.field }, problem: e.problem }
     })?;
     for (i, l) in limits.iter().enumerate() {
         l.validate(&format!("[{i}]"))?;
