@@ -6,7 +6,8 @@
 use std::fmt;
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+
+mod json;
 
 /// Why a plugin configuration was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,46 +36,20 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Parses a plugin configuration. Empty input (no `configuration` in Envoy) means `{}`, so every
-/// filter runs with its defaults when given nothing. A top-level `"$schema"` string (an editor's
-/// pointer to the configuration's JSON Schema) is ignored.
+/// filter runs with its defaults when given nothing. The document must be one JSON object; a
+/// top-level `"$schema"` string (an editor's pointer to the configuration's JSON Schema) is
+/// ignored. A refusal names the offending field (`rules[0].limit.per`); see [`json`] for how.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
-    let mut de = serde_json::Deserializer::from_slice(text);
-    let mut value = serde_json::Value::deserialize(&mut de).map_err(|e| {
-        ConfigError::new(
-            ".",
-            e.to_string(),
-            "the plugin configuration must be one JSON object, e.g. {} for all defaults",
-        )
-    })?;
-    de.end().map_err(|e| ConfigError::new(".", e.to_string(), "remove the text after the JSON object"))?;
-    let serde_json::Value::Object(fields) = &mut value else {
-        // serde would read an array as the struct's fields in order: refuse it plainly.
-        return Err(ConfigError::new(
-            ".",
-            "is not a JSON object",
-            "the plugin configuration must be one JSON object, e.g. {} for all defaults",
-        ));
-    };
-    if fields.get("$schema").is_some_and(serde_json::Value::is_string) {
-        fields.remove("$schema");
-    }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        // serde's message repeats the value it refused ("invalid type: integer `424242`"): never
-        // for a field that holds a secret, which would then sit in Envoy's log.
-        let last = path.rsplit(['.', '[']).next().unwrap_or_default();
-        let problem = if ["token", "secret", "password"].iter().any(|w| last.contains(w)) {
-            "has the wrong type (its value is not repeated here: the field holds a secret)".to_string()
-        } else {
-            e.into_inner().to_string()
-        };
-        ConfigError::new(
-            path,
-            problem,
-            "see the filter's configuration reference in README.md for the accepted fields and types",
-        )
-    })
+    let document = json::Document::read(text)?.configuration()?;
+    Ok(T::deserialize(document.root())?)
+}
+
+/// Parses one JSON value of any kind (an array, say) into `T`, refusing as [`parse_json`] does,
+/// with the offending field named. For JSON documents that are not plugin configurations.
+pub fn parse_json_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
+    let document = json::Document::read(bytes)?;
+    Ok(T::deserialize(document.root())?)
 }
 
 /// A header name field: non-empty lowercase HTTP token (HTTP/2 forbids uppercase), not a
@@ -171,6 +146,28 @@ impl ConfigError {
     }
 }
 
+/// A number from a configuration, for messages: `1.5`, `2`, `1e-7`, as the operator would write
+/// it. The standard library's float display is not used so that its formatting code stays out of
+/// the modules (serde_json's, which they contain anyway, writes the digits).
+pub(crate) fn number_text(v: f64) -> String {
+    let text = float_text(v);
+    match text.strip_suffix(".0") {
+        Some(whole) => whole.to_string(),
+        None => text,
+    }
+}
+
+/// A float as serde_json writes it (`1.0`, `1.5`, `1e300`), which is also how serde's own
+/// messages name a float.
+fn float_text(v: f64) -> String {
+    match serde_json::Number::from_f64(v) {
+        Some(n) => n.to_string(),
+        None if v.is_nan() => "NaN".to_string(),
+        None if v > 0.0 => "inf".to_string(),
+        None => "-inf".to_string(),
+    }
+}
+
 /// Parses a duration such as `250ms`, `1s`, `1.5s`, `2m`, `1h` into nanoseconds.
 ///
 /// Returns `None` for anything else (no unit, negative, unknown unit, overflow).
@@ -261,6 +258,9 @@ mod tests {
             let e = parse_json::<Sample>(bad.as_bytes()).unwrap_err();
             assert_eq!(e.field, ".", "{bad}");
         }
+        let names: Vec<u32> = parse_json_value(b"[1, 2]").unwrap();
+        assert_eq!(names, [1, 2]);
+        assert_eq!(parse_json_value::<Vec<u32>>(br#"[1, "x"]"#).unwrap_err().field, "[1]");
     }
 
     #[test]
@@ -278,6 +278,17 @@ mod tests {
     #[test]
     fn trailing_garbage_is_refused() {
         assert!(parse_json::<Sample>(b"{} x").is_err());
+    }
+
+    #[test]
+    fn numbers_in_messages_read_like_the_configuration() {
+        for (v, text) in [(1.5, "1.5"), (0.5, "0.5"), (2.0, "2"), (0.0, "0"), (-1.0, "-1"), (100.25, "100.25")] {
+            assert_eq!(number_text(v), text);
+        }
+        assert_eq!(float_text(1.0), "1.0");
+        assert_eq!(float_text(1e300), "1e+300");
+        assert_eq!(float_text(f64::NAN), "NaN");
+        assert_eq!(float_text(f64::NEG_INFINITY), "-inf");
     }
 
     #[test]

@@ -109,12 +109,22 @@ struct PolicyJson {
 /// The circuit breaker's plugin configuration (also the `circuit_breaker` section of
 /// upstream_guard.wasm's). One breaker per upstream cluster (optionally per cluster and header
 /// value), shared by every worker. Every block is optional.
+// The global policy's blocks are fields of their own rather than a flattened `PolicyJson`:
+// flattening buffers the object and loses the path of an error inside it (`failure.consecutive`
+// would read `.`), and costs its own code in the modules.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BreakerJson {
-    #[serde(flatten)]
-    global: PolicyJson,
+    /// What counts as a failure, and how many trip the circuit.
+    #[serde(default)]
+    failure: FailureJson,
+    /// How long a circuit stays open.
+    #[serde(default)]
+    open: OpenJson,
+    /// Probing after the open time.
+    #[serde(default)]
+    half_open: HalfOpenJson,
     /// Per-cluster overrides of `failure`, `open` and `half_open`, field by field: a field left
     /// out takes the top-level value, not the default shown.
     #[cfg_attr(feature = "schema", schemars(extend("default" = {})))]
@@ -203,7 +213,7 @@ fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy,
             if !(r.threshold > 0.0 && r.threshold <= 1.0) {
                 return Err(ConfigError::new(
                     f("failure.ratio.threshold"),
-                    format!("{} is outside (0, 1]", r.threshold),
+                    format!("{} is outside (0, 1]", crate::config::number_text(r.threshold)),
                     "use a failure ratio such as 0.5",
                 ));
             }
@@ -234,7 +244,7 @@ fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy,
     if !(1.0..=100.0).contains(&multiplier) {
         return Err(ConfigError::new(
             f("open.multiplier"),
-            format!("{multiplier} is outside [1, 100]"),
+            format!("{} is outside [1, 100]", crate::config::number_text(multiplier)),
             "use 1 (constant open time) to 100; default 2",
         ));
     }
@@ -270,10 +280,11 @@ fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy,
 impl BreakerJson {
     /// Checks every field and resolves per-cluster overrides.
     pub fn validate(self) -> Result<BreakerConfig, ConfigError> {
-        let default = resolve("", &self.global, &PolicyJson::default())?;
+        let global = PolicyJson { failure: self.failure, open: self.open, half_open: self.half_open };
+        let default = resolve("", &global, &PolicyJson::default())?;
         let mut clusters = BTreeMap::new();
         for (name, over) in &self.clusters {
-            clusters.insert(name.clone(), resolve(&format!("clusters.{name}."), over, &self.global)?);
+            clusters.insert(name.clone(), resolve(&format!("clusters.{name}."), over, &global)?);
         }
         let status = crate::config::refusal_status("status", self.status.unwrap_or(503), "use 503 (the default)")?;
         if let Some(h) = &self.key_header {
@@ -384,8 +395,20 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_refused_even_beside_flattened_blocks() {
+    fn unknown_fields_and_wrong_types_in_the_global_blocks_name_their_path() {
         let e = BreakerConfig::from_json(br#"{"failur": {}}"#).unwrap_err();
-        assert!(e.problem.contains("failur"), "{e}");
+        assert_eq!(e.field, "failur", "{e}");
+        assert!(e.problem.starts_with("unknown field `failur`, expected one of `failure`, `open`"), "{e}");
+        for (json, field) in [
+            (r#"{"failure": {"consecutive": "x"}}"#, "failure.consecutive"),
+            (r#"{"failure": {"ratio": {"threshold": 0.5, "min_requests": -1}}}"#, "failure.ratio.min_requests"),
+            (r#"{"failure": {"statuses": [500, 70000]}}"#, "failure.statuses[1]"),
+            (r#"{"open": {"multiplier": "2"}}"#, "open.multiplier"),
+            (r#"{"half_open": {"probes": 2}}"#, "half_open.probes"),
+            (r#"{"failure": {"ratio": {}}}"#, "failure.ratio"),
+        ] {
+            let e = BreakerConfig::from_json(json.as_bytes()).unwrap_err();
+            assert_eq!(e.field, field, "{json}: {e}");
+        }
     }
 }

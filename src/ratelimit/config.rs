@@ -536,12 +536,13 @@ impl RateLimitJson {
                 (true, Some(service)) => {
                     Some(service.validate(&key, &|f| at(&format!("service.{f}")), &mut targets)?)
                 }
-                // Each error names the field that is there (the one missing cannot be pointed at).
+                // The field that is there is the one named (an error must point at text the
+                // operator can find).
                 (true, None) => {
                     return Err(err(
                         at("global"),
                         "is true but the rule has no service section",
-                        "add \"service\": {\"cluster\": \"<Envoy cluster of the rate limit service>\", \"domain\": \"<domain>\"}",
+                        "add \"service\": {\"cluster\": \"<Envoy cluster of the rate limit service>\", \"domain\": \"<domain>\"}, or remove \"global\"",
                     ))
                 }
                 (false, Some(_)) => {

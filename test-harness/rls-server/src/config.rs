@@ -103,12 +103,11 @@ impl LimitSpec {
     }
 }
 
-/// Parses a JSON list of limits, naming the offending field on error.
+/// Parses a JSON list of limits, naming the offending field on error (with the core's reader of
+/// plugin configurations, which names fields the same way).
 pub fn parse_limits(json: &str) -> Result<Vec<LimitSpec>, Error> {
-    let de = &mut serde_json::Deserializer::from_str(json);
-    let limits: Vec<LimitSpec> = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        Error::Config { field: if path == "." { "(top level)".into() } else { path }, problem: e.inner().to_string() }
+    let limits: Vec<LimitSpec> = upstream_guard::config::parse_json_value(json.as_bytes()).map_err(|e| {
+        Error::Config { field: if e.field == "." { "(top level)".into() } else { e.field }, problem: e.problem }
     })?;
     for (i, l) in limits.iter().enumerate() {
         l.validate(&format!("[{i}]"))?;
