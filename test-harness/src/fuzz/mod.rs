@@ -43,7 +43,7 @@ pub enum Target {
     CircuitBreaker,
     /// `health_router.wasm`.
     HealthRouter,
-    /// `upstream_guard.wasm` with all four stages.
+    /// `upstream_guard.wasm` with all four stages, and in most cases the llm stage.
     UpstreamGuard,
 }
 
@@ -112,6 +112,11 @@ pub struct Report {
     pub ejections: u64,
     /// Shared-data updates that lost every compare-and-swap race.
     pub contention: u64,
+    /// Request bodies the llm stage read to their end on its paths, and those it routed.
+    pub llm_bodies: u64,
+    pub llm_routed: u64,
+    /// Requests for a model the llm stage does not serve, checked refused locally.
+    pub llm_unknown: u64,
     /// Wall time in milliseconds.
     pub millis: u64,
 }
@@ -131,6 +136,9 @@ impl Report {
         self.checks += o.checks;
         self.ejections += o.ejections;
         self.contention += o.contention;
+        self.llm_bodies += o.llm_bodies;
+        self.llm_routed += o.llm_routed;
+        self.llm_unknown += o.llm_unknown;
     }
 }
 
@@ -141,7 +149,7 @@ impl fmt::Display for Report {
             f,
             "{} callbacks in {} cases ({} steps, {} requests, {} local replies, {} diagnoses checked, {} admissions \
              checked; circuits opened/half-opened/closed {}/{}/{}, {} health checks, {} ejections, {} lost CAS \
-             races) in {:.1} s ({:.0} callbacks/s)",
+             races, {} llm bodies read: {} routed, {} for unknown models refused) in {:.1} s ({:.0} callbacks/s)",
             self.callbacks,
             self.cases,
             self.steps,
@@ -155,6 +163,9 @@ impl fmt::Display for Report {
             self.checks,
             self.ejections,
             self.contention,
+            self.llm_bodies,
+            self.llm_routed,
+            self.llm_unknown,
             secs,
             self.callbacks as f64 / secs
         )
