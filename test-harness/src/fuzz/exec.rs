@@ -725,7 +725,7 @@ impl<'h> Run<'h> {
             let now = live.s.response_header_bytes(b"x-ratelimit-remaining-tokens");
             if now.is_some() && now != sent {
                 let left = now.as_deref().and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse::<u64>().ok());
-                if !left.is_some_and(|n| n <= LLM_TOKENS) {
+                if left.is_none_or(|n| n > LLM_TOKENS) {
                     return Err(self.fail(
                         Kind::Llm,
                         format!("x-ratelimit-remaining-tokens {:?} outside 0..={LLM_TOKENS}", now.map(B)),
