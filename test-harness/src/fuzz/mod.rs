@@ -13,7 +13,10 @@
 //! breaker decodes and has at most `max_probes` probes in flight; every shared-data key is one the
 //! module may write and their number stays within the configured bounds; every diagnosis header
 //! is a valid RFC 8941 Dictionary that shows upstream details only to trusted clients, with every
-//! hostile name escaped.
+//! hostile name escaped. With the llm stage (`upstream_guard.wasm`, most cases): request bodies
+//! cut anywhere, provider 429s and answers with and without usage; a model the stage does not
+//! serve never reaches a provider, pauses stay within `rate_limited.max`, budget balances within
+//! their cap and the usage reported.
 //!
 //! Everything is reproducible from a seed: a campaign's seed gives each case its own seed, a case
 //! seed gives the module's configuration and the whole sequence of steps. A failure is shrunk to
