@@ -602,6 +602,21 @@ pub fn generate(target: Target, seed: u64, steps: usize) -> Case {
     let config = configs::for_target(target, &mut rng);
     let workers = rng.range(1, 3) as u8;
     let log_level = if rng.chance(250) { 0 } else { 3 };
-    let ops = (0..steps).map(|_| op(&mut rng, target, workers)).collect();
+    let mut ops = Vec::with_capacity(steps);
+    while ops.len() < steps {
+        let next = op(&mut rng, target, workers);
+        // A request on the llm stage's paths mostly gets its body next, as clients send it.
+        let body_next = match &next {
+            Op::Start { slot, req, .. } if target == Target::UpstreamGuard && !req.end && rng.chance(700) => {
+                first(&req.headers, b":path").is_some_and(|p| p.starts_with(b"/v1/")).then_some(*slot)
+            }
+            _ => None,
+        };
+        ops.push(next);
+        if let Some(slot) = body_next.filter(|_| ops.len() < steps) {
+            let body = request_body(&mut rng);
+            ops.push(Op::ReqBody { slot, chunks: chunks(&mut rng, &body), end: !rng.chance(100) });
+        }
+    }
     Case { target, seed, workers: usize::from(workers), log_level, config, ops }
 }
