@@ -289,10 +289,14 @@ fn target(v: &Value, field: &str, providers: &[Upstream]) -> Result<Target, Conf
             if let Some(k) = o.keys().find(|k| *k != "cluster" && *k != "model") {
                 return Err(ConfigError::new(format!("{field}.{k}"), "is not a field of a model's provider", fix));
             }
-            let cluster = o
-                .get("cluster")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ConfigError::new(format!("{field}.cluster"), "is missing or not a string", fix))?;
+            // A missing `cluster` is named by the object that lacks it: the error names a field
+            // the configuration has.
+            let cluster = match o.get("cluster") {
+                None => return Err(ConfigError::new(field, "has no `cluster`", fix)),
+                Some(c) => {
+                    c.as_str().ok_or_else(|| ConfigError::new(format!("{field}.cluster"), "is not a string", fix))?
+                }
+            };
             let model = match o.get("model") {
                 None => None,
                 Some(Value::String(m)) if !m.is_empty() && m.len() <= super::body::MAX_MODEL_LEN => Some(m.clone()),
@@ -562,6 +566,14 @@ mod tests {
             (
                 r#"{"providers": [{"cluster": "a"}], "models": [{"name": "m", "providers": ["a", "a"]}]}"#.to_string(),
                 "models[0].providers[1]",
+            ),
+            (
+                r#"{"providers": [{"cluster": "a"}], "models": [{"name": "m", "providers": [{"model": "x"}]}]}"#.to_string(),
+                "models[0].providers[0]",
+            ),
+            (
+                r#"{"providers": [{"cluster": "a"}], "models": [{"name": "m", "providers": [{"cluster": 1}]}]}"#.to_string(),
+                "models[0].providers[0].cluster",
             ),
             (base(r#", "paths": ["v1/chat"]"#), "paths[0]"),
             (base(r#", "max_body_bytes": 10"#), "max_body_bytes"),

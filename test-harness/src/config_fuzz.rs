@@ -72,7 +72,12 @@ fn table_fields(text: &str) -> Vec<String> {
         let cell = line.split('|').nth(1).unwrap_or_default();
         let mut prefix = String::new();
         for (i, name) in cell.split('`').skip(1).step_by(2).enumerate() {
-            let whole = if i > 0 && !name.contains('.') { format!("{prefix}{name}") } else { name.to_string() };
+            // `a.b`, `.c` and `a.b`, `c` both name `a.c`.
+            let whole = match name.strip_prefix('.') {
+                Some(rest) if i > 0 => format!("{prefix}{rest}"),
+                _ if i > 0 && !name.contains('.') => format!("{prefix}{name}"),
+                _ => name.to_string(),
+            };
             if let Some(dot) = whole.rfind('.') {
                 prefix = whole[..=dot].to_string();
             }
@@ -269,8 +274,42 @@ pub fn documented_configs(readme: &str) -> Result<Vec<Documented>, String> {
         suite.insert(key.into(), config.clone());
         out.push(Documented { target, config, table_fields: table_fields(text) });
     }
-    out.push(Documented { target: Target::UpstreamGuard, config: Value::Object(suite), table_fields: Vec::new() });
+    let text = section(readme, LLM_TITLE).ok_or_else(|| format!("README.md has no \"## {LLM_TITLE}\" section"))?;
+    let mut llm = first_json(text).ok_or_else(|| "README.md's LLM gateway section has no JSON example".to_string())?;
+    for (path, value) in llm_extras() {
+        set_path(&mut llm, path, value);
+    }
+    suite.insert("llm".into(), llm);
+    out.push(Documented {
+        target: Target::UpstreamGuard,
+        config: Value::Object(suite),
+        table_fields: table_fields(text),
+    });
     Ok(out)
+}
+
+/// The README section of the `llm` stage (a section of `upstream_guard.wasm` only).
+const LLM_TITLE: &str = "LLM gateway: the `llm` stage of `upstream_guard.wasm`";
+
+/// The `llm` fields the README's table documents that its example leaves out, and those
+/// `envoy-examples/llm-gateway/` sets differently (a single-provider model, health checks on
+/// every provider, a budget keyed on `authorization`).
+fn llm_extras() -> Vec<(&'static str, Value)> {
+    vec![
+        ("paths", json!(["/v1/chat/completions", "/v1/embeddings"])),
+        ("max_body_bytes", json!(1_048_576)),
+        ("stream_usage", json!(true)),
+        ("max_keys", json!(100_000)),
+        ("client_ip", json!({"trusted_hops": 1, "header": "x-forwarded-for", "require_peer": false})),
+        ("passive.statuses", json!([500, 502, 503, 504, 529])),
+        ("providers[0].health_check", json!({"path": "/healthz", "interval": "2s", "unhealthy_threshold": 2})),
+        ("models[2]", json!({"name": "llama-3.1-8b", "providers": ["azure"]})),
+        ("budgets[0].models", json!(["gpt-4o"])),
+        (
+            "budgets[1]",
+            json!({"name": "all", "key": [{"constant": "all"}, "client_ip"], "tokens": 1_000_000, "per": "1m"}),
+        ),
+    ]
 }
 
 /// Table fields with no path in the configuration (a documented field the fuzzer would miss).

@@ -11,7 +11,16 @@ use super::{Rng, Target};
 pub const DEBUG_HEADER: &str = "x-upstream-debug";
 pub const DEBUG_TOKEN: &str = "s3cret";
 /// Upstream clusters the host knows (health checks to others fail to dispatch).
-pub const KNOWN_CLUSTERS: &[&str] = &["primary", "secondary", "passive-only", "backend", "payments"];
+pub const KNOWN_CLUSTERS: &[&str] =
+    &["primary", "secondary", "passive-only", "backend", "payments", LLM_PROVIDERS[0], LLM_PROVIDERS[1]];
+/// The llm stage's provider clusters (`llm-b` knows the model `m` as `m-on-b`).
+pub const LLM_PROVIDERS: [&str; 2] = ["llm-a", "llm-b"];
+/// The models the llm stage serves.
+pub const LLM_MODELS: &[&str] = &["m", "e"];
+/// The llm budget's tokens per period.
+pub const LLM_TOKENS: u64 = 50;
+/// The llm stage's longest 429 pause (`rate_limited.max`), in milliseconds.
+pub const LLM_MAX_PAUSE_MS: u64 = 4_000;
 /// The health router's upstreams (`ghost` is unknown to the host).
 pub const UPSTREAMS: &[&str] = &["primary", "secondary", "ghost", "passive-only"];
 /// Upstreams with active checks.
@@ -84,6 +93,26 @@ fn health_router(rng: &mut Rng) -> Value {
     })
 }
 
+fn llm(rng: &mut Rng) -> Value {
+    let [a, b] = LLM_PROVIDERS;
+    let mut c = json!({
+        "providers": [{"cluster": a}, {"cluster": b}],
+        "models": [{"name": "m", "providers": [a, {"cluster": b, "model": "m-on-b"}]}, {"name": "e", "providers": [b]}],
+        "passive": {"consecutive_failures": rng.range(1, 3), "ejection": "1s"},
+        "rate_limited": {"default": "300ms", "max": format!("{LLM_MAX_PAUSE_MS}ms")},
+        "stream_usage": rng.chance(700),
+        "max_keys": *rng.pick(&[4u32, 64]).unwrap_or(&4),
+        "budgets": [{"name": "k", "key": [{"header": "x-tenant"}], "tokens": LLM_TOKENS, "per": "5s"}],
+    });
+    if rng.chance(300) {
+        c["providers"][0]["health_check"] = json!({"path": "/h", "interval": "250ms", "unhealthy_threshold": 1});
+    }
+    if rng.chance(300) {
+        c["max_body_bytes"] = json!(1024);
+    }
+    c
+}
+
 /// A configuration of `target` for one case.
 pub fn for_target(target: Target, rng: &mut Rng) -> Value {
     match target {
@@ -106,6 +135,10 @@ pub fn for_target(target: Target, rng: &mut Rng) -> Value {
             }
             if off != 3 {
                 suite.insert("circuit_breaker".into(), circuit_breaker(rng));
+            }
+            // Often the llm stage too: its request bodies and provider answers are fuzzed then.
+            if rng.chance(600) {
+                suite.insert("llm".into(), llm(rng));
             }
             Value::Object(suite)
         }

@@ -14,10 +14,14 @@ use serde_json::Value;
 use upstream_guard::breaker::{Breaker, BreakerConfig, Phase};
 use upstream_guard::diagnose::{Cause, DiagnosticsConfig, Expose};
 use upstream_guard::health::{Health, HealthConfig, Lease};
+use upstream_guard::llm::{Balance, LlmConfig};
 use upstream_guard::peer::{client_addr, Peer, Trust};
 use upstream_guard::ratelimit::{Algorithm, FixedRequest, RateLimitConfig, State};
 
-use super::configs::{section, BREAKER_SLOTS, CHECKED_UPSTREAMS, DEBUG_TOKEN, KNOWN_CLUSTERS, UPSTREAMS};
+use super::configs::{
+    section, BREAKER_SLOTS, CHECKED_UPSTREAMS, DEBUG_TOKEN, KNOWN_CLUSTERS, LLM_MODELS, LLM_PROVIDERS, LLM_TOKENS,
+    UPSTREAMS,
+};
 use super::gen::{Answer, Case, Op, Prop, Req, Resp, B};
 use super::Target;
 
@@ -46,6 +50,8 @@ pub enum Kind {
     Callouts,
     /// The debug token appeared in a log line.
     Secret,
+    /// The llm stage routed a model it does not serve, or its pauses or budgets left their bounds.
+    Llm,
 }
 
 /// A broken invariant.
@@ -81,6 +87,11 @@ pub struct Outcome {
     pub ejections: u64,
     /// Rate-limit updates that lost every compare-and-swap.
     pub contention: u64,
+    /// Request bodies the llm stage read to their end, and those it routed to a provider.
+    pub llm_bodies: u64,
+    pub llm_routed: u64,
+    /// Requests for a model the stage does not serve, refused locally.
+    pub llm_unknown: u64,
 }
 
 /// Which optional callbacks a module exports (for counting callbacks delivered).
@@ -140,6 +151,7 @@ struct Model {
     limiter: Option<RateLimitConfig>,
     breaker: Option<BreakerConfig>,
     health: Option<HealthConfig>,
+    llm: Option<LlmConfig>,
     buckets: HashMap<(usize, u32), Bucket>,
     /// Every shared-data key the module may write (rate-limit slots are checked by number).
     breaker_keys: HashMap<Vec<u8>, String>,
@@ -168,7 +180,7 @@ impl Model {
             let names = super::gen::cluster_pool()
                 .iter()
                 .map(|b| String::from_utf8_lossy(b).into_owned())
-                .chain(UPSTREAMS.iter().map(|s| s.to_string()))
+                .chain(UPSTREAMS.iter().chain(&LLM_PROVIDERS).map(|s| s.to_string()))
                 .filter(|n| !n.is_empty());
             for name in names {
                 breaker_keys.insert(format!("ug.cb.{name}").into_bytes(), name.clone());
@@ -181,6 +193,7 @@ impl Model {
             diagnostics: parse(t, c, "diagnostics", DiagnosticsConfig::from_json)?,
             limiter: parse(t, c, "rate_limiter", RateLimitConfig::from_json)?,
             health: parse(t, c, "health_router", HealthConfig::from_json)?,
+            llm: parse(t, c, "llm", LlmConfig::from_json)?,
             breaker,
             buckets: HashMap::new(),
             breaker_keys,
@@ -225,7 +238,16 @@ struct Live<'w> {
     /// The filter swapped the content type to JSON: the body must become its JSON diagnosis.
     json_body: bool,
     diag_trusted: bool,
+    /// The request body delivered so far (up to [`BODY_KEPT`] bytes), and whether it ended.
+    req_body: Vec<u8>,
+    req_done: bool,
 }
+
+/// How much of a request body the checks keep (the stage reads at most `max_body_bytes`).
+const BODY_KEPT: usize = 4 << 20;
+
+/// The paths the llm stage claims by default (the query is not part of the match).
+const LLM_PATHS: &[&[u8]] = &[b"/v1/chat/completions", b"/v1/completions", b"/v1/embeddings"];
 
 struct Run<'h> {
     case: &'h Case,
@@ -235,6 +257,10 @@ struct Run<'h> {
     exports: Exports,
     out: Outcome,
     step: usize,
+    /// The latest time the clock showed (it also moves back): pauses are bounded from it.
+    latest: u64,
+    /// A provider's answer reported more tokens than fit a balance: budgets may sink that far.
+    huge_usage: bool,
 }
 
 fn trap(step: usize, e: HostError) -> Failure {
@@ -247,8 +273,20 @@ fn trap(step: usize, e: HostError) -> Failure {
     }
 }
 
-const DIAG_KEYS: &[&str] = &["cause", "flags", "status", "cluster", "upstream", "attempts", "route", "details", "hint"];
-const UNTRUSTED_KEYS: &[&str] = &["cause", "flags", "hint"];
+const DIAG_KEYS: &[&str] = &[
+    "cause",
+    "flags",
+    "status",
+    "cluster",
+    "upstream",
+    "attempts",
+    "route",
+    "details",
+    "hint",
+    "retry_after",
+    "reasons",
+];
+const UNTRUSTED_KEYS: &[&str] = &["cause", "flags", "hint", "retry_after"];
 
 impl<'h> Run<'h> {
     fn fail(&self, kind: Kind, message: impl Into<String>) -> Failure {
@@ -457,6 +495,8 @@ impl<'h> Run<'h> {
                 self.model.health.is_some() && (value.is_empty() || Lease::decode(value).is_some())
             } else if k == "ug.hr.seq" {
                 self.model.health.is_some() && (value.is_empty() || value.len() == 8)
+            } else if let Some(rest) = k.strip_prefix("ug.llm.") {
+                self.check_llm_entry(rest, value)?
             } else {
                 k == "ug.v" && value.is_empty()
             };
@@ -475,6 +515,45 @@ impl<'h> Run<'h> {
             }
         }
         Ok(())
+    }
+
+    /// One `ug.llm.*` entry (the key after the prefix): a provider's health with a pause no
+    /// longer than `rate_limited.max` from the latest time seen, the prober lease and sequence, a
+    /// budget balance within its slots, never above its cap nor below what answers reported.
+    fn check_llm_entry(&self, rest: &str, value: &[u8]) -> Result<bool, Failure> {
+        let Some(config) = &self.model.llm else { return Ok(false) };
+        if value.is_empty() {
+            return Ok(true);
+        }
+        if let Some(name) = rest.strip_prefix("h.") {
+            let Some(h) = Health::decode(value) else { return Ok(false) };
+            let bound = self.latest.saturating_add(config.rate_limited_max_ns);
+            if h.rate_limited_until > bound {
+                return Err(self.fail(
+                    Kind::Llm,
+                    format!(
+                        "{name} paused until {} ns, past {bound} (latest time + rate_limited.max)",
+                        h.rate_limited_until
+                    ),
+                ));
+            }
+            return Ok(LLM_PROVIDERS.contains(&name));
+        }
+        if rest == "lease" {
+            return Ok(Lease::decode(value).is_some());
+        }
+        if rest == "seq" {
+            return Ok(value.len() == 8);
+        }
+        let Some(slot) = rest.strip_prefix("tb.") else { return Ok(false) };
+        let Some(b) = Balance::decode(value) else { return Ok(false) };
+        // At most every slot's stream admitted at a balance of 0 and charged the most an answer
+        // of the fuzzer reports (under 80 tokens).
+        let floor = -(i64::from(super::gen::SLOTS) * 80);
+        if b.tokens > LLM_TOKENS as i64 || (b.tokens < floor && !self.huge_usage) {
+            return Err(self.fail(Kind::Llm, format!("budget slot {slot} holds {} tokens", b.tokens)));
+        }
+        Ok(slot.parse::<u32>().is_ok_and(|n| n < config.max_keys))
     }
 
     fn start(&mut self, slots: &mut [Option<Live<'h>>], slot: usize, worker: usize, req: &Req) -> Result<(), Failure> {
@@ -504,25 +583,89 @@ impl<'h> Run<'h> {
             local: None,
             json_body: false,
             diag_trusted: self.model.diag_trusted(req),
+            req_body: Vec::new(),
+            req_done: req.end,
         };
-        if let Some(reply) = live.s.local_response() {
-            self.out.local_replies += 1;
-            self.check_leak(&reply, &live)?;
-            if let Some(name) = self.header_name().map(str::to_string) {
-                if let Some(v) = reply.raw_headers.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v.clone()) {
-                    self.check_diagnosis(&v, &live, None)?;
-                }
-                if is_diagnosis_json(&reply.body) {
-                    self.check_json(&reply.body, live.diag_trusted)?;
-                }
-            }
-            live.local = Some(reply);
-        }
+        self.local_reply(&mut live)?;
         if self.model.limiter.is_some() {
             self.check_limits(req, &before)?;
         }
         if let Some(s) = slots.get_mut(slot) {
             *s = Some(live);
+        }
+        Ok(())
+    }
+
+    /// A local reply the module sent (at the request headers or body): checked and kept.
+    fn local_reply(&mut self, live: &mut Live<'h>) -> Result<(), Failure> {
+        let Some(reply) = live.s.local_response() else { return Ok(()) };
+        self.out.local_replies += 1;
+        self.check_leak(&reply, live)?;
+        if let Some(name) = self.header_name().map(str::to_string) {
+            if let Some(v) = reply.raw_headers.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v.clone()) {
+                self.check_diagnosis(&v, live, None)?;
+            }
+            if is_diagnosis_json(&reply.body) {
+                self.check_json(&reply.body, live.diag_trusted)?;
+            }
+        }
+        live.local = Some(reply);
+        Ok(())
+    }
+
+    /// Request body chunks. When the body ends on an llm path: a model the stage does not serve
+    /// is refused locally (400, 404, 413) and never reaches a provider; a routed request names a
+    /// served model and goes to one of its providers.
+    fn request_body(&mut self, live: &mut Live<'h>, chunks: &[B], end: bool) -> Result<(), Failure> {
+        if live.req_done || live.local.is_some() || live.responded || live.logged {
+            return Ok(());
+        }
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = end && i + 1 == chunks.len();
+            self.out.callbacks += 1;
+            live.s.request_body(&chunk.0, last).map_err(|e| trap(self.step, e))?;
+            if live.req_body.len() < BODY_KEPT {
+                live.req_body.extend_from_slice(&chunk.0);
+            }
+            live.req_done = last;
+            self.local_reply(live)?;
+            if live.local.is_some() {
+                live.req_done = true;
+                break;
+            }
+        }
+        if !live.req_done || self.model.llm.is_none() {
+            return Ok(());
+        }
+        let path = first(&live.req.headers, b":path").unwrap_or_default();
+        let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+        if !LLM_PATHS.contains(&path) {
+            return Ok(());
+        }
+        self.out.llm_bodies += 1;
+        let routed = live.s.property_value_path(&[LLM_ROUTE]);
+        let model = serde_json::from_slice::<Value>(&live.req_body)
+            .ok()
+            .and_then(|v| v.get("model").and_then(Value::as_str).map(str::to_string));
+        let served = model.as_deref().is_some_and(|m| LLM_MODELS.contains(&m));
+        if let Some(cluster) = &routed {
+            self.out.llm_routed += 1;
+            if !served || !LLM_PROVIDERS.iter().any(|p| p.as_bytes() == cluster.as_slice()) {
+                return Err(self.fail(
+                    Kind::Llm,
+                    format!("routed to {:?} for model {model:?}: {:?}", B(cluster.clone()), B(live.req_body.clone())),
+                ));
+            }
+        }
+        if model.is_some() && !served {
+            let status = live.local.as_ref().map(|r| r.status);
+            if routed.is_some() || !matches!(status, Some(400 | 404 | 413)) {
+                return Err(self.fail(
+                    Kind::Llm,
+                    format!("model {model:?} is not served, yet the reply is {status:?} (routed: {routed:?})"),
+                ));
+            }
+            self.out.llm_unknown += 1;
         }
         Ok(())
     }
@@ -577,6 +720,19 @@ impl<'h> Run<'h> {
                 self.check_diagnosis(&v, live, shown_resp)?;
             }
         }
+        if self.model.llm.is_some() {
+            let sent = headers.iter().find(|(k, _)| k == b"x-ratelimit-remaining-tokens").map(|(_, v)| v.clone());
+            let now = live.s.response_header_bytes(b"x-ratelimit-remaining-tokens");
+            if now.is_some() && now != sent {
+                let left = now.as_deref().and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse::<u64>().ok());
+                if left.is_none_or(|n| n > LLM_TOKENS) {
+                    return Err(self.fail(
+                        Kind::Llm,
+                        format!("x-ratelimit-remaining-tokens {:?} outside 0..={LLM_TOKENS}", now.map(B)),
+                    ));
+                }
+            }
+        }
         let type_after = live.s.response_header_bytes(b"content-type");
         live.json_body = type_after.as_deref() == Some(b"application/json") && type_before != type_after;
         Ok(())
@@ -593,6 +749,9 @@ impl<'h> Run<'h> {
         };
         if self.exports.body {
             self.out.callbacks += 1;
+        }
+        if chunk.windows(6).any(|w| w == b"999999") {
+            self.huge_usage = true;
         }
         live.s.response_body(&chunk, end).map_err(|e| trap(self.step, e))?;
         if end {
@@ -624,6 +783,11 @@ impl<'h> Run<'h> {
             Op::Respond { slot, resp } => {
                 if let Some(live) = slots.get_mut(usize::from(*slot)).and_then(Option::as_mut) {
                     self.respond(live, resp)?;
+                }
+            }
+            Op::ReqBody { slot, chunks, end } => {
+                if let Some(live) = slots.get_mut(usize::from(*slot)).and_then(Option::as_mut) {
+                    self.request_body(live, chunks, *end)?;
                 }
             }
             Op::Body { slot, data, end } => {
@@ -726,6 +890,9 @@ impl<'h> Run<'h> {
     }
 }
 
+/// The filter state the llm stage routes by.
+const LLM_ROUTE: &[u8] = b"upstream_guard.llm_cluster";
+
 fn is_diagnosis_json(body: &[u8]) -> bool {
     body.starts_with(b"{\"cause\"")
 }
@@ -768,11 +935,14 @@ pub fn execute(case: &Case, ops: &[Op]) -> Result<Outcome, Failure> {
         exports: exports(case.target),
         out: Outcome::default(),
         step: 0,
+        latest: host.clock().now_nanos(),
+        huge_usage: false,
     };
     let mut slots: Vec<Option<Live<'_>>> = (0..8).map(|_| None).collect();
     for (i, op) in ops.iter().enumerate() {
         run.step = i;
         run.op(&mut slots, op)?;
+        run.latest = run.latest.max(host.clock().now_nanos());
         run.out.steps += 1;
         if i % 8 == 7 {
             run.scan()?;

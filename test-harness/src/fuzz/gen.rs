@@ -91,6 +91,8 @@ pub enum Op {
     Start { slot: u8, worker: u8, req: Box<Req> },
     /// Response headers (after a local reply: that reply, as Envoy runs it through the filter).
     Respond { slot: u8, resp: Box<Resp> },
+    /// Request body chunks, one callback each (the last one ends the body when `end`).
+    ReqBody { slot: u8, chunks: Vec<B>, end: bool },
     /// A response body chunk.
     Body { slot: u8, data: B, end: bool },
     /// Response trailers.
@@ -128,7 +130,7 @@ pub struct Case {
     pub ops: Vec<Op>,
 }
 
-const SLOTS: u8 = 6;
+pub(crate) const SLOTS: u8 = 6;
 
 const CLUSTERS: &[&[u8]] = &[
     b"backend",
@@ -208,6 +210,10 @@ const PATHS: &[&[u8]] = &[
     b"/api\xff\xfe",
     b"*",
     b"/b/\x00",
+    b"/v1/chat/completions",
+    b"/v1/chat/completions",
+    b"/v1/embeddings",
+    b"/v1/completions?x=1",
 ];
 
 const TENANTS: &[&[u8]] = &[b"acme", b"globex", b"", b"\xff", b"acme ", b"a\x00b", b"x-upstream-debug"];
@@ -321,7 +327,14 @@ fn request(rng: &mut Rng) -> Req {
         0 => Prop::Missing,
         _ => Prop::Bytes(bytes_of(rng, CLUSTERS)),
     };
-    Req { headers, source: source(rng), cluster, route, end: rng.chance(800) }
+    // Requests on the llm stage's paths mostly have a body.
+    let llm = first(&headers, b":path").is_some_and(|p| p.starts_with(b"/v1/"));
+    let end = if llm { rng.chance(100) } else { rng.chance(800) };
+    Req { headers, source: source(rng), cluster, route, end }
+}
+
+fn first<'a>(headers: &'a [(B, B)], name: &[u8]) -> Option<&'a [u8]> {
+    headers.iter().find(|(k, _)| k.0 == name).map(|(_, v)| v.0.as_slice())
 }
 
 fn int_or_garbage(rng: &mut Rng, values: &[u64]) -> Prop {
@@ -376,6 +389,12 @@ fn response(rng: &mut Rng) -> Resp {
         let name = token_name(rng);
         headers.push((name, hostile_value(rng)));
     }
+    if rng.chance(300) {
+        headers.extend(rate_limit_headers(rng));
+    }
+    if rng.chance(200) {
+        headers.push((B(b"content-type".to_vec()), B(b"text/event-stream".to_vec())));
+    }
     Resp {
         status: B(status_text),
         headers,
@@ -387,6 +406,130 @@ fn response(rng: &mut Rng) -> Resp {
         attempts: int_or_garbage(rng, &[1, 2, 3, u64::MAX]),
         end: rng.chance(300),
     }
+}
+
+/// What a provider's 429 says about when to come back: well formed, garbled, or both.
+fn rate_limit_headers(rng: &mut Rng) -> Vec<(B, B)> {
+    const NAMES: &[&[u8]] = &[
+        b"retry-after",
+        b"retry-after-ms",
+        b"x-ratelimit-reset-requests",
+        b"x-ratelimit-reset-tokens",
+        b"x-ratelimit-remaining-requests",
+        b"x-ratelimit-remaining-tokens",
+    ];
+    const VALUES: &[&[u8]] = &[
+        b"0",
+        b"1",
+        b"7",
+        b"1250",
+        b"99999999999999999999",
+        b"-5",
+        b"1.5",
+        b"Sun, 06 Nov 1994 08:49:47 GMT",
+        b"Fri, 31 Dec 9999 23:59:59 GMT",
+        b"Sun, 06 Nov 1994 25:61:99 GMT",
+        b"1m30s",
+        b"6m0s",
+        b"250ms",
+        b"1h2m3.5s",
+        b"9999999h",
+        b"ms",
+        b"1x",
+        b"",
+        b" 3 ",
+        b"\xff\xfe",
+    ];
+    (0..rng.range(1, 4))
+        .map(|_| {
+            let value = if rng.chance(100) { B(rng.some_bytes(24)) } else { bytes_of(rng, VALUES) };
+            (bytes_of(rng, NAMES), value)
+        })
+        .collect()
+}
+
+/// A chat request body: valid JSON for a known or unknown model, or not.
+fn request_body(rng: &mut Rng) -> Vec<u8> {
+    let model = *rng.pick(&["m", "m", "e", "gpt-x", "m-on-b", "", "M"]).unwrap_or(&"m");
+    let stream = rng.chance(400);
+    let valid = format!(
+        "{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]{}}}",
+        if stream { ", \"stream\": true" } else { "" }
+    )
+    .into_bytes();
+    match rng.below(14) {
+        0 => Vec::new(),
+        1 => {
+            let cut = rng.below(valid.len() as u64) as usize;
+            valid[..cut].to_vec()
+        }
+        2 => rng.some_bytes(200),
+        3 => b"{\"model\": \"m\xff\xfe\", \"messages\": []}".to_vec(),
+        4 => b"{\"model\": 3}".to_vec(),
+        5 => b"{\"model\": \"m\", \"model\": \"gpt-x\"}".to_vec(),
+        6 => b"[\"model\", \"m\"]".to_vec(),
+        7 if rng.chance(100) => {
+            let mut v = b"{\"messages\": \"".to_vec();
+            v.extend(std::iter::repeat_n(b'a', 2 * 1024 * 1024));
+            v.extend_from_slice(b"\", \"model\": \"m\"}");
+            v
+        }
+        8 => b"{\"model\": \"\\u006d\", \"stream_options\": {\"include_usage\": false}, \"stream\": true}".to_vec(),
+        _ => valid,
+    }
+}
+
+/// A body cut into chunks at random bytes.
+fn chunks(rng: &mut Rng, body: &[u8]) -> Vec<B> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() && out.len() < 6 {
+        let take = if rng.chance(300) { 1 } else { rng.range(1, rest.len() as u64) as usize };
+        let (now, later) = rest.split_at(take.min(rest.len()));
+        out.push(B(now.to_vec()));
+        rest = later;
+    }
+    if !rest.is_empty() {
+        out.push(B(rest.to_vec()));
+    }
+    if out.is_empty() || rng.chance(100) {
+        out.push(B(Vec::new()));
+    }
+    out
+}
+
+/// A provider's answer body: JSON or an event stream, with usage or not, truncated anywhere.
+fn answer_body(rng: &mut Rng) -> Vec<u8> {
+    let (p, c) = (rng.below(40), rng.below(40));
+    let usage = match rng.below(6) {
+        0 => "null".to_string(),
+        1 => format!("{{\"prompt_tokens\":{p},\"completion_tokens\":{c}}}"),
+        2 => "{\"total_tokens\":99999999999999999999999}".to_string(),
+        3 => "{\"total_tokens\":-3}".to_string(),
+        _ => format!("{{\"prompt_tokens\":{p},\"completion_tokens\":{c},\"total_tokens\":{}}}", p + c),
+    };
+    let mut body = if rng.chance(500) {
+        let mut s = String::new();
+        for _ in 0..rng.below(4) {
+            s.push_str("data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":null}\n\n");
+        }
+        if rng.chance(700) {
+            s.push_str(&format!("data: {{\"choices\":[],\"usage\":{usage}}}\r\n\r\n"));
+        }
+        if rng.chance(700) {
+            s.push_str("data: [DONE]\n\n");
+        }
+        s.into_bytes()
+    } else if rng.chance(800) {
+        format!("{{\"id\":\"x\",\"choices\":[{{\"message\":{{\"content\":\"hi\"}}}}],\"usage\":{usage}}}").into_bytes()
+    } else {
+        rng.some_bytes(300)
+    };
+    if rng.chance(200) {
+        let cut = rng.below(body.len() as u64 + 1) as usize;
+        body.truncate(cut);
+    }
+    body
 }
 
 fn answer(rng: &mut Rng) -> Answer {
@@ -413,10 +556,18 @@ fn op(rng: &mut Rng, target: Target, workers: u8) -> Op {
     let slot = rng.below(u64::from(SLOTS)) as u8;
     let worker = rng.below(u64::from(workers)) as u8;
     let callouts = if target.routes() { 60 } else { 0 };
-    let weights = [260, 200, 80, 30, 110, 110, 60, 8, 2, 50, 15, callouts, 5];
+    let bodies = if target == Target::UpstreamGuard { 300 } else { 0 };
+    let weights = [260, 200, 80, 30, 110, 110, 60, 8, 2, 50, 15, callouts, 5, bodies];
     match rng.weighted(&weights) {
         0 => Op::Start { slot, worker, req: Box::new(request(rng)) },
         1 => Op::Respond { slot, resp: Box::new(response(rng)) },
+        2 if target == Target::UpstreamGuard && rng.chance(500) => {
+            // A provider's answer, in pieces over several steps or whole.
+            let body = answer_body(rng);
+            let cut = rng.below(body.len() as u64 + 1) as usize;
+            let data = if rng.chance(500) { body[..cut].to_vec() } else { body };
+            Op::Body { slot, data: B(data), end: rng.chance(600) }
+        }
         2 => Op::Body { slot, data: B(rng.some_bytes(64)), end: rng.chance(600) },
         3 => Op::Trailers { slot },
         4 => Op::Log { slot },
@@ -435,7 +586,13 @@ fn op(rng: &mut Rng, target: Target, workers: u8) -> Op {
         9 => Op::Tick { worker: if rng.chance(300) { 255 } else { worker } },
         10 => Op::Race { n: rng.range(1, 6) as u8 },
         11 => Op::Callout { worker, pick: rng.below(8) as u8, answer: answer(rng) },
-        _ => Op::Grpc { worker, pick: rng.below(8) as u8, status: rng.below(17) as u8, message: B(rng.some_bytes(64)) },
+        12 => {
+            Op::Grpc { worker, pick: rng.below(8) as u8, status: rng.below(17) as u8, message: B(rng.some_bytes(64)) }
+        }
+        _ => {
+            let body = request_body(rng);
+            Op::ReqBody { slot, chunks: chunks(rng, &body), end: !rng.chance(100) }
+        }
     }
 }
 
@@ -445,6 +602,21 @@ pub fn generate(target: Target, seed: u64, steps: usize) -> Case {
     let config = configs::for_target(target, &mut rng);
     let workers = rng.range(1, 3) as u8;
     let log_level = if rng.chance(250) { 0 } else { 3 };
-    let ops = (0..steps).map(|_| op(&mut rng, target, workers)).collect();
+    let mut ops = Vec::with_capacity(steps);
+    while ops.len() < steps {
+        let next = op(&mut rng, target, workers);
+        // A request on the llm stage's paths mostly gets its body next, as clients send it.
+        let body_next = match &next {
+            Op::Start { slot, req, .. } if target == Target::UpstreamGuard && !req.end && rng.chance(700) => {
+                first(&req.headers, b":path").is_some_and(|p| p.starts_with(b"/v1/")).then_some(*slot)
+            }
+            _ => None,
+        };
+        ops.push(next);
+        if let Some(slot) = body_next.filter(|_| ops.len() < steps) {
+            let body = request_body(&mut rng);
+            ops.push(Op::ReqBody { slot, chunks: chunks(&mut rng, &body), end: !rng.chance(100) });
+        }
+    }
     Case { target, seed, workers: usize::from(workers), log_level, config, ops }
 }

@@ -13,7 +13,10 @@
 //! breaker decodes and has at most `max_probes` probes in flight; every shared-data key is one the
 //! module may write and their number stays within the configured bounds; every diagnosis header
 //! is a valid RFC 8941 Dictionary that shows upstream details only to trusted clients, with every
-//! hostile name escaped.
+//! hostile name escaped. With the llm stage (`upstream_guard.wasm`, most cases): request bodies
+//! cut anywhere, provider 429s and answers with and without usage; a model the stage does not
+//! serve never reaches a provider, pauses stay within `rate_limited.max`, budget balances within
+//! their cap and the usage reported.
 //!
 //! Everything is reproducible from a seed: a campaign's seed gives each case its own seed, a case
 //! seed gives the module's configuration and the whole sequence of steps. A failure is shrunk to
@@ -43,7 +46,7 @@ pub enum Target {
     CircuitBreaker,
     /// `health_router.wasm`.
     HealthRouter,
-    /// `upstream_guard.wasm` with all four stages.
+    /// `upstream_guard.wasm` with all four stages, and in most cases the llm stage.
     UpstreamGuard,
 }
 
@@ -112,6 +115,11 @@ pub struct Report {
     pub ejections: u64,
     /// Shared-data updates that lost every compare-and-swap race.
     pub contention: u64,
+    /// Request bodies the llm stage read to their end on its paths, and those it routed.
+    pub llm_bodies: u64,
+    pub llm_routed: u64,
+    /// Requests for a model the llm stage does not serve, checked refused locally.
+    pub llm_unknown: u64,
     /// Wall time in milliseconds.
     pub millis: u64,
 }
@@ -131,6 +139,9 @@ impl Report {
         self.checks += o.checks;
         self.ejections += o.ejections;
         self.contention += o.contention;
+        self.llm_bodies += o.llm_bodies;
+        self.llm_routed += o.llm_routed;
+        self.llm_unknown += o.llm_unknown;
     }
 }
 
@@ -141,7 +152,7 @@ impl fmt::Display for Report {
             f,
             "{} callbacks in {} cases ({} steps, {} requests, {} local replies, {} diagnoses checked, {} admissions \
              checked; circuits opened/half-opened/closed {}/{}/{}, {} health checks, {} ejections, {} lost CAS \
-             races) in {:.1} s ({:.0} callbacks/s)",
+             races, {} llm bodies read: {} routed, {} for unknown models refused) in {:.1} s ({:.0} callbacks/s)",
             self.callbacks,
             self.cases,
             self.steps,
@@ -155,6 +166,9 @@ impl fmt::Display for Report {
             self.checks,
             self.ejections,
             self.contention,
+            self.llm_bodies,
+            self.llm_routed,
+            self.llm_unknown,
             secs,
             self.callbacks as f64 / secs
         )
