@@ -245,8 +245,9 @@ fn instructions_per_request(cfg: &Value, n: u32) -> Result<f64, BenchError> {
         |args: &[&str]| Command::new("callgrind_control").args(args).arg(envoy.pid().to_string()).output().map_err(err);
     control(&["-i", "on"])?;
     hey(n)?;
-    control(&["-i", "off"])?;
+    // Dump while instrumentation is on: switching it off first zeroes the counters.
     control(&["-d"])?;
+    control(&["-i", "off"])?;
     let total = dumped_total(dir.path())?;
     drop(envoy);
     Ok(total as f64 / f64::from(n))
@@ -367,6 +368,34 @@ pub fn run(plan: &Plan) -> Result<Value, BenchError> {
     let memory = memory_at_four_workers(backend_addr)?;
     let sizes = module_sizes();
     Ok(json!({"rows": out, "rss_concurrency_4": memory, "sizes": sizes}))
+}
+
+/// Only the instructions per request of every row (`bench --instructions`): callgrind counts
+/// what Envoy executes, so the figures hold whatever else the machine is doing.
+pub fn instructions(plan: &Plan) -> Result<Value, BenchError> {
+    let backend =
+        Envoy::start_launch(&backend_config(), &Launch { concurrency: 1, ..Launch::default() }).map_err(err)?;
+    let backend_addr = backend.main().map_err(err)?;
+    let rows = rows()?;
+    let mut counts = Vec::new();
+    for r in &rows {
+        let n = instructions_per_request(&config(r, backend_addr), plan.callgrind_requests)?;
+        eprintln!("  callgrind {:<42} {:>9.0} instructions/request", r.name, n);
+        counts.push(n);
+    }
+    let (base, floor) = (counts.first().copied().unwrap_or(f64::NAN), counts.get(1).copied().unwrap_or(f64::NAN));
+    println!(
+        "Instructions per request (callgrind over {} requests, Envoy 1.40, --concurrency 1)",
+        plan.callgrind_requests
+    );
+    println!("| configuration | instructions/request | vs passthrough | vs floor |");
+    println!("|---|---:|---:|---:|");
+    let mut out = Vec::new();
+    for (r, n) in rows.iter().zip(&counts) {
+        println!("| {} | {n:.0} | {:.3} | {:.3} |", r.name, base / n, floor / n);
+        out.push(json!({"configuration": r.name, "instructions_per_request": n}));
+    }
+    Ok(Value::Array(out))
 }
 
 /// Envoy's resident memory at `--concurrency 4` (VMs are per worker), two seconds after start.

@@ -99,6 +99,9 @@ fn main() -> ExitCode {
                 xtask::bench::harness_micro(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
             })
         }
+        Some("bench") if args.iter().any(|a| a == "--instructions") => setup().and_then(|()| build()).and_then(|()| {
+            xtask::bench_cost::instructions(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
+        }),
         Some("bench") if args.iter().any(|a| a == "--global") => setup().and_then(|()| build()).and_then(|()| {
             xtask::bench::global_rate_limit(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
         }),
@@ -150,13 +153,15 @@ usage: cargo xtask <command>
           upstream_guard.wasm with all four stages in Envoy (2 workers) under steady load for N
           minutes (default 10; `test` runs 2): RSS, VM memory, shared-data keys and errors
           sampled to target/soak/soak.csv and soak.png; fails on growth, traps or unexpected 5xx
-  bench [--smoke | --harness | --global | --llm]
+  bench [--smoke | --harness | --global | --llm | --instructions]
           throughput and latency in real Envoy (passthrough, each filter, the chain, native
           equivalents), breaker latency, failover vs native, global rate limits vs local and
           native, harness ns/round and load times; prints tables and writes
           target/bench/results.json (--smoke: a few seconds, to keep it working; --harness,
-          --global or --llm: only those figures, printed, not saved; --llm: time to first byte,
-          body cost, token accounting error)
+          --global, --llm or --instructions: only those figures, printed, not saved; --llm: time
+          to first byte, body cost, token accounting error; --instructions: callgrind's
+          instructions per request of every row, which do not depend on what else the machine
+          is doing)
   fuzz [--minutes N] [--seed S] [--target NAME]
           fuzz every module's callbacks on the deterministic host for N minutes (default 10), all
           modules at once; a failure prints the seed, the shortest failing sequence and how to
