@@ -169,6 +169,16 @@ pub struct LlmJson {
     #[cfg_attr(feature = "schema", schemars(extend("default" = 100_000), range(min = 1, max = 10_000_000)))]
     #[serde(default)]
     max_keys: Option<u32>,
+    /// Clients (the connection's address) shown every provider and its reason when a model has
+    /// none available; others get the error without provider names.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = []), inner(pattern(crate::schema::CIDR))))]
+    #[serde(default)]
+    trusted_cidrs: Vec<String>,
+    /// Also trust an address Envoy took from `x-forwarded-for`: only safe behind a proxy that
+    /// overwrites the header.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
+    #[serde(default)]
+    trust_x_forwarded_for: bool,
 }
 
 /// One provider of a model: the provider (an index into [`LlmConfig::providers`]) and the name
@@ -498,7 +508,10 @@ impl LlmJson {
             passive,
             when_none_healthy: NoneHealthy::FailFast,
             status_path: None,
-            trust: Trust::default(),
+            trust: Trust {
+                cidrs: crate::config::cidrs("trusted_cidrs", &self.trusted_cidrs)?,
+                forwarded: self.trust_x_forwarded_for,
+            },
             grpc_status: 14,
             routes: Vec::new(),
         };

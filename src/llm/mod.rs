@@ -59,9 +59,17 @@ impl Unavailable {
         parts.join("; ")
     }
 
-    /// The reply body, in the OpenAI error shape clients already parse, with every provider's
-    /// reason.
-    pub fn json(&self) -> String {
+    /// The reply body, in the OpenAI error shape clients already parse; for a trusted client
+    /// (`detailed`) with every provider's cluster and reason, for others without (provider
+    /// clusters are the operator's topology).
+    pub fn json(&self, detailed: bool) -> String {
+        if !detailed {
+            return serde_json::json!({"error": {
+                "message": format!("every provider of model {:?} is unavailable: retry later", self.model),
+                "type": "model_unavailable", "code": "model_unavailable", "param": "model",
+                "model": self.model}})
+            .to_string();
+        }
         let providers: Vec<serde_json::Value> = self
             .providers
             .iter()
@@ -150,10 +158,16 @@ mod tests {
             "a: rate limited by the upstream (429), back in 9000 ms; b: ejected by passive detection after consecutive \
              failed responses, for 3000 ms more"
         );
-        let v: serde_json::Value = serde_json::from_str(&u.json()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&u.json(true)).unwrap();
         assert_eq!(v["error"]["code"], "model_unavailable");
         assert_eq!(v["error"]["providers"][1]["model"], "m-b");
         assert_eq!(v["error"]["providers"][1]["back_in_ms"], 3000);
+        // An untrusted client learns that the model is unavailable, not which clusters serve it.
+        let plain = u.json(false);
+        let v: serde_json::Value = serde_json::from_str(&plain).unwrap();
+        assert_eq!((v["error"]["code"].as_str(), v["error"]["model"].as_str()), (Some("model_unavailable"), Some("m")));
+        assert!(v["error"].get("providers").is_none(), "{plain}");
+        assert!(!plain.contains("\"a\"") && !plain.contains("\"b\"") && !plain.contains("m-b"), "{plain}");
     }
 
     #[test]

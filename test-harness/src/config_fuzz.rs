@@ -300,6 +300,8 @@ fn llm_extras() -> Vec<(&'static str, Value)> {
         ("max_body_bytes", json!(1_048_576)),
         ("stream_usage", json!(true)),
         ("max_keys", json!(100_000)),
+        ("trusted_cidrs", json!(["10.0.0.0/8", "127.0.0.1/32"])),
+        ("trust_x_forwarded_for", json!(false)),
         ("client_ip", json!({"trusted_hops": 1, "header": "x-forwarded-for", "require_peer": false})),
         ("passive.statuses", json!([500, 502, 503, 504, 529])),
         ("providers[0].health_check", json!({"path": "/healthz", "interval": "2s", "unhealthy_threshold": 2})),

@@ -187,7 +187,7 @@ fn a_providers_429_pauses_it_for_the_time_it_asks_without_counting_a_failure() {
 fn every_provider_out_is_model_unavailable_with_each_reason() {
     let a = FakeLlm::start("a", LlmReply::rate_limited(&[("retry-after", "30")])).unwrap();
     let b = FakeLlm::start("b", LlmReply::status(529)).unwrap();
-    let envoy = start(llm_section(json!({})), &a, &b);
+    let envoy = start(llm_section(json!({"trusted_cidrs": ["127.0.0.1/32"]})), &a, &b);
     let addr = envoy.main().unwrap();
     let r = http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap();
     assert_eq!((r.status, r.header("retry-after")), (429, Some("0")), "b is still available");
@@ -210,6 +210,24 @@ fn every_provider_out_is_model_unavailable_with_each_reason() {
     assert_eq!((a.requests(), b.requests()), (1, 2), "refused without trying any provider");
     assert_eq!(envoy.stat("upstream_guard.llm.model.gpt-4o.unavailable").unwrap(), Some(1));
     assert_eq!(envoy.stat("upstream_guard.llm.model.small.requests").unwrap(), Some(0));
+}
+
+#[test]
+fn an_untrusted_client_is_told_the_model_is_unavailable_without_the_providers() {
+    // Nobody trusted: the loopback client is like any other.
+    let a = FakeLlm::start("a", LlmReply::status(529)).unwrap();
+    let b = FakeLlm::start("b", LlmReply::status(529)).unwrap();
+    let envoy = start(llm_section(json!({"passive": {"consecutive_failures": 1, "ejection": "30s"}})), &a, &b);
+    let addr = envoy.main().unwrap();
+    let _ = http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap();
+    let _ = http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap();
+    let r = http::post(addr, CHAT, &[("x-forwarded-for", "127.0.0.1")], &chat("gpt-4o")).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["error"]["code"], "model_unavailable");
+    assert!(body["error"].get("providers").is_none(), "{body}");
+    let text = r.text();
+    assert!(!text.contains("provider_a") && !text.contains("provider_b") && !text.contains("gpt-4o-from-b"), "{text}");
 }
 
 fn budget(tokens: u64) -> Value {

@@ -339,7 +339,8 @@ impl Llm {
                     retry_after_s: retry,
                     reasons: Some(unavailable.reasons()),
                 });
-                let Flow::Reply(reply) = json_reply(503, details::MODEL_UNAVAILABLE, unavailable.json()) else {
+                let detailed = self.pool.config.trust.trusts(cx.peer());
+                let Flow::Reply(reply) = json_reply(503, details::MODEL_UNAVAILABLE, unavailable.json(detailed)) else {
                     return Flow::Continue;
                 };
                 return Flow::Reply(reply.header("retry-after", retry.unwrap_or(1).to_string()));
