@@ -114,22 +114,32 @@ fn wrk_with(
         .output()
         .map_err(|e| BenchError(format!("wrk: {e} (cargo xtask setup installs it)")))?;
     let text = String::from_utf8_lossy(&out.stdout);
+    let r = parse_wrk(&text)?;
+    Ok((r.rps, r.p50_ms, r.p99_ms, r.non2xx))
+}
+
+/// What one wrk run printed: requests/s, p50 and p99 latency in ms, non-2xx/3xx responses.
+pub(crate) struct WrkRun {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub non2xx: u64,
+}
+
+/// Reads wrk's `--latency` output (the latency figures in ms whatever unit wrk chose).
+pub(crate) fn parse_wrk(text: &str) -> Result<WrkRun, BenchError> {
     let num = |prefix: &str| -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix))
-            .and_then(|v| v.split_whitespace().next().map(str::to_string))
-            .and_then(|v| {
-                let (n, scale) = if let Some(n) = v.strip_suffix("ms") {
-                    (n, 1.0)
-                } else if let Some(n) = v.strip_suffix("us") {
-                    (n, 0.001)
-                } else if let Some(n) = v.strip_suffix('s') {
-                    (n, 1000.0)
-                } else {
-                    (v.as_str(), 1.0)
-                };
-                n.parse::<f64>().ok().map(|x| x * scale)
-            })
+        let v = text.lines().find_map(|l| l.trim().strip_prefix(prefix))?.split_whitespace().next()?;
+        let (n, scale) = if let Some(n) = v.strip_suffix("ms") {
+            (n, 1.0)
+        } else if let Some(n) = v.strip_suffix("us") {
+            (n, 0.001)
+        } else if let Some(n) = v.strip_suffix('s') {
+            (n, 1000.0)
+        } else {
+            (v, 1.0)
+        };
+        n.parse::<f64>().ok().map(|x| x * scale)
     };
     let rps = num("Requests/sec:").ok_or_else(|| BenchError(format!("wrk printed no rate:\n{text}")))?;
     let non2xx = text
@@ -137,7 +147,7 @@ fn wrk_with(
         .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    Ok((rps, num("50%").unwrap_or(f64::NAN), num("99%").unwrap_or(f64::NAN), non2xx))
+    Ok(WrkRun { rps, p50_ms: num("50%").unwrap_or(f64::NAN), p99_ms: num("99%").unwrap_or(f64::NAN), non2xx })
 }
 
 /// Runs everything and returns the JSON results; prints the tables as it goes.
@@ -648,4 +658,18 @@ pub fn save(results: &Value) -> Result<std::path::PathBuf, BenchError> {
     std::fs::write(&path, serde_json::to_string_pretty(results).map_err(err)?).map_err(err)?;
     let _ = Path::new(&path);
     Ok(path)
+}
+
+#[cfg(test)]
+mod wrk_tests {
+    use super::parse_wrk;
+
+    #[test]
+    fn wrk_figures_are_read_in_milliseconds_whatever_unit_wrk_chose() {
+        let text = "Running 5s test @ http://127.0.0.1:1/\n  Latency Distribution\n     50%  812.00us\n     \
+                    99%    2.40ms\n  Non-2xx or 3xx responses: 7\nRequests/sec:  23411.52\n";
+        let r = parse_wrk(text).unwrap();
+        assert_eq!((r.rps, r.p50_ms, r.p99_ms, r.non2xx), (23411.52, 0.812, 2.4, 7));
+        assert!(parse_wrk("no figures").is_err());
+    }
 }

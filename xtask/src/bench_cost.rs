@@ -189,24 +189,11 @@ fn wrk(addr: SocketAddr, plan: &Plan, cpus: &Option<String>) -> Result<(f64, f64
         .output()
         .map_err(|e| BenchError(format!("wrk: {e} (cargo xtask setup installs it)")))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let num = |prefix: &str| -> Option<f64> {
-        let v = text.lines().find_map(|l| l.trim().strip_prefix(prefix))?.split_whitespace().next()?.to_string();
-        let (n, scale) = if let Some(n) = v.strip_suffix("ms") {
-            (n, 1.0)
-        } else if let Some(n) = v.strip_suffix("us") {
-            (n, 0.001)
-        } else if let Some(n) = v.strip_suffix('s') {
-            (n, 1000.0)
-        } else {
-            (v.as_str(), 1.0)
-        };
-        n.parse::<f64>().ok().map(|x| x * scale)
-    };
-    let rps = num("Requests/sec:").ok_or_else(|| BenchError(format!("wrk printed no rate:\n{text}")))?;
-    if text.contains("Non-2xx") {
+    let r = crate::bench::parse_wrk(&text)?;
+    if r.non2xx > 0 {
         return Err(BenchError(format!("wrk saw failed requests at {addr}:\n{text}")));
     }
-    Ok((rps, num("50%").unwrap_or(f64::NAN), num("99%").unwrap_or(f64::NAN)))
+    Ok((r.rps, r.p50_ms, r.p99_ms))
 }
 
 /// Instructions Envoy executes per request, counted by callgrind over `n` requests after warm-up.
