@@ -22,6 +22,7 @@ pub mod ratelimit;
 #[cfg(feature = "schema")]
 pub mod schema;
 pub mod sfv;
+pub mod slots;
 pub mod suite;
 
 /// `response.code_details` strings that upstream-guard's own filters pass with their local replies,

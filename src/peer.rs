@@ -138,18 +138,74 @@ pub enum ClientAddr {
     Missing,
 }
 
-impl ClientAddr {
-    /// The key value: the address's octets, or a fixed value shared by every request of its kind
-    /// (whose lengths, 8 and 10 bytes, no address has).
-    pub fn key(&self) -> Vec<u8> {
-        match self {
-            ClientAddr::Peer(ip) | ClientAddr::Forwarded(ip) | ClientAddr::Hop(ip) => match ip {
-                IpAddr::V4(a) => a.octets().to_vec(),
-                IpAddr::V6(a) => a.octets().to_vec(),
-            },
-            ClientAddr::Shared => b"\0forwarded".to_vec(),
-            ClientAddr::Missing => b"\0missing".to_vec(),
+/// How much of a client address identifies the client: the prefix lengths a key keeps.
+///
+/// An IPv6 host usually holds a whole /64 (SLAAC, privacy addresses), so keying each address apart
+/// would give one host 2^64 buckets; operators key IPv6 by prefix for that reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefixes {
+    /// Bits of an IPv4 address kept (0–32).
+    pub v4: u8,
+    /// Bits of an IPv6 address kept (0–128).
+    pub v6: u8,
+}
+
+impl Default for Prefixes {
+    fn default() -> Self {
+        Prefixes { v4: 32, v6: 64 }
+    }
+}
+
+impl Prefixes {
+    /// `ip` with the bits past its prefix cleared, and the prefix length.
+    pub fn mask(&self, ip: IpAddr) -> (IpAddr, u8) {
+        match ip {
+            IpAddr::V4(a) => {
+                let len = self.v4.min(32);
+                let bits = u32::from(a) & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                (IpAddr::V4(bits.into()), len)
+            }
+            IpAddr::V6(a) => {
+                // An IPv4-mapped address (::ffff:a.b.c.d) is an IPv4 client.
+                if let Some(v4) = a.to_ipv4_mapped() {
+                    return self.mask(IpAddr::V4(v4));
+                }
+                let len = self.v6.min(128);
+                let bits = u128::from(a) & u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                (IpAddr::V6(bits.into()), len)
+            }
         }
+    }
+}
+
+impl ClientAddr {
+    /// The address, if there is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            ClientAddr::Peer(ip) | ClientAddr::Forwarded(ip) | ClientAddr::Hop(ip) => Some(*ip),
+            ClientAddr::Shared | ClientAddr::Missing => None,
+        }
+    }
+
+    /// The key value: the address's octets within `prefixes` and the prefix length, or a fixed
+    /// value shared by every request of its kind (whose lengths, 9 and 10 bytes, no address key
+    /// has).
+    pub fn key(&self, prefixes: Prefixes) -> Vec<u8> {
+        match self.ip().map(|ip| prefixes.mask(ip)) {
+            Some((IpAddr::V4(a), len)) => [&a.octets()[..], &[len]].concat(),
+            Some((IpAddr::V6(a), len)) => [&a.octets()[..], &[len]].concat(),
+            None if *self == ClientAddr::Shared => b"\0forwarded".to_vec(),
+            None => b"\0missing".to_vec(),
+        }
+    }
+
+    /// The key as text, for a rate limit service descriptor: the address itself when the prefix
+    /// is the whole address (`10.0.0.1`, as Envoy's `remote_address` action sends it), else the
+    /// prefix in CIDR notation (`2001:db8:1:2::/64`), so the service counts what we count.
+    pub fn text(&self, prefixes: Prefixes) -> Option<String> {
+        let (ip, len) = prefixes.mask(self.ip()?);
+        let full = if ip.is_ipv4() { 32 } else { 128 };
+        Some(if len == full { ip.to_string() } else { format!("{ip}/{len}") })
     }
 
     /// True when the address was derived from a header the client can write.
@@ -267,7 +323,11 @@ mod tests {
         let a = client_addr(peer("6.6.6.6:0"), None, 0, true);
         let b = client_addr(peer("7.7.7.7:0"), None, 0, true);
         assert_eq!(a, ClientAddr::Shared);
-        assert_eq!(a.key(), b.key(), "a random x-forwarded-for per request gets no fresh bucket");
+        assert_eq!(
+            a.key(Prefixes::default()),
+            b.key(Prefixes::default()),
+            "a random x-forwarded-for per request gets no fresh bucket"
+        );
         assert_eq!(client_addr(peer("7.7.7.7:80"), None, 0, true), ClientAddr::Peer("7.7.7.7".parse().unwrap()));
     }
 
@@ -291,5 +351,24 @@ mod tests {
         let huge = [b"1.1.1.1,".repeat(100_000), b"2.2.2.2".to_vec()].concat();
         assert_eq!(client_addr(peer("10.0.0.1:1"), Some(&huge), 1, false), ClientAddr::Hop("2.2.2.2".parse().unwrap()));
         assert_eq!(client_addr(None, None, 0, false), ClientAddr::Missing);
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_slash_64_and_ipv4_by_the_address() {
+        let p = Prefixes::default();
+        let key = |s: &str| ClientAddr::Peer(s.parse().unwrap()).key(p);
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff:1:2:3"), "one /64, one key");
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"), "another /64");
+        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
+        assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"), "IPv4-mapped is IPv4");
+        let text = |s: &str, p: Prefixes| ClientAddr::Hop(s.parse().unwrap()).text(p);
+        assert_eq!(text("2001:db8:1:2:3:4:5:6", p).as_deref(), Some("2001:db8:1:2::/64"));
+        assert_eq!(text("10.1.2.3", p).as_deref(), Some("10.1.2.3"), "whole address: as Envoy sends it");
+        let wide = Prefixes { v4: 24, v6: 128 };
+        assert_eq!(text("10.1.2.3", wide).as_deref(), Some("10.1.2.0/24"));
+        assert_eq!(text("2001:db8::7", wide).as_deref(), Some("2001:db8::7"));
+        assert_eq!(Prefixes { v4: 0, v6: 0 }.mask("10.1.2.3".parse().unwrap()), ("0.0.0.0".parse().unwrap(), 0));
+        assert_ne!(ClientAddr::Peer("10.1.2.0".parse().unwrap()).key(wide), ClientAddr::Shared.key(wide));
+        assert_eq!(ClientAddr::Missing.text(p), None);
     }
 }

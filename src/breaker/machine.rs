@@ -220,6 +220,20 @@ impl Breaker {
         self.probes.len() != before
     }
 
+    /// True when this breaker is what a fresh one would be at `now`: closed, no failure counted,
+    /// no probe out, and the ratio window empty or expired. Its slot may then pass to another key
+    /// ([`crate::slots`]).
+    pub fn at_rest(&self, policy: &Policy, now: u64) -> bool {
+        let window_clear = match &policy.failure.ratio {
+            None => true,
+            Some(r) => {
+                (self.window == [0, 0] && self.prev_window == [0, 0])
+                    || now.max(self.seen) >= self.window_start.saturating_add(r.window_ns.saturating_mul(2))
+            }
+        };
+        self.phase == Phase::Closed && self.consecutive == 0 && self.probes.is_empty() && window_clear
+    }
+
     /// True when `other` is the same state apart from the latest clock reading: no write needed.
     pub fn same_as(&self, other: &Breaker) -> bool {
         Breaker { seen: other.seen, ..self.clone() } == *other

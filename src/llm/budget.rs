@@ -73,6 +73,12 @@ impl Balance {
         Balance { tokens, at: b.at.saturating_add(u64::try_from(used).unwrap_or(u64::MAX)) }
     }
 
+    /// True when the stored balance is full again at `now`: a fresh key's balance, so its slot
+    /// may pass to another key ([`crate::slots`]).
+    pub fn at_rest(stored: Balance, rate: &TokenRate, now: u64) -> bool {
+        Balance::at_time(Some(stored), rate, now).tokens >= rate.cap()
+    }
+
     /// Admits while the balance is not negative; otherwise says when it will be zero again.
     pub fn admission(&self, rate: &TokenRate, now: u64) -> Admission {
         if self.tokens >= 0 {

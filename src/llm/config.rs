@@ -6,11 +6,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::budget::TokenRate;
-use crate::config::{duration, header_name, ConfigError};
+use crate::config::{duration, ConfigError};
+use crate::hash::Secret;
 use crate::health::config::{cluster_name, validate_check, validate_passive, HealthCheckJson, PassiveJson};
 use crate::health::{HealthConfig, NoneHealthy, Passive, Strategy, Upstream};
 use crate::peer::Trust;
 use crate::ratelimit::{ClientIp, KeyPart, RequestView};
+use crate::slots::Place;
 
 const S: u64 = 1_000_000_000;
 
@@ -217,9 +219,10 @@ impl Budget {
         crate::ratelimit::join_key(&self.key, req)
     }
 
-    /// The shared-data slot of `key`.
-    pub fn slot(&self, key: &[u8], max_keys: u32) -> u32 {
-        crate::hash::slot_for(self.name.as_bytes(), key, max_keys)
+    /// Where the balance of `key` may live in a table of `max_keys` slots ([`crate::slots`]):
+    /// keys that meet in a slot never spend each other's balance.
+    pub fn place(&self, secret: &Secret, key: &[u8], max_keys: u32) -> Place {
+        Place::of(secret, self.name.as_bytes(), key, 0, max_keys)
     }
 }
 
@@ -429,14 +432,7 @@ impl LlmJson {
                 "make the default pause at most the cap",
             ));
         }
-        if self.client_ip.trusted_hops > 64 {
-            return Err(ConfigError::new(
-                "client_ip.trusted_hops",
-                "is larger than 64",
-                "count the proxies in front of Envoy (0 = use the peer address)",
-            ));
-        }
-        header_name("client_ip.header", &self.client_ip.header)?;
+        self.client_ip.check()?;
         let max_keys = self.max_keys.unwrap_or(100_000);
         if !(1..=10_000_000).contains(&max_keys) {
             return Err(ConfigError::new(

@@ -62,6 +62,18 @@ pub enum State {
 }
 
 impl State {
+    /// True when this state admits what a fresh key would at `now`: a full bucket, or a window
+    /// whose counts have both expired. A slot in this state may pass to another key
+    /// ([`crate::slots`]): the newcomer starts fresh, and the old owner lost nothing it had.
+    pub fn at_rest(&self, limit: &Limit, now: u64) -> bool {
+        match *self {
+            State::Bucket { tat, seen } => tat <= now.max(seen),
+            State::Window { start, prev, cur, seen } => {
+                (prev == 0 && cur == 0) || now.max(seen) >= start.saturating_add(limit.period_ns.saturating_mul(2))
+            }
+        }
+    }
+
     /// Serialises to the shared-data encoding: a tag byte, then little-endian u64s.
     pub fn encode(&self) -> Vec<u8> {
         let (tag, words): (u8, &[u64]) = match self {

@@ -7,6 +7,9 @@ use super::algorithm::{Algorithm, Decision, Limit};
 use super::global::{Global, ServiceJson, Target};
 use super::key::{KeyPart, RequestView};
 use crate::config::ConfigError;
+use crate::hash::Secret;
+use crate::peer::Prefixes;
+use crate::slots::Place;
 
 /// Which matching rules apply to a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -72,11 +75,58 @@ pub struct ClientIp {
     /// bucket, so a spoofed header never buys a fresh one even on a misconfigured listener.
     #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
     pub require_peer: bool,
+    /// IPv4 clients are keyed by this prefix of their address (`32`: each address apart; `24`:
+    /// a /24 shares one key).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 32), range(max = 32)))]
+    pub ipv4_prefix: u8,
+    /// IPv6 clients are keyed by this prefix of their address. One host usually holds a whole
+    /// /64, so the default `64` keys it once, not once per address; `128` keys every address apart.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 64), range(max = 128)))]
+    pub ipv6_prefix: u8,
 }
 
 impl Default for ClientIp {
     fn default() -> Self {
-        ClientIp { trusted_hops: 0, header: "x-forwarded-for".into(), require_peer: false }
+        ClientIp {
+            trusted_hops: 0,
+            header: "x-forwarded-for".into(),
+            require_peer: false,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+        }
+    }
+}
+
+impl ClientIp {
+    /// The prefixes addresses are keyed by.
+    pub fn prefixes(&self) -> Prefixes {
+        Prefixes { v4: self.ipv4_prefix, v6: self.ipv6_prefix }
+    }
+
+    /// Checks every field (under `client_ip.`).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.trusted_hops > 64 {
+            return Err(err(
+                "client_ip.trusted_hops".into(),
+                "is larger than 64",
+                "count the proxies in front of Envoy (0 = use the peer address)",
+            ));
+        }
+        if self.ipv4_prefix > 32 {
+            return Err(err(
+                "client_ip.ipv4_prefix".into(),
+                format!("{} is longer than an IPv4 address", self.ipv4_prefix),
+                "use 0 to 32 (default 32: each address keyed apart)",
+            ));
+        }
+        if self.ipv6_prefix > 128 {
+            return Err(err(
+                "client_ip.ipv6_prefix".into(),
+                format!("{} is longer than an IPv6 address", self.ipv6_prefix),
+                "use 0 to 128 (default 64: one key per /64, what one host usually holds)",
+            ));
+        }
+        crate::config::header_name("client_ip.header", &self.header)
     }
 }
 
@@ -221,7 +271,7 @@ pub struct RateLimitJson {
     /// Where the client address comes from.
     #[cfg_attr(
         feature = "schema",
-        schemars(extend("default" = {"trusted_hops": 0, "header": "x-forwarded-for", "require_peer": false}))
+        schemars(extend("default" = {"trusted_hops": 0, "header": "x-forwarded-for", "require_peer": false, "ipv4_prefix": 32, "ipv6_prefix": 64}))
     )]
     #[serde(default)]
     client_ip: ClientIp,
@@ -369,11 +419,11 @@ impl Rule {
         super::key::join_key(&self.key, req)
     }
 
-    /// The shared-data slot of this rule's bucket for `key`, within the rule's own share of the
-    /// table: keys of one rule may share a bucket (limited sooner, never later), keys of two
-    /// rules never do.
-    pub fn slot(&self, key: &[u8]) -> u32 {
-        self.slots.0 + crate::hash::slot_for(self.name.as_bytes(), key, self.slots.1)
+    /// Where this rule's bucket for `key` may live: slots within the rule's own share of the
+    /// table, from the keyed hash, owned by one key at a time ([`crate::slots`]). Keys of two
+    /// rules never meet; keys of one rule never read each other's bucket.
+    pub fn place(&self, secret: &Secret, key: &[u8]) -> Place {
+        Place::of(secret, self.name.as_bytes(), key, self.slots.0, self.slots.1)
     }
 }
 
@@ -469,14 +519,7 @@ impl RateLimitJson {
                 "use 1 to 1000 (default 10)",
             ));
         }
-        if self.client_ip.trusted_hops > 64 {
-            return Err(err(
-                "client_ip.trusted_hops".into(),
-                "is larger than 64",
-                "count the proxies in front of Envoy (0 = use the peer address)",
-            ));
-        }
-        crate::config::header_name("client_ip.header", &self.client_ip.header)?;
+        self.client_ip.check()?;
         let share = self.max_keys / self.rules.len() as u32;
         if share == 0 {
             return Err(err(
@@ -672,6 +715,7 @@ mod tests {
             method: Some(method.as_bytes().to_vec()),
             headers: headers.into_iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(),
             client: Some(ClientAddr::Peer("10.0.0.1".parse().unwrap())),
+            ..Default::default()
         }
     }
 
@@ -762,8 +806,10 @@ mod tests {
         assert_eq!(c.rules.iter().map(|r| r.slots).collect::<Vec<_>>(), [(0, 3), (3, 3), (6, 3)]);
         for (i, r) in c.rules.iter().enumerate() {
             for k in 0..1000u32 {
-                let s = r.slot(&k.to_le_bytes());
-                assert!((3 * i as u32..3 * i as u32 + 3).contains(&s), "rule {i} key {k}: slot {s}");
+                let place = r.place(&crate::hash::Secret::new(7, 9), &k.to_le_bytes());
+                for s in place.candidates() {
+                    assert!((3 * i as u32..3 * i as u32 + 3).contains(&s), "rule {i} key {k}: slot {s}");
+                }
             }
         }
         let e = RateLimitConfig::from_json(
@@ -779,7 +825,11 @@ mod tests {
         let c = RateLimitConfig::from_json(br#"{"rules": [{"name": "a", "limit": {"requests": 5, "per": "1s"}}]}"#)
             .unwrap();
         assert_eq!(c.rules[0].key, vec![KeyPart::ClientIp]);
-        assert_eq!(c.rules[0].key(&mut req("/", "GET", vec![])), [10, 0, 0, 1]);
+        assert_eq!(
+            c.rules[0].key(&mut req("/", "GET", vec![])),
+            [10, 0, 0, 1, 32],
+            "the address and its prefix length"
+        );
         assert_eq!(
             (c.status, c.max_keys, c.cas_retries, c.on_contention, c.mode),
             (429, 100_000, 10, Contention::Allow, Mode::Enforce)

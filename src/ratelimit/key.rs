@@ -4,7 +4,7 @@
 //! bytes and hashed as bytes: a value that is not UTF-8 is a key like any other and never escapes
 //! a limit.
 
-use crate::peer::ClientAddr;
+use crate::peer::{ClientAddr, Prefixes};
 
 /// The request as the rate limiter sees it. The filter implements it over host calls, reading
 /// each value only when a rule asks for it (and at most once per request).
@@ -17,6 +17,10 @@ pub trait RequestView {
     fn header(&mut self, name: &str) -> Option<&[u8]>;
     /// The client address (see [`crate::peer::client_addr`]).
     fn client(&mut self) -> ClientAddr;
+    /// The prefixes client addresses are keyed by (the `client_ip` section).
+    fn prefixes(&self) -> Prefixes {
+        Prefixes::default()
+    }
 }
 
 /// One component of a rule's key.
@@ -40,7 +44,10 @@ impl KeyPart {
     /// Appends this part's value for `req` to `out`.
     pub fn append(&self, req: &mut dyn RequestView, out: &mut Vec<u8>) {
         match self {
-            KeyPart::ClientIp => out.extend_from_slice(&req.client().key()),
+            KeyPart::ClientIp => {
+                let prefixes = req.prefixes();
+                out.extend_from_slice(&req.client().key(prefixes))
+            }
             KeyPart::Header(name) => out.extend_from_slice(req.header(name).unwrap_or(MISSING)),
             KeyPart::Path => {
                 let path = req.path().map(|p| p.split(|b| *b == b'?').next().unwrap_or_default());
@@ -57,10 +64,10 @@ impl KeyPart {
     /// source is [`MISSING`] as text: one shared counter, never an escape from the limit.
     pub fn text(&self, req: &mut dyn RequestView) -> String {
         match self {
-            KeyPart::ClientIp => match req.client() {
-                ClientAddr::Peer(ip) | ClientAddr::Forwarded(ip) | ClientAddr::Hop(ip) => ip.to_string(),
-                other => String::from_utf8_lossy(&other.key()).into_owned(),
-            },
+            KeyPart::ClientIp => {
+                let (client, prefixes) = (req.client(), req.prefixes());
+                client.text(prefixes).unwrap_or_else(|| String::from_utf8_lossy(&client.key(prefixes)).into_owned())
+            }
             other => {
                 let mut bytes = Vec::new();
                 other.append(req, &mut bytes);
@@ -115,6 +122,8 @@ pub struct FixedRequest {
     pub method: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
     pub client: Option<ClientAddr>,
+    /// The prefixes addresses are keyed by (the `client_ip` section's).
+    pub prefixes: Prefixes,
 }
 
 impl RequestView for FixedRequest {
@@ -130,6 +139,9 @@ impl RequestView for FixedRequest {
     fn client(&mut self) -> ClientAddr {
         self.client.unwrap_or(ClientAddr::Missing)
     }
+    fn prefixes(&self) -> Prefixes {
+        self.prefixes
+    }
 }
 
 #[cfg(test)]
@@ -142,6 +154,7 @@ mod tests {
             method: Some(b"GET".to_vec()),
             headers: vec![("x-tenant".into(), b"acme".to_vec()), ("x-bytes".into(), b"caf\xe9\xff".to_vec())],
             client: None,
+            ..Default::default()
         }
     }
 
@@ -168,6 +181,8 @@ mod tests {
         assert_eq!(KeyPart::Path.text(&mut r), "/a/b");
         assert_eq!(KeyPart::ClientIp.text(&mut r), "\0missing");
         r.client = Some(ClientAddr::Peer("2001:db8::1".parse().unwrap()));
+        assert_eq!(KeyPart::ClientIp.text(&mut r), "2001:db8::/64", "IPv6 is counted by its /64");
+        r.prefixes = Prefixes { v4: 32, v6: 128 };
         assert_eq!(KeyPart::ClientIp.text(&mut r), "2001:db8::1");
         assert_eq!(KeyPart::Constant("g".into()).descriptor_key(), "generic_key");
         assert_eq!(KeyPart::Header("x-tenant".into()).descriptor_key(), "x-tenant");

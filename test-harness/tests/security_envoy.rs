@@ -1,7 +1,8 @@
 //! Security properties in real Envoy: what an untrusted client can learn (over the whole fault
 //! matrix, not one case), what hostile names can do to the diagnosis, that the debug token is
-//! never logged, that a spoofed `x-forwarded-for` moves no limit, and that the status endpoint
-//! and the fail-fast reasons are for trusted clients only.
+//! never logged, that a spoofed `x-forwarded-for` moves no limit, that keys aimed at a victim's
+//! bucket (or the many addresses of one IPv6 host) gain nothing, and that the status endpoint and
+//! the fail-fast reasons are for trusted clients only.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
@@ -392,15 +393,20 @@ fn hcm(cfg: &mut Value) -> &mut Value {
 }
 
 fn limited_by_client(trusted_hops: u32) -> (Envoy, Backend) {
+    behind_one_balancer(json!({"rate_limiter": {
+        "rules": [{"name": "per-client", "key": ["client_ip"], "limit": {"requests": 2, "per": "1h"}}],
+        "client_ip": {"trusted_hops": trusted_hops}}}))
+}
+
+/// The combined module with `config`, in an Envoy with one trusted proxy (a load balancer that
+/// appends the client's address) in front.
+fn behind_one_balancer(config: Value) -> (Envoy, Backend) {
     let ok = Backend::ok().unwrap();
-    let config = json!({"rate_limiter": {"rules": [{"name": "per-client", "key": ["client_ip"], "limit": {"requests": 2, "per": "1h"}}],
-                                          "client_ip": {"trusted_hops": trusted_hops}}});
     let mut cfg = Bootstrap::new()
         .filter(module(&config))
         .route(json!({"match": {"prefix": "/"}, "route": {"cluster": "ok"}}))
         .cluster(cluster("ok", ok.addr()))
         .build();
-    // One trusted proxy (a load balancer that appends the client's address) in front of Envoy.
     hcm(&mut cfg)["use_remote_address"] = json!(true);
     hcm(&mut cfg)["xff_num_trusted_hops"] = json!(1);
     (Envoy::start_with(&cfg, 2).unwrap(), ok)
@@ -431,4 +437,82 @@ fn with_envoys_own_entry_not_counted_every_client_shares_one_bucket() {
     let addr = envoy.main().unwrap();
     assert!(admitted(addr, "10.1.2.3") && admitted(addr, "10.1.2.4"));
     assert!(!admitted(addr, "10.1.2.5"), "a third client is refused: they all count as one");
+}
+
+/// The slot a key had under the previous, public table hash (64-bit FNV-1a over the rule name,
+/// 0xff and the key, then a mix): what anyone could compute offline to aim at a victim's bucket.
+fn public_slot(rule: &str, key: &[u8], slots: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in rule.as_bytes().iter().chain([0xffu8].iter()).chain(key.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h % slots
+}
+
+/// Tenants aimed at `acme`'s bucket under the public hash each spend their whole limit; `acme`
+/// still gets its own, whole limit, and each attacker had exactly its own.
+fn aimed_tenants_cannot_drain_a_victim(filter: Value) {
+    let ok = Backend::ok().unwrap();
+    let cfg = Bootstrap::new()
+        .filter(filter)
+        .route(json!({"match": {"prefix": "/"}, "route": {"cluster": "ok"}}))
+        .cluster(cluster("ok", ok.addr()))
+        .build();
+    let envoy = Envoy::start_with(&cfg, 2).unwrap();
+    let addr = envoy.main().unwrap();
+    let victim = public_slot("per-tenant", b"acme", 1000);
+    let aimed: Vec<String> = (0u32..)
+        .map(|i| format!("t{i}"))
+        .filter(|t| public_slot("per-tenant", t.as_bytes(), 1000) == victim)
+        .take(5)
+        .collect();
+    let sent = |tenant: &str| http::get(addr, "/", &[("x-tenant", tenant)]).unwrap().status;
+    for tenant in &aimed {
+        let statuses: Vec<u16> = (0..3).map(|_| sent(tenant)).collect();
+        assert_eq!(statuses, [200, 200, 429], "{tenant}: its own limit, no more, no less");
+    }
+    let statuses: Vec<u16> = (0..3).map(|_| sent("acme")).collect();
+    assert_eq!(statuses, [200, 200, 429], "the victim keeps its whole limit after {aimed:?}");
+    assert_eq!(envoy.stat("upstream_guard.ratelimit.per-tenant.table_full").unwrap(), Some(0));
+}
+
+const PER_TENANT: &str = r#"{"rules": [{"name": "per-tenant", "key": [{"header": "x-tenant"}],
+                                        "limit": {"requests": 2, "per": "1h"}}], "max_keys": 1000}"#;
+
+#[test]
+fn tenants_aimed_at_a_victims_bucket_leave_its_limit_whole_in_the_rate_limiter_module() {
+    let config: Value = serde_json::from_str(PER_TENANT).unwrap();
+    aimed_tenants_cannot_drain_a_victim(wasm_filter(
+        "rate_limiter",
+        &paths::wasm_path("rate_limiter").unwrap(),
+        &config,
+    ));
+}
+
+#[test]
+fn tenants_aimed_at_a_victims_bucket_leave_its_limit_whole_in_the_combined_module() {
+    let config: Value = serde_json::from_str(PER_TENANT).unwrap();
+    aimed_tenants_cannot_drain_a_victim(module(&json!({ "rate_limiter": config })));
+}
+
+#[test]
+fn ipv6_addresses_of_one_slash_64_share_one_limit() {
+    // The balancer's entry for the client is second from the right (Envoy appends the balancer's).
+    let (envoy, _ok) = behind_one_balancer(json!({"rate_limiter": {
+        "rules": [{"name": "per-client", "key": ["client_ip"], "limit": {"requests": 5, "per": "1h"}}],
+        "client_ip": {"trusted_hops": 2}}}));
+    let addr = envoy.main().unwrap();
+    // One host's addresses: SLAAC-like and privacy-like interface identifiers of one /64.
+    let host: Vec<String> = (0..20u32)
+        .map(|i| format!("2001:db8:1:2:{:x}:{:x}:{:x}:{:x}", i * 7919 % 65536, i + 1, i * 31, 0xffff - i))
+        .collect();
+    let admitted_of = |client: &str| admitted(addr, client);
+    let host_admitted = host.iter().filter(|a| admitted_of(a)).count();
+    assert_eq!(host_admitted, 5, "20 addresses of one /64 against a limit of 5");
+    assert!(admitted_of("2001:db8:1:3::1"), "the next /64 is another client");
+    assert!(admitted_of("192.0.2.7") && admitted_of("192.0.2.8"), "IPv4 clients are keyed by address");
 }

@@ -13,6 +13,8 @@ use std::cell::{Cell, RefCell};
 use crate::abi::Status;
 use crate::host;
 use crate::metrics::Counter;
+use upstream_guard::hash::Secret;
+use upstream_guard::slots::{seal, Holder, Place};
 
 /// The CAS sent when creating a key.
 pub const CREATE_CAS: u32 = u32::MAX;
@@ -166,4 +168,170 @@ impl<T: Default> Snapshot<T> {
         Epoch::bump();
         self.seen.set(None);
     }
+}
+
+/// The shared-data key of the slot-hash secret ([`secret`]).
+pub const SECRET_KEY: &[u8] = b"ug.secret";
+
+thread_local! {
+    /// This VM's copy of the secret, read once.
+    static SECRET: Cell<Option<Secret>> = const { Cell::new(None) };
+}
+
+/// The per-process secret of the slot hash ([`upstream_guard::hash`]), the same in every worker
+/// VM and in every VM after a configuration update: the first VM to need it draws 128 random bits
+/// and creates [`SECRET_KEY`] (the first write of a missing key wins; a VM that loses re-reads
+/// the winner's), every other VM reads it. It lives as long as Envoy's shared data, the process:
+/// a restart or a hot restart draws a new one, together with new, empty tables.
+///
+/// If the host refuses shared data, the VM keeps a secret of its own (its tables are then its
+/// own too) and says so once.
+pub fn secret() -> Secret {
+    SECRET.with(|c| {
+        if let Some(s) = c.get() {
+            return s;
+        }
+        let s = load_secret();
+        c.set(Some(s));
+        s
+    })
+}
+
+fn load_secret() -> Secret {
+    for _ in 0..8 {
+        let (stored, cas) = match host::shared_get(SECRET_KEY) {
+            Ok(Some((v, cas))) => (Secret::from_bytes(&v), cas),
+            Ok(None) => (None, 0),
+            Err(status) => {
+                host::log(
+                    host::Level::Warn,
+                    &format!("upstream_guard: shared data unavailable ({status:?}): this VM keys its slots alone"),
+                );
+                return random_secret();
+            }
+        };
+        if let Some(s) = stored {
+            return s;
+        }
+        // Missing (or a damaged value, replaced under its CAS number).
+        let fresh = random_secret();
+        match host::shared_set(SECRET_KEY, &fresh.to_bytes(), if cas == 0 { CREATE_CAS } else { cas }) {
+            Ok(()) => {
+                if cas == 0 {
+                    count_created();
+                }
+                return fresh;
+            }
+            Err(Status::CasMismatch) => continue,
+            Err(status) => {
+                host::log(
+                    host::Level::Warn,
+                    &format!("upstream_guard: cannot store the slot secret ({status:?}): this VM keys its slots alone"),
+                );
+                return fresh;
+            }
+        }
+    }
+    random_secret()
+}
+
+/// 128 bits from the host's randomness (WASI `random_get`, through the standard library's
+/// randomly keyed hasher: no import of our own).
+fn random_secret() -> Secret {
+    use std::hash::{BuildHasher, Hasher};
+    let word = |n: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(n);
+        h.finish()
+    };
+    let (k0, k1) = (word(0x5eed), word(0xfeed));
+    if k0 == 0 && k1 == 0 {
+        Secret::new(1, 1)
+    } else {
+        Secret::new(k0, k1)
+    }
+}
+
+/// The outcome of [`update_owned`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owned<T> {
+    /// The key's own state was read (and written when `f` asked).
+    Done(T),
+    /// Every slot the key may use belongs to another key still in use: nothing was read or
+    /// written, and the stage applies its fallback.
+    Full,
+}
+
+/// The slot a key will write: its shared-data key, the key's own state there (`None`: start
+/// fresh) and the CAS number read.
+type Target = (Vec<u8>, Option<Vec<u8>>, u32);
+
+/// Scans the key's slots, home first: its own slot if it has one, else the first it may claim
+/// (free, or another key's at rest), with the CAS number read.
+fn scan(
+    place: &Place,
+    slot_key: &dyn Fn(u32) -> Vec<u8>,
+    at_rest: &dyn Fn(&[u8]) -> bool,
+) -> Result<Option<Target>, Status> {
+    let mut claim: Option<(Vec<u8>, u32)> = None;
+    for slot in place.candidates() {
+        let key = slot_key(slot);
+        let (value, cas) = host::shared_get(&key)?.unwrap_or_default();
+        match Holder::of(Some(&value), place.fingerprint) {
+            Holder::Mine(state) => return Ok(Some((key, Some(state.to_vec()), cas))),
+            // Keys are never deleted, and a key claims the first slot it may: a free slot means
+            // this key lives in none of the later ones.
+            Holder::Free => return Ok(Some(claim.map_or((key, None, cas), |(k, c)| (k, None, c)))),
+            Holder::Other(state) => {
+                if claim.is_none() && at_rest(state) {
+                    claim = Some((key, cas));
+                }
+            }
+        }
+    }
+    Ok(claim.map(|(k, c)| (k, None, c)))
+}
+
+/// [`update`] for a keyed table ([`upstream_guard::slots`]): `f` gets this key's own state (or
+/// `None`: start fresh) and never another key's. A key already at home costs one read and one
+/// write, as a plain [`update`] does.
+pub fn update_owned<T>(
+    place: &Place,
+    slot_key: impl Fn(u32) -> Vec<u8>,
+    attempts: u32,
+    at_rest: impl Fn(&[u8]) -> bool,
+    mut f: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
+) -> Result<Owned<T>, UpdateError> {
+    for _ in 0..attempts.max(1) {
+        let Some((key, state, cas)) = scan(place, &slot_key, &at_rest).map_err(UpdateError::Host)? else {
+            return Ok(Owned::Full);
+        };
+        let (new, out) = f(state.as_deref());
+        let Some(new) = new else { return Ok(Owned::Done(out)) };
+        let creating = cas == 0;
+        match host::shared_set(&key, &seal(place.fingerprint, &new), if creating { CREATE_CAS } else { cas }) {
+            Ok(()) => {
+                if creating {
+                    count_created();
+                }
+                return Ok(Owned::Done(out));
+            }
+            Err(Status::CasMismatch) => continue,
+            Err(other) => return Err(UpdateError::Host(other)),
+        }
+    }
+    Err(UpdateError::Contention)
+}
+
+/// This key's own state in a keyed table, if it has one (a read only: nothing is claimed).
+pub fn read_owned(place: &Place, slot_key: impl Fn(u32) -> Vec<u8>) -> Result<Option<Vec<u8>>, Status> {
+    for slot in place.candidates() {
+        let Some((value, _)) = host::shared_get(&slot_key(slot))? else { return Ok(None) };
+        match Holder::of(Some(&value), place.fingerprint) {
+            Holder::Mine(state) => return Ok(Some(state.to_vec())),
+            Holder::Free => return Ok(None),
+            Holder::Other(_) => {}
+        }
+    }
+    Ok(None)
 }

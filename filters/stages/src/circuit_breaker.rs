@@ -12,8 +12,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 use upstream_guard::access_log::{key, Fields};
 use upstream_guard::breaker::{Admission, Breaker, BreakerConfig, Outcome, Phase, Policy, Transition};
 use upstream_guard::details;
+use upstream_guard::hash::Secret;
 use upstream_guard::ratelimit::retry_after_secs;
-use upstream_guard_glue::shared::{self, Snapshot, UpdateError};
+use upstream_guard::slots::Place;
+use upstream_guard_glue::shared::{self, Owned, Snapshot, UpdateError};
 use upstream_guard_glue::stream::path;
 use upstream_guard_glue::{host, Counter, Cx, Family, Flow, Gauge, Level, LocalReply, Stage};
 
@@ -31,6 +33,9 @@ struct ClusterMetrics {
     rejected: Counter,
     failures: Counter,
     contention: Counter,
+    /// Requests and responses of a `key_header` value that found every slot it may use held by
+    /// other values' live breakers: admitted and not recorded.
+    table_full: Counter,
 }
 
 fn define(segment: &str) -> ClusterMetrics {
@@ -43,15 +48,16 @@ fn define(segment: &str) -> ClusterMetrics {
         rejected: Counter::define(&format!("{base}.rejected")),
         failures: Counter::define(&format!("{base}.failures")),
         contention: Counter::define(&format!("{base}.contention")),
+        table_full: Counter::define(&format!("{base}.table_full")),
     }
 }
 
 /// This worker's copies of the breakers it has seen (`None`: no state stored yet), keyed by the
-/// shared-data key (hashed once with the project's hash rather than SipHash on every lookup).
+/// target's id ([`Target::id`]; hashed with FNV rather than SipHash on every lookup).
 type Copies = HashMap<Vec<u8>, Option<Breaker>, BuildHasherDefault<KeyHasher>>;
 
-/// FNV-1a over the key bytes: the keys are ours (`ug.cb.<cluster>[.<slot>]`), not attacker-chosen
-/// beyond the bounded slot.
+/// FNV-1a over the id bytes: ids are ours (`ug.cb.<cluster>`, or that and a keyed fingerprint),
+/// and the map is cleared on every change, so nobody can grow or aim at it.
 #[derive(Default)]
 struct KeyHasher(u64);
 
@@ -73,34 +79,57 @@ pub struct CircuitBreaker {
     config: BreakerConfig,
     metrics: Family<ClusterMetrics>,
     copies: Snapshot<Copies>,
+    /// The slot-hash secret of this process ([`shared::secret`]).
+    secret: Secret,
 }
 
 impl CircuitBreaker {
     /// Sets up metrics and the local copies.
     pub fn new(config: BreakerConfig) -> CircuitBreaker {
-        CircuitBreaker { config, metrics: Family::new(define), copies: Snapshot::new() }
+        CircuitBreaker { config, metrics: Family::new(define), copies: Snapshot::new(), secret: shared::secret() }
     }
 
-    /// Whether breaker `key` is closed with no failure counted (this worker's copy, re-read
-    /// after any change): the state in which a request or a success changes nothing.
-    fn idle(&self, epoch: u32, key: &[u8]) -> (bool, bool) {
+    /// The breaker of `cluster`, or of `cluster` and a `key_header` value.
+    fn target(&self, cluster: String, value: Option<&[u8]>) -> Target {
+        match value {
+            None => Target { key: format!("ug.cb.{cluster}").into_bytes(), cluster, place: None },
+            Some(v) => {
+                let place = Place::of(&self.secret, cluster.as_bytes(), v, 0, self.config.max_keys);
+                let mut id = format!("ug.cb.{cluster}#").into_bytes();
+                id.extend_from_slice(&place.fingerprint.to_le_bytes());
+                Target { key: id, cluster, place: Some(place) }
+            }
+        }
+    }
+
+    /// The stored state of a target's breaker: for a keyed one, only from a slot it owns.
+    fn stored(&self, t: &Target) -> Option<Breaker> {
+        match &t.place {
+            None => host::shared_get(&t.key).ok().flatten().and_then(|(v, _)| Breaker::decode(&v)),
+            Some(p) => shared::read_owned(p, |slot| t.slot_key(slot)).ok().flatten().and_then(|v| Breaker::decode(&v)),
+        }
+    }
+
+    /// Whether the target's breaker is closed with no failure counted (this worker's copy,
+    /// re-read after any change): the state in which a request or a success changes nothing.
+    fn idle(&self, epoch: u32, t: &Target) -> (bool, bool) {
         let verdict = |b: Option<&Breaker>| {
             let closed = b.is_none_or(|b| b.phase == Phase::Closed);
             (closed, closed && b.is_none_or(|b| b.consecutive == 0))
         };
         self.copies.with(epoch, Copies::clear, |copies| {
-            if let Some(b) = copies.get(key) {
+            if let Some(b) = copies.get(&t.key) {
                 return verdict(b.as_ref());
             }
-            let b = host::shared_get(key).ok().flatten().and_then(|(v, _)| Breaker::decode(&v));
+            let b = self.stored(t);
             let v = verdict(b.as_ref());
-            copies.insert(key.to_vec(), b);
+            copies.insert(t.key.clone(), b);
             v
         })
     }
 
     /// Logs and counts a transition once (only the worker whose update caused it sees it).
-    fn report(&self, cluster: &str, key: &[u8], t: Transition) {
+    fn report(&self, cluster: &str, t: Transition) {
         let m = self.metrics.get(cluster);
         m.state.set(t.to.gauge());
         match t.to {
@@ -109,24 +138,37 @@ impl CircuitBreaker {
             Phase::Closed => m.closed.inc(),
         }
         let level = if t.to == Phase::Open { Level::Warn } else { Level::Info };
-        host::log_with(level, || {
-            format!("circuit_breaker: {}: {} -> {}", String::from_utf8_lossy(key), t.from.name(), t.to.name())
-        });
+        host::log_with(level, || format!("circuit_breaker: {cluster}: {} -> {}", t.from.name(), t.to.name()));
     }
 
-    /// Applies `f` to breaker `key` with compare-and-swap; writes (and bumps the version) only
-    /// when the state changed.
-    fn update<T>(&self, key: &[u8], f: impl Fn(&mut Breaker) -> T) -> Result<T, UpdateError> {
+    /// Applies `f` to the target's breaker with compare-and-swap; writes (and bumps the version)
+    /// only when the state changed. A keyed breaker lives in a slot its key owns, claimed on its
+    /// first write: [`Owned::Full`] when every slot it may use holds another key's live breaker.
+    fn update<T>(&self, t: &Target, now: u64, f: impl Fn(&mut Breaker) -> T) -> Result<Owned<T>, UpdateError> {
         let mut wrote = false;
-        let r = shared::update(key, CAS_ATTEMPTS, |cur| {
+        let step = |cur: Option<&[u8]>| {
             let old = cur.and_then(Breaker::decode).unwrap_or_default();
             let mut next = old.clone();
             let out = f(&mut next);
             let changed = !next.same_as(&old);
-            wrote = changed;
-            (changed.then(|| next.encode()), out)
+            (changed.then(|| next.encode()), (out, changed))
+        };
+        let r = match &t.place {
+            None => shared::update(&t.key, CAS_ATTEMPTS, step).map(Owned::Done),
+            Some(p) => {
+                let policy = self.policy(&t.cluster);
+                let at_rest = |other: &[u8]| Breaker::decode(other).is_none_or(|b| b.at_rest(policy, now));
+                shared::update_owned(p, |slot| t.slot_key(slot), CAS_ATTEMPTS, at_rest, step)
+            }
+        };
+        let r = r.map(|o| match o {
+            Owned::Done((out, changed)) => {
+                wrote = changed;
+                Owned::Done(out)
+            }
+            Owned::Full => Owned::Full,
         });
-        if wrote && r.is_ok() {
+        if wrote {
             self.copies.changed();
         }
         r
@@ -141,7 +183,17 @@ impl CircuitBreaker {
 #[derive(Debug, Clone)]
 struct Target {
     cluster: String,
+    /// The shared-data key (`ug.cb.<cluster>`), or for a keyed breaker the id of its copy.
     key: Vec<u8>,
+    /// Where a keyed breaker may live (`key_header`).
+    place: Option<Place>,
+}
+
+impl Target {
+    /// The shared-data key of a keyed breaker's slot: `ug.cb.<cluster>.<slot>`.
+    fn slot_key(&self, slot: u32) -> Vec<u8> {
+        format!("ug.cb.{}.{slot}", self.cluster).into_bytes()
+    }
 }
 
 /// Per stream.
@@ -173,28 +225,34 @@ impl Stage for CircuitBreaker {
                 }
             }
         };
-        let key = match &self.config.key_header {
-            None => format!("ug.cb.{cluster}").into_bytes(),
+        let target = match &self.config.key_header {
+            None => self.target(cluster, None),
             Some(h) => {
-                let value = cx.request_header(h).unwrap_or_default();
-                let slot = upstream_guard::hash::slot_for(cluster.as_bytes(), value, self.config.max_keys);
-                format!("ug.cb.{cluster}.{slot}").into_bytes()
+                let value = cx.request_header(h).unwrap_or_default().to_vec();
+                self.target(cluster, Some(&value))
             }
         };
         // Fast path: a closed (or never used) circuit needs no write.
         let epoch = cx.epoch();
-        if self.idle(epoch, &key).0 {
-            st.target = Some(Target { cluster, key });
+        if self.idle(epoch, &target).0 {
+            st.target = Some(target);
             return Flow::Continue;
         }
         let now = cx.now();
-        let policy = self.policy(&cluster);
-        let outcome = self.update(&key, |b| {
+        let policy = self.policy(&target.cluster);
+        let outcome = self.update(&target, now, |b| {
             let (admission, transition) = b.admit(policy, now);
             (admission, transition, b.phase)
         });
+        let cluster = target.cluster.clone();
         let (admission, transition, phase) = match outcome {
-            Ok(v) => v,
+            Ok(Owned::Done(v)) => v,
+            // Unreachable in practice (idle found no breaker of its own for this key, so admit
+            // sees a closed one and writes nothing); admitted like a closed circuit.
+            Ok(Owned::Full) => {
+                self.metrics.get(&cluster).table_full.inc();
+                (Admission::Allow, None, Phase::Closed)
+            }
             Err(e) => {
                 self.metrics.get(&cluster).contention.inc();
                 if let UpdateError::Host(s) = e {
@@ -205,18 +263,18 @@ impl Stage for CircuitBreaker {
             }
         };
         if let Some(t) = transition {
-            self.report(&cluster, &key, t);
+            self.report(&cluster, t);
         }
         match admission {
             Admission::Allow => {
-                st.target = Some(Target { cluster, key });
+                st.target = Some(target);
                 Flow::Continue
             }
             Admission::Probe(id) => {
                 let fields = Fields::new().add("cluster", &cluster).add("state", phase.name()).add("decision", "probe");
                 cx.publish(key::CIRCUIT_BREAKER, &fields);
                 st.probe = Some(id);
-                st.target = Some(Target { cluster, key });
+                st.target = Some(target);
                 Flow::Continue
             }
             Admission::Reject { retry_after_ns } => {
@@ -255,7 +313,7 @@ impl Stage for CircuitBreaker {
         // the local copy current) no read of the state itself.
         if outcome == Outcome::Success && probe.is_none() && policy.failure.ratio.is_none() {
             let epoch = cx.epoch();
-            if self.idle(epoch, &target.key).1 {
+            if self.idle(epoch, &target).1 {
                 return;
             }
         }
@@ -263,8 +321,8 @@ impl Stage for CircuitBreaker {
             self.metrics.get(&target.cluster).failures.inc();
         }
         let now = cx.now();
-        match self.update(&target.key, |b| b.record(policy, now, outcome, probe)) {
-            Ok(Some(t)) => {
+        match self.update(&target, now, |b| b.record(policy, now, outcome, probe)) {
+            Ok(Owned::Done(Some(t))) => {
                 // The response that moved the circuit says so in its access log line.
                 let decision = match (t.from, t.to) {
                     (Phase::HalfOpen, Phase::Open) => "reopened",
@@ -275,9 +333,12 @@ impl Stage for CircuitBreaker {
                 let fields =
                     Fields::new().add("cluster", &target.cluster).add("state", t.to.name()).add("decision", decision);
                 cx.publish(key::CIRCUIT_BREAKER, &fields);
-                self.report(&target.cluster, &target.key, t)
+                self.report(&target.cluster, t)
             }
-            Ok(None) => {}
+            Ok(Owned::Done(None)) => {}
+            // Every slot this key may use holds another key's live breaker: this outcome is not
+            // recorded (the circuit fails open), and never lands on another key's breaker.
+            Ok(Owned::Full) => self.metrics.get(&target.cluster).table_full.inc(),
             Err(_) => self.metrics.get(&target.cluster).contention.inc(),
         }
     }
@@ -285,7 +346,7 @@ impl Stage for CircuitBreaker {
     fn log(&self, st: &mut BreakerStream, _cx: &mut Cx<'_>) {
         // A probe whose response never arrived (the client went away) gives its slot back now.
         let (Some(target), Some(id), false) = (st.target.as_ref(), st.probe, st.recorded) else { return };
-        let _ = self.update(&target.key, |b| b.abandon(id));
+        let _ = self.update(target, 0, |b| b.abandon(id));
     }
 
     fn request_headers_read(&self, out: &mut Vec<String>) {

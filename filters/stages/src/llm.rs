@@ -34,13 +34,14 @@ use std::cell::Cell;
 
 use upstream_guard::details;
 use upstream_guard::diagnose::{upstream_failed, Cause};
+use upstream_guard::hash::Secret;
 use upstream_guard::llm::{
     choose, error_json, needs_rewrite, provider_pause, rewrite, scan, Admission, Balance, Budget, LlmConfig,
     ResetHeaders, Usage, UsageMeter, RESET_HEADER_NAMES,
 };
 use upstream_guard::ratelimit::retry_after_secs;
 use upstream_guard_glue::pairs::Pairs;
-use upstream_guard_glue::shared::{self, UpdateError};
+use upstream_guard_glue::shared::{self, Owned, UpdateError};
 use upstream_guard_glue::{
     host, metrics, BodyAction, BufferType, Counter, Cx, Flow, Level, LocalReply, MapType, Note, Stage,
 };
@@ -58,31 +59,36 @@ const PROVIDERS: Namespace = Namespace { keys: "ug.llm", metrics: "upstream_guar
 pub trait TokenLedger {
     /// May a request of `key` go on under `budget` at `now`?
     fn admission(&self, budget: &Budget, key: &[u8], now: u64) -> Admission;
-    /// Charges `tokens` to `key`; `Err` when the charge could not be recorded.
-    fn charge(&self, budget: &Budget, key: &[u8], tokens: u64, now: u64) -> Result<(), UpdateError>;
+    /// Charges `tokens` to `key`; [`Owned::Full`] when the key has no balance of its own to charge
+    /// (every slot it may use holds another key's balance still in use), `Err` when the charge
+    /// could not be recorded.
+    fn charge(&self, budget: &Budget, key: &[u8], tokens: u64, now: u64) -> Result<Owned<()>, UpdateError>;
 }
 
-/// Balances in Envoy's shared data, one value per (budget, key) slot, updated with
-/// compare-and-swap: exact across every worker of one Envoy.
+/// Balances in Envoy's shared data, one value per (budget, key) in a slot the key owns
+/// ([`upstream_guard::slots`]), updated with compare-and-swap: exact across every worker of one
+/// Envoy, and never spent by another key.
 pub struct LocalLedger {
     max_keys: u32,
+    secret: Secret,
 }
 
-impl LocalLedger {
-    fn slot_key(&self, budget: &Budget, key: &[u8]) -> Vec<u8> {
-        format!("ug.llm.tb.{}", budget.slot(key, self.max_keys)).into_bytes()
-    }
+/// The shared-data key of a balance slot: `ug.llm.tb.<slot>`.
+fn balance_key(slot: u32) -> Vec<u8> {
+    format!("ug.llm.tb.{slot}").into_bytes()
 }
 
 impl TokenLedger for LocalLedger {
     fn admission(&self, budget: &Budget, key: &[u8], now: u64) -> Admission {
-        let stored =
-            host::shared_get(&self.slot_key(budget, key)).ok().flatten().and_then(|(v, _)| Balance::decode(&v));
+        let place = budget.place(&self.secret, key, self.max_keys);
+        let stored = shared::read_owned(&place, balance_key).ok().flatten().and_then(|v| Balance::decode(&v));
         Balance::at_time(stored, &budget.rate, now).admission(&budget.rate, now)
     }
 
-    fn charge(&self, budget: &Budget, key: &[u8], tokens: u64, now: u64) -> Result<(), UpdateError> {
-        shared::update(&self.slot_key(budget, key), CAS_ATTEMPTS, |cur| {
+    fn charge(&self, budget: &Budget, key: &[u8], tokens: u64, now: u64) -> Result<Owned<()>, UpdateError> {
+        let place = budget.place(&self.secret, key, self.max_keys);
+        let at_rest = |other: &[u8]| Balance::decode(other).is_none_or(|b| Balance::at_rest(b, &budget.rate, now));
+        shared::update_owned(&place, balance_key, CAS_ATTEMPTS, at_rest, |cur| {
             let b = Balance::at_time(cur.and_then(Balance::decode), &budget.rate, now).charge(tokens);
             (Some(b.encode()), ())
         })
@@ -125,6 +131,7 @@ pub struct Llm {
     unknown_model: Counter,
     invalid_request: Counter,
     contention: Counter,
+    table_full: Counter,
     warned: Cell<bool>,
 }
 
@@ -169,7 +176,7 @@ impl Llm {
             .collect();
         Llm {
             pool: Pool::new(config.providers.clone(), PROVIDERS),
-            ledger: LocalLedger { max_keys: config.max_keys },
+            ledger: LocalLedger { max_keys: config.max_keys, secret: shared::secret() },
             config,
             models,
             providers,
@@ -177,6 +184,7 @@ impl Llm {
             unknown_model: Counter::define("upstream_guard.llm.unknown_model"),
             invalid_request: Counter::define("upstream_guard.llm.invalid_request"),
             contention: Counter::define("upstream_guard.llm.budget_contention"),
+            table_full: Counter::define("upstream_guard.llm.budget_table_full"),
             warned: Cell::new(false),
         }
     }
@@ -224,7 +232,11 @@ impl Llm {
         for (b, key) in &st.budget_keys {
             let (Some(budget), Some(bm)) = (self.config.budgets.get(*b), self.budgets.get(*b)) else { continue };
             match self.ledger.charge(budget, key, tokens, now) {
-                Ok(()) => bm.charged_tokens.add(tokens),
+                Ok(Owned::Done(())) => bm.charged_tokens.add(tokens),
+                Ok(Owned::Full) => {
+                    self.table_full.inc();
+                    host::log_with(Level::Debug, || format!("llm: budget {:?}: table full, not charged", budget.name));
+                }
                 Err(e) => {
                     self.contention.inc();
                     host::log(Level::Warn, &format!("llm: could not charge budget {:?} ({e:?})", budget.name));

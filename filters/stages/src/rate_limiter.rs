@@ -22,15 +22,16 @@ use std::rc::Rc;
 
 use upstream_guard::access_log::{key, Fields};
 use upstream_guard::details;
-use upstream_guard::hash::hash64;
-use upstream_guard::peer::{client_addr, ClientAddr};
+use upstream_guard::hash::Secret;
+use upstream_guard::peer::{client_addr, ClientAddr, Prefixes};
 use upstream_guard::ratelimit::global::{self, ServiceError};
 use upstream_guard::ratelimit::rls::{self, RateLimitDescriptor};
 use upstream_guard::ratelimit::{
     ratelimit_field, retry_after_secs, ClientIp, Decision, GlobalStatus, Mode, OnServiceError, OverLimitMemo,
     RateLimitConfig, RequestView, Rule, State, Verdict,
 };
-use upstream_guard_glue::shared::{self, UpdateError};
+use upstream_guard::slots::Place;
+use upstream_guard_glue::shared::{self, Owned, UpdateError};
 use upstream_guard_glue::{host, metrics, Counter, Cx, Event, Flow, Level, LocalReply, Stage};
 
 /// Calls one worker lets wait at once; past that, a global rule acts as if its service failed.
@@ -44,6 +45,9 @@ struct RuleMetrics {
     limited: Counter,
     shadow_limited: Counter,
     contention: Counter,
+    /// Requests whose key found every slot it may use held by other keys still in use
+    /// (`on_contention` decided them).
+    table_full: Counter,
     /// Defined for global rules only.
     global: Option<GlobalMetrics>,
 }
@@ -72,6 +76,8 @@ pub struct RateLimiter {
     waiters: Waiters,
     /// When this worker last warned about a failing service.
     warned_service_at: Cell<Option<u64>>,
+    /// The slot-hash secret of this process ([`shared::secret`]).
+    secret: Secret,
 }
 
 impl RateLimiter {
@@ -88,6 +94,7 @@ impl RateLimiter {
                     limited: counter("limited"),
                     shadow_limited: counter("shadow_limited"),
                     contention: counter("contention"),
+                    table_full: counter("table_full"),
                     global: r.global.as_ref().map(|_| GlobalMetrics {
                         ok: counter("global_ok"),
                         over_limit: counter("global_over_limit"),
@@ -102,6 +109,7 @@ impl RateLimiter {
             .collect();
         let from_header = Counter::define("upstream_guard.ratelimit.client_ip_from_header");
         RateLimiter {
+            secret: shared::secret(),
             config,
             metrics,
             from_header,
@@ -158,14 +166,29 @@ impl RateLimiter {
         reply
     }
 
-    /// Takes a token from the rule's local bucket (its shared-data slot).
-    fn local(&self, rule: &Rule, m: &RuleMetrics, slot: u32, now: u64) -> Decision {
+    /// Takes a token from the key's own bucket (a slot it owns in the rule's share of the table:
+    /// never another key's bucket).
+    fn local(&self, rule: &Rule, m: &RuleMetrics, place: &Place, now: u64) -> Decision {
         let config = &self.config;
-        let outcome = shared::update(&slot_key(b"ug.rl.", slot), config.cas_retries, |cur| {
-            let state = cur.and_then(State::decode);
-            let (next, decision) = rule.algorithm.check(&rule.limit, state, now);
-            (decision.allowed().then(|| next.encode()), decision)
-        });
+        let outcome = shared::update_owned(
+            place,
+            |slot| slot_key(b"ug.rl.", slot),
+            config.cas_retries,
+            |other| State::decode(other).is_none_or(|st| st.at_rest(&rule.limit, now)),
+            |cur| {
+                let state = cur.and_then(State::decode);
+                let (next, decision) = rule.algorithm.check(&rule.limit, state, now);
+                (decision.allowed().then(|| next.encode()), decision)
+            },
+        );
+        let outcome = match outcome {
+            Ok(Owned::Done(decision)) => return decision,
+            Ok(Owned::Full) => {
+                m.table_full.inc();
+                return config.on_contention.decision(&rule.limit);
+            }
+            Err(e) => Err(e),
+        };
         outcome.unwrap_or_else(|e| {
             m.contention.inc();
             if let UpdateError::Host(status) = e {
@@ -177,9 +200,9 @@ impl RateLimiter {
 
     /// The pre-check of a global rule: a refusal when the service refused this key until a time
     /// still to come (see [`OverLimitMemo`]).
-    fn precheck(&self, slot: u32, fingerprint: u64, now: u64) -> Option<Decision> {
-        let stored = host::shared_get(&slot_key(b"ug.rlg.", slot)).ok().flatten();
-        OverLimitMemo::check(stored.as_ref().map(|(v, _)| v.as_slice()), fingerprint, now)
+    fn precheck(&self, place: &Place, now: u64) -> Option<Decision> {
+        let stored = host::shared_get(&slot_key(b"ug.rlg.", place.home())).ok().flatten();
+        OverLimitMemo::check(stored.as_ref().map(|(v, _)| v.as_slice()), place.fingerprint, now)
     }
 
     /// Sends one call per service for the global rules in `asks`, and waits; or concludes at once
@@ -249,9 +272,10 @@ impl RateLimiter {
             m.allowed.inc();
         } else {
             gm.over_limit.inc();
-            if let Some(memo) = OverLimitMemo::after(&status, part.fingerprint, waiting.sent_at, g.cache_over_limit_ns)
+            if let Some(memo) =
+                OverLimitMemo::after(&status, part.place.fingerprint, waiting.sent_at, g.cache_over_limit_ns)
             {
-                let _ = host::shared_set(&slot_key(b"ug.rlg.", part.slot), &memo.encode(), 0);
+                let _ = host::shared_set(&slot_key(b"ug.rlg.", part.place.home()), &memo.encode(), 0);
             }
         }
         if let Some(policy) = status.policy {
@@ -271,7 +295,7 @@ impl RateLimiter {
         match g.on_error {
             OnServiceError::Local => {
                 gm.fallback.inc();
-                let decision = self.local(rule, m, part.slot, now);
+                let decision = self.local(rule, m, &part.place, now);
                 if decision.allowed() {
                     m.allowed.inc();
                 }
@@ -401,12 +425,11 @@ impl RateLimiter {
     }
 }
 
-/// A global rule's bucket: the rule, its slot, and the key's fingerprint.
+/// A global rule's bucket: the rule, and where the key's state lives.
 #[derive(Debug, Clone, Copy)]
 struct Part {
     rule: usize,
-    slot: u32,
-    fingerprint: u64,
+    place: Place,
 }
 
 /// A global rule to ask about, with its descriptor.
@@ -507,6 +530,9 @@ impl RequestView for View<'_, '_> {
         self.client = Some(c);
         c
     }
+    fn prefixes(&self) -> Prefixes {
+        self.client_ip.prefixes()
+    }
 }
 
 /// The shared-data key of a slot: `ug.rl.<slot>` (a bucket), `ug.rlg.<slot>` (a global rule's
@@ -540,21 +566,20 @@ impl Stage for RateLimiter {
         for i in matching {
             let (Some(rule), Some(m)) = (config.rules.get(i), self.metrics.get(i)) else { continue };
             let key = rule.key(&mut view);
-            let slot = rule.slot(&key);
+            let place = rule.place(&self.secret, &key);
             if let (Some(g), Some(gm)) = (&rule.global, &m.global) {
-                let fingerprint = hash64(rule.name.as_bytes(), &key);
                 if g.cache_over_limit_ns > 0 {
-                    if let Some(refused) = self.precheck(slot, fingerprint, now) {
+                    if let Some(refused) = self.precheck(&place, now) {
                         gm.cached_over_limit.inc();
                         verdict = verdict.add(i, refused);
                         continue;
                     }
                 }
                 let descriptor = g.descriptor(&rule.key, &mut view);
-                asks.push(Ask { part: Part { rule: i, slot, fingerprint }, descriptor });
+                asks.push(Ask { part: Part { rule: i, place }, descriptor });
                 continue;
             }
-            let decision = self.local(rule, m, slot, now);
+            let decision = self.local(rule, m, &place, now);
             if decision.allowed() {
                 m.allowed.inc();
             }

@@ -13,10 +13,12 @@ use proxy_wasm_test_host::{level, Host, HostError, HttpStream, LocalResponse, Pl
 use serde_json::Value;
 use upstream_guard::breaker::{Breaker, BreakerConfig, Phase};
 use upstream_guard::diagnose::{Cause, DiagnosticsConfig, Expose};
+use upstream_guard::hash::Secret;
 use upstream_guard::health::{Health, HealthConfig, Lease};
 use upstream_guard::llm::{Balance, LlmConfig};
 use upstream_guard::peer::{client_addr, Peer, Trust};
 use upstream_guard::ratelimit::{Algorithm, FixedRequest, RateLimitConfig, State};
+use upstream_guard::slots::Holder;
 
 use super::configs::{
     section, BREAKER_SLOTS, CHECKED_UPSTREAMS, DEBUG_TOKEN, KNOWN_CLUSTERS, LLM_MODELS, LLM_PROVIDERS, LLM_TOKENS,
@@ -44,6 +46,8 @@ pub enum Kind {
     Model,
     /// A breaker does not decode, or has more probes in flight than allowed.
     Breaker,
+    /// A request changed the state of a key other than its own.
+    Owner,
     /// Shared data holds a key the module may not write, or a value that does not decode.
     Keys,
     /// More callouts in flight than upstreams with checks.
@@ -137,7 +141,7 @@ fn peer_of(req: &Req) -> Option<Peer> {
     prop_bytes(&req.source).and_then(|b| Peer::parse(&b))
 }
 
-/// One token bucket (rule, slot) as the checks see it: the bucket's clock and the admissions in
+/// One token bucket (rule, key) as the checks see it: the bucket's clock and the admissions in
 /// the last window, in bucket time.
 #[derive(Default)]
 struct Bucket {
@@ -152,7 +156,7 @@ struct Model {
     breaker: Option<BreakerConfig>,
     health: Option<HealthConfig>,
     llm: Option<LlmConfig>,
-    buckets: HashMap<(usize, u32), Bucket>,
+    buckets: HashMap<(usize, Vec<u8>), Bucket>,
     /// Every shared-data key the module may write (rate-limit slots are checked by number).
     breaker_keys: HashMap<Vec<u8>, String>,
     /// Upstream cluster names that must not appear in replies to untrusted clients.
@@ -374,7 +378,12 @@ impl<'h> Run<'h> {
     }
 
     /// The rate limiter's admissions of one request, against the window bound of each rule.
-    fn check_limits(&mut self, req: &Req, before: &[(i64, i64)]) -> Result<(), Failure> {
+    fn check_limits(
+        &mut self,
+        req: &Req,
+        before: &[(i64, i64)],
+        rl_before: HashMap<Vec<u8>, Vec<u8>>,
+    ) -> Result<(), Failure> {
         let Some(config) = &self.model.limiter else { return Ok(()) };
         let now = self.host.clock().now_nanos();
         let peer = peer_of(req);
@@ -389,8 +398,14 @@ impl<'h> Run<'h> {
                 .map(|(k, v)| (String::from_utf8_lossy(&k.0).into_owned(), v.0.clone()))
                 .collect(),
             client: Some(client),
+            prefixes: config.client_ip.prefixes(),
         };
         let matched = config.matching(&mut fixed);
+        let secret = self
+            .host
+            .shared_data(self.case.target.name(), "ug.secret")
+            .and_then(|(v, _)| Secret::from_bytes(&v))
+            .ok_or_else(|| self.fail(Kind::Keys, "no slot secret in shared data after a request".to_string()))?;
         let after = counters(self.host, config);
         let mut slots = Vec::new();
         for (i, rule) in config.rules.iter().enumerate() {
@@ -405,16 +420,23 @@ impl<'h> Run<'h> {
                 continue;
             }
             let key = rule.key(&mut fixed);
-            let slot = rule.slot(&key);
-            slots.push((i, slot, allowed == 1 && contended == 0));
+            let place = rule.place(&secret, &key);
+            slots.push((i, key, place, allowed == 1 && contended == 0));
         }
-        for &(i, slot, admitted) in &slots {
+        // A key whose bucket another key took over (at rest: as full as a fresh one) starts
+        // fresh too, on the module's clock; so does its model.
+        for (rule, fingerprint) in self.check_owners(config, &slots, rl_before, now)? {
+            let Some(r) = config.rules.get(rule) else { continue };
+            self.model.buckets.retain(|(i, k), _| *i != rule || r.place(&secret, k).fingerprint != fingerprint);
+        }
+        for (i, key, place, admitted) in &slots {
+            let (i, admitted) = (*i, *admitted);
             if !admitted {
                 continue;
             }
             let Some(rule) = config.rules.get(i) else { continue };
             self.out.admissions += 1;
-            let bucket = self.model.buckets.entry((i, slot)).or_default();
+            let bucket = self.model.buckets.entry((i, key.clone())).or_default();
             let t = bucket.seen.max(now);
             bucket.seen = t;
             bucket.admitted.push_back(t);
@@ -428,14 +450,26 @@ impl<'h> Run<'h> {
                 return Err(self.fail(
                     Kind::Limit,
                     format!(
-                        "rule {:?} admitted {n} requests within {per} ns in slot {slot} (limit {} + burst {})",
-                        rule.name, rule.limit.requests, rule.limit.burst
+                        "rule {:?} admitted {n} requests within {per} ns for key {:?} (limit {} + burst {})",
+                        rule.name,
+                        B(key.clone()),
+                        rule.limit.requests,
+                        rule.limit.burst
                     ),
                 ));
             }
-            // The stored bucket says the same (unless another rule of this request wrote the slot).
-            if slots.iter().filter(|(_, s, _)| *s == slot).count() == 1 {
-                let stored = self.host.shared_data(self.case.target.name(), &format!("ug.rl.{slot}")).map(|(v, _)| v);
+            // The key's own slot holds the same bucket.
+            {
+                let name = self.case.target.name();
+                let stored = place.candidates().find_map(|slot| {
+                    let v = self.host.shared_data(name, &format!("ug.rl.{slot}"))?.0;
+                    match Holder::of(Some(&v), place.fingerprint) {
+                        Holder::Mine(state) => Some((slot, state.to_vec())),
+                        _ => None,
+                    }
+                });
+                let slot = stored.as_ref().map_or(u32::MAX, |(s, _)| *s);
+                let stored = stored.map(|(_, v)| v);
                 let seen = match stored.as_deref().and_then(State::decode) {
                     Some(State::Bucket { seen, .. }) if rule.algorithm == Algorithm::TokenBucket => Some(seen),
                     Some(State::Window { seen, .. }) if rule.algorithm == Algorithm::SlidingWindow => Some(seen),
@@ -456,6 +490,52 @@ impl<'h> Run<'h> {
         Ok(())
     }
 
+    /// No request changes the state of a key other than its own: every bucket slot this request
+    /// changed is now owned by one of its own keys (of the rule whose share holds the slot), and
+    /// a slot it took from another key held a bucket at rest (what a fresh key would see). Returns
+    /// the (rule, fingerprint) of each key that lost its slot so.
+    fn check_owners(
+        &self,
+        config: &RateLimitConfig,
+        mine: &[(usize, Vec<u8>, upstream_guard::slots::Place, bool)],
+        before: HashMap<Vec<u8>, Vec<u8>>,
+        now: u64,
+    ) -> Result<Vec<(usize, u64)>, Failure> {
+        let mut displaced = Vec::new();
+        for (key, value) in self.host.shared_data_entries(self.case.target.name()) {
+            let Some(n) = std::str::from_utf8(&key).ok().and_then(|k| k.strip_prefix("ug.rl.")) else { continue };
+            let Ok(slot) = n.parse::<u32>() else { continue };
+            // A missing key and an empty value (another worker's racing write of nothing) are one.
+            let old = before.get(&key).filter(|v| !v.is_empty());
+            if old == Some(&value) || (old.is_none() && value.is_empty()) {
+                continue;
+            }
+            let k = String::from_utf8_lossy(&key);
+            let Some(rule) = config.rules.iter().position(|r| (r.slots.0..r.slots.0 + r.slots.1).contains(&slot))
+            else {
+                return Err(self.fail(Kind::Keys, format!("{k} is in no rule's share")));
+            };
+            let owner = mine
+                .iter()
+                .find(|(i, _, p, _)| *i == rule && matches!(Holder::of(Some(&value), p.fingerprint), Holder::Mine(_)));
+            let Some((_, _, place, _)) = owner else {
+                return Err(self.fail(Kind::Owner, format!("{k} changed, but no key of this request owns it")));
+            };
+            if let Some(Holder::Other(state)) = old.map(|o| Holder::of(Some(o), place.fingerprint)) {
+                let r = &config.rules[rule];
+                if State::decode(state).is_some_and(|s| !s.at_rest(&r.limit, now)) {
+                    return Err(self.fail(Kind::Owner, format!("{k}: a request took another key's live bucket")));
+                }
+                if let Some(fp) = old.and_then(|o| o.get(..8)) {
+                    let mut w = [0u8; 8];
+                    w.copy_from_slice(fp);
+                    displaced.push((rule, u64::from_le_bytes(w)));
+                }
+            }
+        }
+        Ok(displaced)
+    }
+
     /// Every shared-data key is one the module may write, and decodes.
     fn scan(&self) -> Result<(), Failure> {
         let entries = self.host.shared_data_entries(self.case.target.name());
@@ -463,12 +543,13 @@ impl<'h> Run<'h> {
             let k = String::from_utf8_lossy(key);
             let ok = if let Some(n) = k.strip_prefix("ug.rl.") {
                 let max = self.model.limiter.as_ref().map_or(0, |c| c.max_keys);
-                n.parse::<u32>().is_ok_and(|n| n < max) && (value.is_empty() || State::decode(value).is_some())
+                n.parse::<u32>().is_ok_and(|n| n < max) && (value.is_empty() || State::decode(unseal(value)).is_some())
             } else if k.starts_with("ug.cb.") {
                 match (self.model.breaker_keys.get(key.as_slice()), &self.model.breaker) {
                     (Some(name), Some(config)) => {
                         if !value.is_empty() {
-                            let b = Breaker::decode(value).ok_or_else(|| {
+                            let sealed = *k != format!("ug.cb.{name}");
+                            let b = Breaker::decode(if sealed { unseal(value) } else { value }).ok_or_else(|| {
                                 self.fail(Kind::Breaker, format!("{k} does not decode: {:?}", B(value.clone())))
                             })?;
                             let max = config.policy(name).max_probes as usize;
@@ -497,6 +578,8 @@ impl<'h> Run<'h> {
                 self.model.health.is_some() && (value.is_empty() || value.len() == 8)
             } else if let Some(rest) = k.strip_prefix("ug.llm.") {
                 self.check_llm_entry(rest, value)?
+            } else if k == "ug.secret" {
+                Secret::from_bytes(value).is_some()
             } else {
                 k == "ug.v" && value.is_empty()
             };
@@ -546,7 +629,7 @@ impl<'h> Run<'h> {
             return Ok(value.len() == 8);
         }
         let Some(slot) = rest.strip_prefix("tb.") else { return Ok(false) };
-        let Some(b) = Balance::decode(value) else { return Ok(false) };
+        let Some(b) = Balance::decode(unseal(value)) else { return Ok(false) };
         // At most every slot's stream admitted at a balance of 0 and charged the most an answer
         // of the fuzzer reports (under 80 tokens).
         let floor = -(i64::from(super::gen::SLOTS) * 80);
@@ -570,6 +653,15 @@ impl<'h> Run<'h> {
             }
         }
         let before = self.model.limiter.as_ref().map(|c| counters(self.host, c)).unwrap_or_default();
+        let rl_before: HashMap<Vec<u8>, Vec<u8>> = if self.model.limiter.is_some() {
+            self.host
+                .shared_data_entries(self.case.target.name())
+                .into_iter()
+                .filter(|(k, _)| k.starts_with(b"ug.rl."))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         let headers: Vec<(&[u8], &[u8])> = req.headers.iter().map(|(k, v)| (k.0.as_slice(), v.0.as_slice())).collect();
         self.out.callbacks += 2;
         self.out.requests += 1;
@@ -588,7 +680,7 @@ impl<'h> Run<'h> {
         };
         self.local_reply(&mut live)?;
         if self.model.limiter.is_some() {
-            self.check_limits(req, &before)?;
+            self.check_limits(req, &before, rl_before)?;
         }
         if let Some(s) = slots.get_mut(slot) {
             *s = Some(live);
@@ -904,7 +996,10 @@ fn counters(host: &Host, config: &RateLimitConfig) -> Vec<(i64, i64)> {
         .iter()
         .map(|r| {
             let base = format!("upstream_guard.ratelimit.{}", segment(&r.name));
-            (host.counter(&format!("{base}.allowed")), host.counter(&format!("{base}.contention")))
+            // A request decided by `on_contention` (lost races, or a table full of live buckets)
+            // has no bucket to check.
+            let undecided = host.counter(&format!("{base}.contention")) + host.counter(&format!("{base}.table_full"));
+            (host.counter(&format!("{base}.allowed")), undecided)
         })
         .collect()
 }
@@ -968,4 +1063,9 @@ pub fn execute(case: &Case, ops: &[Op]) -> Result<Outcome, Failure> {
         *slot += n;
     }
     Ok(run.out)
+}
+
+/// The state of a keyed slot's value: past the owner's 8-byte fingerprint.
+fn unseal(value: &[u8]) -> &[u8] {
+    value.get(8..).unwrap_or_default()
 }
