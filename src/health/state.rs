@@ -11,7 +11,8 @@ pub enum CheckResult {
     BadStatus(u16),
     /// No answer: timeout, refused or reset connection (Envoy reports these alike to a callout).
     NoResponse,
-    /// The check could not be sent: Envoy does not know the cluster.
+    /// The check could not be sent: Envoy does not know the cluster. A configuration error, not
+    /// evidence about the upstream: it never marks the upstream unhealthy.
     DispatchFailed,
 }
 
@@ -42,7 +43,9 @@ impl CheckResult {
             CheckResult::Passed(s) => format!("passed (HTTP {s})"),
             CheckResult::BadStatus(s) => format!("failed: HTTP {s}"),
             CheckResult::NoResponse => "failed: no response (timeout, refused or reset connection)".into(),
-            CheckResult::DispatchFailed => "failed: Envoy has no cluster of this name".into(),
+            CheckResult::DispatchFailed => {
+                "not sent: Envoy has no cluster of this name (a configuration error; the upstream is judged by passive detection only)".into()
+            }
         }
     }
 
@@ -118,6 +121,13 @@ impl Default for Health {
 }
 
 impl Health {
+    /// True when its last check could not be sent because Envoy has no cluster of its name: a
+    /// configuration error. Such an upstream is passed over while another is available, and
+    /// never the reason a request is refused.
+    pub fn unknown(&self) -> bool {
+        self.last_result == Some(CheckResult::DispatchFailed)
+    }
+
     /// True when requests may go to this upstream at `now`.
     pub fn available(&self, now: u64) -> bool {
         self.healthy && now >= self.ejected_until && now >= self.rate_limited_until
@@ -146,10 +156,15 @@ impl Health {
 
     /// Applies an active check result: `unhealthy_threshold` failures in a row mark it
     /// unhealthy, `healthy_threshold` passes in a row mark it healthy again; one odd result
-    /// never flips it (no flapping).
+    /// never flips it (no flapping). A check that could not be sent ([`CheckResult::DispatchFailed`])
+    /// says nothing about the upstream: it is recorded and counts neither way, so a misnamed
+    /// cluster never takes traffic down.
     pub fn apply_check(&mut self, check: &HealthCheck, result: CheckResult, now: u64) -> Option<HealthTransition> {
         self.last_check_at = now;
         self.last_result = Some(result);
+        if result == CheckResult::DispatchFailed {
+            return None;
+        }
         if result.passed() {
             self.consecutive_ok = self.consecutive_ok.saturating_add(1);
             self.consecutive_fail = 0;
@@ -335,7 +350,23 @@ mod tests {
         h.apply_check(&check(1, 1), CheckResult::BadStatus(503), S);
         assert_eq!(h.reason(S), "active health check failed: HTTP 503; 1 consecutive failures");
         h.apply_check(&check(1, 1), CheckResult::DispatchFailed, S);
-        assert!(h.reason(S).contains("no cluster"));
+        assert!(h.reason(S).contains("no cluster"), "{}", h.reason(S));
+    }
+
+    #[test]
+    fn a_check_that_cannot_be_sent_never_marks_an_upstream_unhealthy() {
+        let mut h = Health::default();
+        for i in 1..=10 {
+            assert_eq!(h.apply_check(&check(2, 1), CheckResult::DispatchFailed, i * S), None);
+        }
+        assert!(h.available(10 * S), "a misnamed cluster is a configuration error, not a down upstream");
+        assert_eq!((h.consecutive_fail, h.last_result), (0, Some(CheckResult::DispatchFailed)));
+        h.apply_check(&check(2, 1), CheckResult::BadStatus(503), 11 * S);
+        h.apply_check(&check(2, 1), CheckResult::DispatchFailed, 12 * S);
+        assert_eq!(
+            h.apply_check(&check(2, 1), CheckResult::BadStatus(503), 13 * S),
+            Some(HealthTransition::BecameUnhealthy)
+        );
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //!   delays, usage on or off, 429 with any rate-limit headers, 5xx and 529);
 //! - [`http`]: a small blocking HTTP/1.1 client for assertions on status, headers and body, and
 //!   for when a streamed response's first byte arrived;
+//! - [`platform`]: how Istio's ingress gateway and Envoy Gateway configure their proxies (cluster
+//!   names, client address settings, routes), which the manifests and deployment tests share;
 //! - [`redis`]: a throw-away `redis-server` on a free loopback port, for global rate limits
 //!   (the `ug-rls-server` crate beside this one is the rate limit service that uses it).
 //! - [`host`]: the deterministic proxy-wasm host (the `proxy-wasm-test-host` crate), and
@@ -28,6 +30,7 @@ pub mod host;
 pub mod http;
 pub mod llm_backend;
 pub mod paths;
+pub mod platform;
 pub mod redis;
 
 pub use proxy_wasm_test_host::wasi_run;

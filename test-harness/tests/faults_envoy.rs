@@ -260,9 +260,13 @@ fn health_checks_to_missing_or_silent_clusters_stay_bounded() {
         }
     }
     assert!(most_in_flight <= 1, "at most one check per upstream in flight, saw {most_in_flight}");
-    for c in ["ghost", "silent", "hole"] {
+    for c in ["silent", "hole"] {
         assert!(stat(&envoy, &format!("upstream_guard.health.{c}.checks_failed")) >= 5, "{c}");
     }
+    // A cluster Envoy does not have is a configuration error, not a down upstream.
+    assert!(stat(&envoy, "upstream_guard.health.ghost.checks_unsent") >= 5);
+    assert_eq!(stat(&envoy, "upstream_guard.health.ghost.checks_failed"), 0);
+    assert_eq!(stat(&envoy, "upstream_guard.health.ghost.healthy"), 1, "never marked unhealthy for it");
     assert!(stat(&envoy, "upstream_guard.health.ok.checks_passed") >= 10);
     let warned = envoy.log().matches("cannot send a health check to cluster \\\"ghost\\\"").count()
         + envoy.log().matches("cannot send a health check to cluster \"ghost\"").count();

@@ -152,12 +152,15 @@ fn status_endpoint_reports_state_to_trusted_clients_and_unknown_clusters_do_not_
         let r = http::get(addr, "/.well-known/upstream-health", &[]).unwrap();
         assert_eq!(r.status, 200);
         body = serde_json::from_slice(&r.body).unwrap();
-        body["upstreams"][1]["healthy"] == false
+        body["upstreams"][1]["last_check"].as_str().is_some()
     }));
     assert_eq!(body["upstreams"][0]["cluster"], "primary");
     assert_eq!(body["upstreams"][0]["healthy"], true);
     assert!(body["upstreams"][0]["last_check"].as_str().unwrap().starts_with("passed"), "{body}");
-    assert!(body["upstreams"][1]["reason"].as_str().unwrap().contains("no cluster"), "{body}");
+    // A cluster Envoy does not have is a configuration error, said as such, not a down upstream.
+    assert!(body["upstreams"][1]["last_check"].as_str().unwrap().contains("no cluster"), "{body}");
+    assert_eq!(body["upstreams"][1]["healthy"], true, "{body}");
+    assert!(envoy.stat("upstream_guard.health.nonexistent.checks_unsent").unwrap().unwrap_or(0) >= 1);
     assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200, "traffic still flows to the healthy one");
 }
 

@@ -178,8 +178,8 @@ fn an_unknown_cluster_is_reported_not_fatal() {
     let mut s = p.worker(0).http_stream().property("source.address", "127.0.0.1:9");
     s.request_headers(&[(":path", "/status")], true).unwrap();
     let v: Value = serde_json::from_slice(&s.local_response().unwrap().body).unwrap();
-    assert!(v["upstreams"][0]["reason"].as_str().unwrap().contains("no cluster"), "{v}");
-    assert!(p.logs().iter().any(|(_, m)| m.contains("is it defined in Envoy?")));
+    assert!(v["upstreams"][0]["last_check"].as_str().unwrap().contains("no cluster"), "{v}");
+    assert!(p.logs().iter().any(|(_, m)| m.contains("Envoy has no cluster of this name")));
 }
 
 #[test]
@@ -220,10 +220,38 @@ fn checks_to_missing_or_silent_clusters_stay_bounded_and_say_so_once() {
         }
     }
     assert!(memory.windows(2).all(|m| m[1] == m[0]), "guest memory grew: {memory:?}");
-    assert!(host.counter("upstream_guard.health.ghost.checks_failed") >= 900);
+    assert!(host.counter("upstream_guard.health.ghost.checks_unsent") >= 900);
+    assert_eq!(host.counter("upstream_guard.health.ghost.checks_failed"), 0);
     assert!(host.counter("upstream_guard.health.silent.checks_failed") >= 600);
     let warned = p.logs().iter().filter(|(_, m)| m.contains("cannot send a health check")).count();
     assert_eq!(warned, 1, "the unknown cluster is logged once");
     assert!(host.shared_data_keys("health_router") <= 3 + 3, "{}", host.shared_data_keys("health_router"));
     assert_eq!(route(&p, 0).unwrap(), "ok");
+}
+
+#[test]
+fn misnamed_clusters_never_take_traffic_down() {
+    // Cluster names of another platform (Istio's, in an Envoy Gateway proxy): Envoy has neither.
+    let host = Host::new().workers(2).clusters(&["httproute/default/backend/rule/0"]);
+    let hc = json!({"path": "/healthz", "interval": "100ms", "unhealthy_threshold": 1});
+    let p = load(
+        &host,
+        json!({"upstreams": [{"cluster": "outbound|8080||primary.default.svc.cluster.local", "health_check": hc},
+                             {"cluster": "outbound|8080||secondary.default.svc.cluster.local", "health_check": hc}]}),
+    );
+    for _ in 0..20 {
+        host.clock().advance(Duration::from_millis(150));
+        p.tick_all().unwrap();
+    }
+    for w in 0..2 {
+        let mut s = p.worker(w).http_stream();
+        s.request_headers(&[(":path", "/"), (":method", "GET"), ("x-upstream-cluster", "client-choice")], true)
+            .unwrap();
+        assert!(s.local_response().is_none(), "not refused: Envoy's own route serves it");
+        assert_eq!(s.request_header("x-upstream-cluster"), None, "and the client's choice is gone");
+    }
+    assert!(host.counter("upstream_guard.health.outbound_8080__primary_default_svc_cluster_local.checks_unsent") >= 10);
+    let errors: Vec<_> = p.logs().into_iter().filter(|(_, m)| m.contains("cannot send a health check")).collect();
+    assert_eq!(errors.len(), 2, "each misnamed cluster said once: {errors:?}");
+    assert!(errors[0].1.contains("httproute/<namespace>/<route>/rule/<index>"), "names the naming schemes");
 }

@@ -9,9 +9,8 @@ use std::process::{Command, ExitCode};
 
 use test_harness::paths;
 
-/// Every module that ships; each builds `target/wasm32-wasip1/release/<name>.wasm`:
-/// `upstream_guard` (all four stages in one module) and each policy alone.
-pub const FILTERS: &[&str] = &["upstream_guard", "diagnostics", "rate_limiter", "circuit_breaker", "health_router"];
+// Every module that ships; each builds `target/wasm32-wasip1/release/<name>.wasm`.
+use xtask::FILTERS;
 
 /// The cargo package that builds module `filter` (the combined module's package cannot share the
 /// core crate's name).
@@ -219,7 +218,7 @@ fn setup_npm() -> Result {
     let manifest = std::fs::read(src.join("package.json")).map_err(|e| TaskError(format!("package.json: {e}")))?;
     let fresh = std::fs::read(dst.join("package.json")).ok().as_deref() == Some(manifest.as_slice())
         && dst.join("node_modules").join("ajv").is_dir();
-    for f in ["package.json", "validate-manifests.mjs", "validate-configs.mjs"] {
+    for f in ["package.json", "validate-manifests.mjs", "validate-configs.mjs", "yaml-to-json.mjs"] {
         std::fs::copy(src.join(f), dst.join(f)).map_err(|e| TaskError(format!("copy {f}: {e}")))?;
     }
     if fresh {
@@ -443,6 +442,15 @@ fn manifests(args: &[String]) -> Result {
         ("envoy-gateway", xtask::manifests::envoy_gateway),
     ] {
         std::fs::create_dir_all(examples.join(dir)).map_err(|e| TaskError(format!("{dir}: {e}")))?;
+        let platform = test_harness::platform::Platform::ALL
+            .into_iter()
+            .find(|p| p.dir() == dir)
+            .ok_or_else(|| TaskError(format!("no platform model for {dir}")))?;
+        let routes = examples.join(dir).join("routes");
+        std::fs::create_dir_all(&routes).map_err(|e| TaskError(format!("{}: {e}", routes.display())))?;
+        let path = routes.join("backend.yaml");
+        std::fs::write(&path, platform.route_manifest()).map_err(|e| TaskError(format!("{}: {e}", path.display())))?;
+        println!("{}", path.display());
         for filter in FILTERS {
             let image = image_of(filter, &[])?;
             let digest = image.manifest_digest();

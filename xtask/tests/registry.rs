@@ -12,7 +12,7 @@ use serde_json::Value;
 use test_harness::paths;
 use xtask::oci::{self, Annotations, OciError, Reference, Variant};
 
-const FILTERS: [&str; 5] = ["upstream_guard", "diagnostics", "rate_limiter", "circuit_breaker", "health_router"];
+use xtask::FILTERS;
 
 /// A `docker-registry` on an ephemeral loopback port, storing in a temp dir; killed on drop.
 struct Registry {

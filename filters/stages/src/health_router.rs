@@ -53,6 +53,8 @@ struct UpstreamMetrics {
     healthy: Gauge,
     checks_passed: Counter,
     checks_failed: Counter,
+    /// Checks that could not be sent (Envoy has no such cluster): a configuration error.
+    checks_unsent: Counter,
     ejections: Counter,
     routed: Counter,
 }
@@ -98,6 +100,7 @@ impl Pool {
                     healthy: Gauge::define(&format!("{base}.healthy")),
                     checks_passed: Counter::define(&format!("{base}.checks_passed")),
                     checks_failed: Counter::define(&format!("{base}.checks_failed")),
+                    checks_unsent: Counter::define(&format!("{base}.checks_unsent")),
                     ejections: Counter::define(&format!("{base}.ejections")),
                     routed: Counter::define(&format!("{base}.routed")),
                 }
@@ -144,7 +147,7 @@ impl Pool {
                 let h = states.get(*i)?;
                 Some(Candidate {
                     index: *i,
-                    available: h.available(now),
+                    available: h.available(now) && !h.unknown(),
                     weight: self.config.upstreams.get(*i)?.weight,
                 })
             })
@@ -174,14 +177,18 @@ impl Pool {
                 break;
             }
             let (Some(h), Some(u)) = (states.get(i), self.config.upstreams.get(i)) else { continue };
-            if h.available(now) {
+            if h.available(now) && !h.unknown() {
                 continue;
             }
             if !skipped.is_empty() {
                 skipped.push(',');
             }
             skipped.push_str(&u.cluster);
-            skipped.push_str(if h.healthy { ":ejected" } else { ":unhealthy" });
+            skipped.push_str(match (h.available(now), h.healthy) {
+                (true, _) => ":unknown_cluster",
+                (false, true) => ":ejected",
+                (false, false) => ":unhealthy",
+            });
         }
         (reason, skipped)
     }
@@ -307,22 +314,25 @@ impl Pool {
                     }
                 }
                 Err(status) => {
-                    // Said once, not on every interval: the failed checks are counted, and the
-                    // status endpoint and fail-fast reasons say it too.
+                    // A configuration error, not a down upstream: the upstream keeps its health
+                    // (passive detection still judges it). Said once, not on every interval; the
+                    // unsent checks are counted and the status endpoint says it too.
                     let first = prober.undispatchable.get_mut(i).is_some_and(|flag| !std::mem::replace(flag, true));
                     if first {
                         host::log(
-                            Level::Warn,
+                            Level::Error,
                             &format!(
-                                "{}: cannot send a health check to cluster {:?} ({status:?}): is it defined in Envoy? \
-                                 (counted in upstream_guard.health.<cluster>.checks_failed; not logged again until a \
-                                 check is sent)",
+                                "{}: cannot send a health check to cluster {:?} ({status:?}): Envoy has no cluster of \
+                                 this name. Use the name your platform gives it: Istio `outbound|<port>||<service \
+                                 FQDN>`, Envoy Gateway `httproute/<namespace>/<route>/rule/<index>`. The upstream is \
+                                 not marked unhealthy for it (counted in upstream_guard.health.<cluster>.checks_unsent; \
+                                 not logged again until a check is sent)",
                                 self.ns.log, u.cluster
                             ),
                         );
                     }
                     if let Some(m) = self.metrics.get(i) {
-                        m.checks_failed.inc();
+                        m.checks_unsent.inc();
                     }
                     self.update(i, |h| h.apply_check(check, CheckResult::DispatchFailed, now));
                 }
@@ -416,6 +426,14 @@ impl Stage for HealthRouter {
         let (reason, skipped) = pool.why(&indexes, &states, selected, now);
         let chosen = match selected {
             Some(i) => i,
+            // A cluster Envoy does not have is a configuration error, never a reason to refuse:
+            // with nothing else available, the request goes where Envoy's route sends it (the
+            // client's header removed: clients never choose the upstream).
+            None if indexes.iter().any(|i| states.get(*i).is_some_and(Health::unknown)) => {
+                cx.remove_request_header(&config.route_header);
+                cx.publish(key::HEALTH_ROUTER, &Fields::new().add("reason", "unknown_cluster"));
+                return Flow::Continue;
+            }
             None if config.when_none_healthy == NoneHealthy::Panic => indexes.first().copied().unwrap_or(0),
             None => {
                 let fields = Fields::new().add("reason", reason);
