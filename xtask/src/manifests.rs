@@ -45,7 +45,7 @@ pub fn istio(filter: &str, url: &str, digest_hex: &str) -> String {
          metadata:\n  name: upstream-guard-{name}\n  namespace: istio-system\n\
          spec:\n  selector:\n    matchLabels:\n      istio: ingressgateway\n\
          \x20 url: {url}\n  sha256: {digest_hex}\n  imagePullPolicy: IfNotPresent\n\
-         \x20 pluginName: {filter}\n  phase: AUTHN\n  priority: {priority}\n  failStrategy: FAIL_OPEN\n\
+         \x20 pluginName: {filter}\n  phase: AUTHN\n  priority: {priority}\n  failStrategy: FAIL_RELOAD\n\
          \x20 pluginConfig: {config}\n"
     )
 }
