@@ -8,7 +8,8 @@
 //! series of the rules' unit tests must have the name and label set of a real one, and
 //! `promtool test rules` on series built from the two scrapes must fire exactly the expected
 //! alerts. A second Envoy without the stats tags shows the names `UpstreamGuardMetricsUntagged`
-//! looks for.
+//! looks for, and a third, whose module traps under `FAIL_RELOAD`, the Envoy counters
+//! `UpstreamGuardModuleFailing` and `UpstreamGuardModuleTrapped` watch.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -115,7 +116,7 @@ impl Series {
     }
 }
 
-/// The `upstream_guard_*` part of one `/stats/prometheus` scrape.
+/// The `upstream_guard_*` and `envoy_wasm_*` part of one `/stats/prometheus` scrape.
 #[derive(Debug, Default)]
 struct Scrape {
     samples: BTreeMap<Series, f64>,
@@ -128,7 +129,7 @@ impl Scrape {
         let r = http::get(envoy.admin(), "/stats/prometheus", &[]).unwrap();
         assert_eq!(r.status, 200);
         let mut s = Scrape::default();
-        for line in r.text().lines().filter(|l| l.contains("upstream_guard_")) {
+        for line in r.text().lines().filter(|l| l.contains("upstream_guard_") || l.contains("envoy_wasm_")) {
             if let Some(t) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = t.split_once(' ').unwrap();
                 s.types.insert(name.to_string(), kind.trim().to_string());
@@ -417,5 +418,44 @@ fn the_rules_fire_on_what_a_real_envoy_exports() {
             &instance,
             &[("5m", vec![]), ("20m", vec![alert("UpstreamGuardMetricsUntagged", None)])],
         ),
+    );
+}
+
+/// Scrapes of an Envoy whose module (the test-only `faulty` build of the combined module) traps
+/// under `FAIL_RELOAD`: before, and after the trap, requests within the reload backoff, and the
+/// reload.
+fn scrapes_around_a_trap() -> (Scrape, Scrape, SocketAddr) {
+    let mut module = filter("faulty", json!({"diagnostics": {}}));
+    module["typed_config"]["config"]["failure_policy"] = json!("FAIL_RELOAD");
+    let cfg = Bootstrap::new()
+        .filter(module)
+        .route(json!({"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}))
+        .build();
+    let envoy = Envoy::start_yaml(&with_stats_tags(&cfg), 1).unwrap();
+    let addr = envoy.main().unwrap();
+    assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200);
+    let before = Scrape::of(&envoy);
+    assert_eq!(http::get(addr, "/", &[("x-ug-test-fault", "panic")]).unwrap().status, 503);
+    let failed = (0..3).filter(|_| http::get(addr, "/", &[]).unwrap().status == 503).count();
+    assert_eq!(failed, 3, "within the reload backoff, requests meet the failed VM");
+    assert!(
+        eventually(Duration::from_secs(10), || http::get(addr, "/", &[]).unwrap().status == 200),
+        "the VM never came back:\n{}",
+        envoy.log()
+    );
+    let after = Scrape::of(&envoy);
+    (before, after, envoy.admin())
+}
+
+#[test]
+fn the_module_alerts_fire_on_what_envoy_exports_when_a_vm_traps() {
+    let (before, after, admin) = scrapes_around_a_trap();
+    assert_eq!(before.value("envoy_wasm_faulty_vm_reload_backoff", &[]), Some(0.0));
+    assert!(after.value("envoy_wasm_faulty_vm_reload_backoff", &[]) >= Some(3.0));
+    assert_eq!(after.value("envoy_wasm_faulty_vm_reload_success", &[]), Some(1.0));
+    let firing = vec![alert("UpstreamGuardModuleFailing", None), alert("UpstreamGuardModuleTrapped", None)];
+    run_promtool_test(
+        "trap.test.yaml",
+        &promtool_test(&before, &after, &admin.to_string(), &[("4m", vec![]), ("20m", firing)]),
     );
 }
