@@ -42,12 +42,15 @@ impl Services {
     }
 }
 
-/// An Envoy shaped as `platform` shapes its proxies, running `filter` with the shipped config.
-fn platform_envoy(platform: Platform, filter: &str, services: &Services) -> Envoy {
+/// A bootstrap shaped as `platform` shapes its proxies: its client-address settings, the
+/// routes and clusters it makes of the shipped route manifest, and `filters`.
+fn platform_bootstrap(platform: Platform, services: &Services, filters: Vec<Value>) -> Bootstrap {
     let routes = yaml_docs(&format!("{}/routes/backend.yaml", platform.dir())).remove(0);
     let EnvoyRoutes { routes, clusters } = platform.envoy_routes(&routes).unwrap();
-    let config = shipped_config(platform, filter);
-    let mut b = Bootstrap::new().filter(wasm_filter(filter, &paths::wasm_path(filter).unwrap(), &config));
+    let mut b = Bootstrap::new();
+    for f in filters {
+        b = b.filter(f);
+    }
     for (field, value) in platform.hcm() {
         b = b.hcm(field, value);
     }
@@ -58,7 +61,14 @@ fn platform_envoy(platform: Platform, filter: &str, services: &Services) -> Envo
         let backend = services.0.get(service.as_str()).unwrap_or_else(|| panic!("no service {service}"));
         b = b.cluster(cluster(&name, backend.addr()));
     }
-    Envoy::start_with(&b.build(), 2).unwrap()
+    b
+}
+
+/// An Envoy shaped as `platform` shapes its proxies, running `filter` with the shipped config.
+fn platform_envoy(platform: Platform, filter: &str, services: &Services) -> Envoy {
+    let config = shipped_config(platform, filter);
+    let module = wasm_filter(filter, &paths::wasm_path(filter).unwrap(), &config);
+    Envoy::start_with(&platform_bootstrap(platform, services, vec![module]).build(), 2).unwrap()
 }
 
 fn served_by(r: &http::Response) -> Option<&str> {
@@ -155,18 +165,7 @@ fn with_the_module_not_running_a_client_header_reaches_only_the_declared_upstrea
     for platform in Platform::ALL {
         let services = Services::start();
         let internal = Backend::named(Behavior::Status(200), "internal").unwrap();
-        let routes = yaml_docs(&format!("{}/routes/backend.yaml", platform.dir())).remove(0);
-        let EnvoyRoutes { routes, clusters } = platform.envoy_routes(&routes).unwrap();
-        let mut b = Bootstrap::new().cluster(cluster("internal", internal.addr()));
-        for (field, value) in platform.hcm() {
-            b = b.hcm(field, value);
-        }
-        for r in routes {
-            b = b.route(r);
-        }
-        for (name, service) in clusters {
-            b = b.cluster(cluster(&name, services.0[service.as_str()].addr()));
-        }
+        let b = platform_bootstrap(platform, &services, vec![]).cluster(cluster("internal", internal.addr()));
         let envoy = Envoy::start_with(&b.build(), 1).unwrap();
         let addr = envoy.main().unwrap();
         for value in
@@ -180,4 +179,30 @@ fn with_the_module_not_running_a_client_header_reaches_only_the_declared_upstrea
         assert_eq!(served_by(&r), Some("secondary"), "{platform:?}: a declared upstream, the only choice a header has");
         assert_eq!(internal.requests(), 0, "{platform:?}");
     }
+}
+
+#[test]
+fn with_the_module_failed_open_after_a_trap_a_client_header_reaches_only_the_declared_upstreams() {
+    // The shipped combined config in the test-only `faulty` build (a request header makes it
+    // panic), failing open as Envoy Gateway's `failOpen: true` does: once it trapped, requests
+    // skip it, and the platform's routes alone decide where a client's header goes.
+    let platform = Platform::EnvoyGateway;
+    let services = Services::start();
+    let internal = Backend::named(Behavior::Status(200), "internal").unwrap();
+    let mut module =
+        wasm_filter("faulty", &paths::wasm_path("faulty").unwrap(), &shipped_config(platform, "upstream_guard"));
+    module["typed_config"]["config"]["failure_policy"] = serde_json::json!("FAIL_OPEN");
+    let b = platform_bootstrap(platform, &services, vec![module]).cluster(cluster("internal", internal.addr()));
+    let envoy = Envoy::start_with(&b.build(), 1).unwrap();
+    let addr = envoy.main().unwrap();
+    http::get(addr, "/", &[("x-ug-test-fault", "panic")]).unwrap();
+    assert!(envoy.log().contains("fault switch"), "the module trapped:\n{}", envoy.log());
+    for value in ["internal", "httproute/default/internal/rule/0"] {
+        let r = http::get(addr, "/", &[("x-upstream-cluster", value)]).unwrap();
+        assert_eq!(served_by(&r), Some("primary"), "{value:?} falls through to the catch-all");
+    }
+    // The module is really out of the way: a running one would overwrite this header.
+    let r = http::get(addr, "/", &[("x-upstream-cluster", &platform.cluster(1))]).unwrap();
+    assert_eq!(served_by(&r), Some("secondary"), "the module failed open: the header is the client's");
+    assert_eq!(internal.requests(), 0);
 }
