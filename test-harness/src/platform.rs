@@ -214,6 +214,35 @@ impl Platform {
     }
 }
 
+/// An Istio sidecar, inbound: the proxy in front of one workload (`app: backend`), which its
+/// `WasmPlugin` selects with `match: [{mode: SERVER}]`.
+///
+/// - Cluster: the local workload, `inbound|<port>||` (one route, Istio's own).
+/// - HCM: `use_remote_address: false` (Istio's inbound listener), `xff_num_trusted_hops` 0: the
+///   client address Envoy reports is the last `x-forwarded-for` entry, which the gateway appended,
+///   or which any pod that can reach the workload wrote. So nothing at a sidecar may be keyed or
+///   trusted on the client address: the shipped configuration limits the workload as a whole and
+///   shows diagnoses to no address.
+/// - Failure policy: `WasmPlugin.spec.failStrategy`.
+pub mod sidecar {
+    use serde_json::{json, Value};
+
+    /// The shipped manifest, under `envoy-examples/`.
+    pub const MANIFEST: &str = "istio/upstream_guard_sidecar.yaml";
+    /// The workload the manifest selects.
+    pub const APP: &str = "backend";
+
+    /// The inbound cluster of the workload's port.
+    pub fn cluster() -> String {
+        format!("inbound|{}||", super::PORT)
+    }
+
+    /// The HttpConnectionManager fields Istio sets on a sidecar's inbound listener.
+    pub fn hcm() -> [(&'static str, Value); 2] {
+        [("use_remote_address", json!(false)), ("xff_num_trusted_hops", json!(0))]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

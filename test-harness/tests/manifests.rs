@@ -46,7 +46,11 @@ fn istio_and_envoy_gateway_manifests_validate_and_carry_valid_plugin_configs() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.iter().filter(|l| l["kind"] == "WasmPlugin").count(), 5, "one WasmPlugin per module");
+    assert_eq!(
+        lines.iter().filter(|l| l["kind"] == "WasmPlugin").count(),
+        6,
+        "one WasmPlugin per module, and the sidecar's"
+    );
     assert_eq!(lines.iter().filter(|l| l["kind"] == "EnvoyExtensionPolicy").count(), 5, "one policy per module");
     for l in &lines {
         check_plugin_config(l["filter"].as_str().unwrap(), &l["config"])

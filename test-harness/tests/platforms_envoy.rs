@@ -206,3 +206,42 @@ fn with_the_module_failed_open_after_a_trap_a_client_header_reaches_only_the_dec
     assert_eq!(served_by(&r), Some("secondary"), "the module failed open: the header is the client's");
     assert_eq!(internal.requests(), 0);
 }
+
+#[test]
+fn istio_sidecar_config_serves_and_trusts_no_client_address() {
+    use test_harness::platform::sidecar;
+    let doc = yaml_docs(sidecar::MANIFEST).remove(0);
+    let config = doc["spec"]["pluginConfig"].clone();
+    // A sidecar's client address is the last x-forwarded-for entry (Istio's inbound listener
+    // has use_remote_address: false): nothing may be keyed or trusted on it.
+    let text = config.to_string();
+    assert!(
+        !text.contains("client_ip") && !text.contains("trusted_cidrs") && !text.contains("trust_x_forwarded_for"),
+        "{text}"
+    );
+    assert_eq!(doc["spec"]["match"][0]["mode"], "SERVER", "inbound only");
+
+    let app = Backend::named(Behavior::Status(200), "backend").unwrap();
+    let mut b =
+        Bootstrap::new().filter(wasm_filter("upstream_guard", &paths::wasm_path("upstream_guard").unwrap(), &config));
+    for (field, value) in sidecar::hcm() {
+        b = b.hcm(field, value);
+    }
+    let b = b
+        .route(serde_json::json!({"match": {"prefix": "/"}, "route": {"cluster": sidecar::cluster()}}))
+        .cluster(cluster(&sidecar::cluster(), app.addr()));
+    let envoy = Envoy::start_with(&b.build(), 2).unwrap();
+    let addr = envoy.main().unwrap();
+    let served = (0..20).filter(|i| {
+        let xff = format!("10.0.0.{i}");
+        served_by(&http::get(addr, "/", &[("x-forwarded-for", &xff)]).unwrap()) == Some("backend")
+    });
+    assert_eq!(served.count(), 20);
+    // The workload fails: a caller claiming an internal address learns the cause, not the cluster.
+    app.set(Behavior::Status(503));
+    let r = http::get(addr, "/", &[("x-forwarded-for", "10.0.0.1"), ("accept", "application/json")]).unwrap();
+    let diagnosis = r.header("x-upstream-diagnosis").unwrap_or_default().to_string();
+    assert!(diagnosis.contains("cause="), "{diagnosis}");
+    assert!(!diagnosis.contains("inbound|") && !r.text().contains("inbound|"), "{diagnosis} {}", r.text());
+    assert_eq!(envoy.stat("upstream_guard.ratelimit.client_ip_from_header").unwrap().unwrap_or(0), 0);
+}

@@ -461,6 +461,12 @@ fn manifests(args: &[String]) -> Result {
             println!("{}", path.display());
         }
     }
+    let image = image_of("upstream_guard", &[])?;
+    let url = format!("oci://{registry}/upstream_guard:{tag}");
+    let path = examples.join(test_harness::platform::sidecar::MANIFEST);
+    let text = xtask::manifests::istio_sidecar(&url, image.manifest_digest().trim_start_matches("sha256:"));
+    std::fs::write(&path, text).map_err(|e| TaskError(format!("{}: {e}", path.display())))?;
+    println!("{}", path.display());
     Ok(())
 }
 
