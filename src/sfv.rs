@@ -6,6 +6,9 @@
 
 use std::fmt::Write;
 
+/// The largest integer a structured field carries (RFC 8941 §3.3.1: at most 15 digits).
+pub const INTEGER_MAX: u64 = 999_999_999_999_999;
+
 /// Builds a Dictionary member by member.
 #[derive(Debug, Default, Clone)]
 pub struct Dictionary {
@@ -58,7 +61,7 @@ impl Dictionary {
 
     /// Adds `key=integer`, clamped to the RFC's 15-digit range.
     pub fn integer(&mut self, key: &str, value: i64) -> &mut Self {
-        const MAX: i64 = 999_999_999_999_999;
+        const MAX: i64 = INTEGER_MAX as i64;
         self.key(key);
         let _ = write!(self.out, "{}", value.clamp(-MAX, MAX));
         self

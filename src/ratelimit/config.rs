@@ -546,6 +546,15 @@ impl RateLimitJson {
             if l.requests == 0 {
                 return Err(err(at("limit.requests"), "is 0", "use a positive number of requests per period"));
             }
+            let max = crate::sfv::INTEGER_MAX;
+            if l.requests > max || l.burst.is_some_and(|b| b > max) {
+                let field = if l.requests > max { "limit.requests" } else { "limit.burst" };
+                return Err(err(
+                    at(field),
+                    format!("is past {max}, the largest integer a RateLimit field can carry"),
+                    "use at most 999999999999999 (for a larger allowance, a longer period)",
+                ));
+            }
             let period_ns = crate::config::duration(&at("limit.per"), Some(&l.per), 0, false)?;
             let burst = match (l.burst, r.algorithm) {
                 (Some(0), _) => {
@@ -596,7 +605,7 @@ impl RateLimitJson {
                     ))
                 }
             };
-            let policy = super::headers::policy_header(&r.name, &limit);
+            let policy = super::headers::policy_header(&r.name, &limit, r.algorithm);
             let quoted = super::headers::quoted(&r.name);
             let slots = (i as u32 * share, share);
             rules.push(Rule {
@@ -764,6 +773,14 @@ mod tests {
             (r#"{"rules": []}"#, "rules"),
             (r#"{"rules": [{"name": "a", "limit": {"requests": 0, "per": "1s"}}]}"#, "rules[0].limit.requests"),
             (r#"{"rules": [{"name": "a", "limit": {"requests": -5, "per": "1s"}}]}"#, "rules[0].limit.requests"),
+            (
+                r#"{"rules": [{"name": "a", "limit": {"requests": 9999999999999999, "per": "1s"}}]}"#,
+                "rules[0].limit.requests",
+            ),
+            (
+                r#"{"rules": [{"name": "a", "limit": {"requests": 5, "per": "1s", "burst": 1000000000000000}}]}"#,
+                "rules[0].limit.burst",
+            ),
             (r#"{"rules": [{"name": "a", "limit": {"requests": 5, "per": "1 sec"}}]}"#, "rules[0].limit.per"),
             (r#"{"rules": [{"name": "a", "limit": {"requests": 5, "per": "0s"}}]}"#, "rules[0].limit.per"),
             (

@@ -51,6 +51,19 @@ pub fn envoy_executable() -> Result<PathBuf> {
     })
 }
 
+/// The project venv's Python, with the test clients `cargo xtask setup` installs (`http-sfv`).
+pub fn python() -> Result<PathBuf> {
+    let python = target_dir().join("envoy-venv").join("bin").join("python");
+    if python.is_file() {
+        Ok(python)
+    } else {
+        Err(Error::Missing {
+            what: format!("the test clients' Python ({})", python.display()),
+            fix: "run `cargo xtask setup` (installs http-sfv into target/envoy-venv)".into(),
+        })
+    }
+}
+
 /// The Envoy binary: `ENVOY_BIN`, else the project-local venv's `envoy`.
 pub fn envoy_bin() -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os("ENVOY_BIN") {

@@ -207,7 +207,37 @@ fn setup() -> Result {
     apt_install(&["docker-registry", "skopeo", "wrk", "redis-server", "prometheus"])?;
     // The benchmarks count instructions per request with callgrind and load Envoy with hey.
     apt_install(&["valgrind", "hey"])?;
+    setup_python_clients()?;
     setup_npm()
+}
+
+/// The clients the tests check the filters' headers with, into the project venv
+/// (`target/envoy-venv`): `http-sfv`, an RFC 8941 parser.
+fn setup_python_clients() -> Result {
+    let venv = paths::target_dir().join("envoy-venv");
+    let python = venv.join("bin").join("python");
+    if !python.is_file() {
+        let system = ["python3", "python"]
+            .into_iter()
+            .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()))
+            .ok_or_else(|| {
+                TaskError("python3 is needed for the test clients (apt-get install python3 python3-venv)".into())
+            })?;
+        if run(Command::new(system).args(["-m", "venv"]).arg(&venv)).is_err() {
+            apt_install(&["python3-venv"])?;
+            run(Command::new(system).args(["-m", "venv"]).arg(&venv))?;
+        }
+    }
+    let present = Command::new(&python).args(["-c", "import http_sfv"]).output().is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    run(Command::new(venv.join("bin").join("pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "http-sfv==0.9.9",
+    ]))
 }
 
 /// Installs the manifest validators (`test-harness/npm/package.json`) into `target/npm`.
