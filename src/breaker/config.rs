@@ -355,7 +355,13 @@ mod tests {
     }
 
     fn obs(status: u16, flags: u64, details: &str) -> Observation<'_> {
-        Observation { status: Some(status), flags: ResponseFlags(flags), details, transport_failure: "" }
+        Observation {
+            status: Some(status),
+            flags: ResponseFlags(flags),
+            details,
+            transport_failure: "",
+            grpc_status: None,
+        }
     }
 
     #[test]

@@ -16,6 +16,39 @@ pub struct Observation<'a> {
     pub details: &'a str,
     /// `upstream.transport_failure_reason`, e.g. `delayed connect error: Connection refused`.
     pub transport_failure: &'a str,
+    /// The `grpc-status` of a gRPC trailers-only response (headers that end the stream) when it
+    /// is not 0: the failure a backend reports under HTTP 200.
+    pub grpc_status: Option<u32>,
+}
+
+impl Observation<'_> {
+    /// The status the response stands for: a trailers-only gRPC failure's status mapped as Envoy
+    /// maps gRPC to HTTP ([`grpc_to_http`]: UNAVAILABLE is 503), else the HTTP status.
+    pub fn effective_status(&self) -> Option<u16> {
+        match self.grpc_status {
+            Some(g) if g != 0 => Some(grpc_to_http(g)),
+            _ => self.status,
+        }
+    }
+}
+
+/// The HTTP status Envoy maps a gRPC status to (`Grpc::Utility::grpcToHttpStatus`), so that a
+/// backend's gRPC failure counts against the same `statuses` lists as an HTTP one.
+pub fn grpc_to_http(code: u32) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500,
+    }
 }
 
 /// The diagnosis vocabulary: the `cause` token of `x-upstream-diagnosis`.
@@ -239,14 +272,14 @@ pub fn upstream_failed(obs: &Observation<'_>, statuses: &[u16]) -> bool {
     let cause = classify(obs);
     cause.is_upstream_failure()
         || (cause == Cause::ProtocolError && obs.flags.has(Flag::UpstreamProtocolError))
-        || obs.status.is_some_and(|s| statuses.contains(&s))
+        || obs.effective_status().is_some_and(|s| statuses.contains(&s))
 }
 
 /// True when the response is worth explaining under `on: errors`: a failure flag, a status of
 /// 500 or more, or a local reply of one of upstream-guard's own filters.
 pub fn is_error(obs: &Observation<'_>) -> bool {
     obs.flags.any_failure()
-        || obs.status.is_some_and(|s| s >= 500)
+        || obs.effective_status().is_some_and(|s| s >= 500)
         || (obs.details.starts_with(details::PREFIX) && obs.details != details::HEALTH_STATUS)
 }
 
@@ -261,7 +294,7 @@ pub fn classify(obs: &Observation<'_>) -> Cause {
     if let Some(cause) = from_details(obs) {
         return cause;
     }
-    match obs.status {
+    match obs.effective_status() {
         Some(s) if s >= 500 && (obs.details.is_empty() || obs.details == "via_upstream") => {
             Cause::UpstreamErrorResponse
         }
@@ -387,7 +420,13 @@ mod tests {
     use super::*;
 
     fn obs(status: u16, flags: u64, details: &'static str, tfr: &'static str) -> Observation<'static> {
-        Observation { status: Some(status), flags: ResponseFlags(flags), details, transport_failure: tfr }
+        Observation {
+            status: Some(status),
+            flags: ResponseFlags(flags),
+            details,
+            transport_failure: tfr,
+            grpc_status: None,
+        }
     }
 
     #[test]
@@ -536,5 +575,23 @@ mod tests {
             assert!(crate::sfv::is_token(c.token()));
             assert!(!c.hint().is_empty() && c.hint().is_ascii());
         }
+    }
+
+    #[test]
+    fn a_trailers_only_grpc_failure_is_the_failure_its_status_maps_to() {
+        let grpc = |code| Observation {
+            status: Some(200),
+            details: "via_upstream",
+            grpc_status: Some(code),
+            ..Default::default()
+        };
+        assert_eq!(classify(&grpc(14)), Cause::UpstreamErrorResponse, "UNAVAILABLE under HTTP 200");
+        assert!(upstream_failed(&grpc(14), &[500, 502, 503, 504]));
+        assert!(upstream_failed(&grpc(13), &[500]), "INTERNAL is 500");
+        assert!(!upstream_failed(&grpc(5), &[500, 502, 503, 504]), "NOT_FOUND is the caller's");
+        assert!(is_error(&grpc(4)), "DEADLINE_EXCEEDED is 504");
+        assert_eq!(classify(&grpc(0)), Cause::None);
+        assert_eq!(grpc_to_http(8), 429);
+        assert_eq!(grpc_to_http(99), 500);
     }
 }

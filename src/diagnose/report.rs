@@ -63,6 +63,9 @@ impl<'a> Report<'a> {
             if let Some(status) = self.observation.status {
                 d.integer("status", i64::from(status));
             }
+            if let Some(g) = self.observation.grpc_status {
+                d.integer("grpc_status", i64::from(g));
+            }
             if let Some(c) = non_empty(self.cluster) {
                 d.string("cluster", c);
             }
@@ -97,6 +100,9 @@ impl<'a> Report<'a> {
         if expose {
             if let Some(status) = self.observation.status {
                 m.insert("status".into(), Value::from(status));
+            }
+            if let Some(g) = self.observation.grpc_status {
+                m.insert("grpc_status".into(), Value::from(g));
             }
             if let Some(c) = non_empty(self.cluster) {
                 m.insert("cluster".into(), Value::from(c));
@@ -137,6 +143,7 @@ mod tests {
             flags: ResponseFlags(0x20),
             details: "upstream_reset_before_response_started{remote_connection_failure}",
             transport_failure: "delayed connect error: Connection refused",
+            grpc_status: None,
         };
         Report {
             cause: classify(&obs),

@@ -30,15 +30,31 @@ impl RateLimitService for Upstream {
     }
 }
 
+/// A gRPC service that fails every call with UNAVAILABLE: tonic answers trailers-only (HTTP
+/// 200, `grpc-status: 14` in the headers that end the stream), and counts the calls.
+struct Failing(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+#[tonic::async_trait]
+impl RateLimitService for Failing {
+    async fn should_rate_limit(&self, _: Request<RateLimitRequest>) -> Result<Response<RateLimitResponse>, Status> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(Status::unavailable("backend overloaded"))
+    }
+}
+
 /// A tokio runtime with the upstream service on `127.0.0.1:0`.
 fn serve() -> (tokio::runtime::Runtime, SocketAddr) {
+    serve_with(Upstream)
+}
+
+fn serve_with<S: RateLimitService>(service: S) -> (tokio::runtime::Runtime, SocketAddr) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     rt.spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let _ = tonic::transport::Server::builder()
-            .serve_with_incoming(RateLimitServiceServer::new(Upstream), incoming)
+            .serve_with_incoming(RateLimitServiceServer::new(service), incoming)
             .await;
     });
     (rt, addr)
@@ -155,4 +171,31 @@ fn no_healthy_upstream_gets_unavailable_with_the_reasons() {
     // The reasons (the health router's JSON) arrive as the grpc-message.
     let reasons: Value = serde_json::from_str(refused.message()).unwrap();
     assert_eq!(reasons["upstreams"][0]["cluster"], "dead", "{reasons}");
+}
+
+#[test]
+fn a_backends_trailers_only_failures_are_diagnosed_and_trip_the_breaker() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (rt, upstream) = serve_with(Failing(calls.clone()));
+    let breaker = json!({"failure": {"consecutive": 4}, "open": {"base": "1m"}});
+    let envoy = envoy(json!({DIAGNOSTICS: diagnostics(), "circuit_breaker": breaker}), "overloaded", upstream);
+    let addr = envoy.main().unwrap();
+    for i in 0..4 {
+        let failed = call(&rt, addr, &[]).unwrap_err();
+        assert_eq!(
+            (failed.code(), failed.message()),
+            (Code::Unavailable, "backend overloaded"),
+            "call {i}: the backend's own"
+        );
+        let d = diagnosis(&failed);
+        assert_eq!((d["cause"].as_str(), d["grpc_status"].as_str()), ("upstream_error_response", "14"), "{d:?}");
+    }
+    let open = call(&rt, addr, &[]).unwrap_err();
+    assert_eq!(open.code(), Code::Unavailable);
+    assert!(open.message().starts_with("circuit open: retry after "), "four failures in a row opened it: {open:?}");
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "the open circuit kept the fifth call off the backend"
+    );
 }

@@ -101,7 +101,7 @@ pub struct Facts {
     pub response_complete: bool,
     /// The response is a gRPC trailers-only answer with a status other than OK: HTTP 200, yet
     /// possibly Envoy's own refusal (a gRPC client's "connection refused" is a 200 with UF).
-    grpc_failed: Option<bool>,
+    grpc_failed: Option<Option<u32>>,
     /// A stage's own diagnosis of this stream (see [`Note`]).
     pub note: Option<Note>,
     /// The stage that decides from the request body, while it reads it.
@@ -274,7 +274,8 @@ impl<'a> Cx<'a> {
             return OwnedObservation { status: Some(r.status), details: r.details.to_string(), ..Default::default() };
         }
         let status = self.status();
-        let below_400 = status.is_some_and(|s| s < 400) && !self.grpc_failed();
+        let grpc_status = self.grpc_failed();
+        let below_400 = status.is_some_and(|s| s < 400) && grpc_status.is_none();
         if below_400 && self.phase != Phase::Log {
             return OwnedObservation { status, ..OwnedObservation::default() };
         }
@@ -288,7 +289,7 @@ impl<'a> Cx<'a> {
         }
         let details = self.details().to_string();
         let transport_failure = if flags.any_failure() { self.transport_failure().to_string() } else { String::new() };
-        OwnedObservation { status, flags, details, transport_failure }
+        OwnedObservation { status, flags, details, transport_failure, grpc_status }
     }
 
     /// Publishes a stage's verdict for the access log: Envoy keeps it as filter state
@@ -298,16 +299,19 @@ impl<'a> Cx<'a> {
         let _ = host::set_property(key.as_bytes(), fields.as_str().as_bytes());
     }
 
-    /// True for a gRPC trailers-only response whose `grpc-status` is not 0. Read (one header)
-    /// only for a response whose headers end the stream, once per stream.
-    fn grpc_failed(&mut self) -> bool {
+    /// The `grpc-status` of a gRPC trailers-only response when it is not 0 (an unparsable one
+    /// counts as UNKNOWN, 2). Read (one header) only for a response whose headers end the
+    /// stream, once per stream.
+    fn grpc_failed(&mut self) -> Option<u32> {
         if let Some(f) = self.facts.grpc_failed {
             return f;
         }
         if self.phase != Phase::Response || !self.end_of_stream {
-            return false;
+            return None;
         }
-        let failed = host::header(MapType::ResponseHeaders, "grpc-status").is_some_and(|s| s.as_slice() != b"0");
+        let failed = host::header(MapType::ResponseHeaders, "grpc-status")
+            .filter(|s| s.as_slice() != b"0")
+            .map(|s| std::str::from_utf8(&s).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(2));
         self.facts.grpc_failed = Some(failed);
         failed
     }
@@ -330,6 +334,7 @@ pub struct OwnedObservation {
     pub flags: ResponseFlags,
     pub details: String,
     pub transport_failure: String,
+    pub grpc_status: Option<u32>,
 }
 
 impl OwnedObservation {
@@ -340,6 +345,7 @@ impl OwnedObservation {
             flags: self.flags,
             details: &self.details,
             transport_failure: &self.transport_failure,
+            grpc_status: self.grpc_status,
         }
     }
 }
