@@ -41,7 +41,10 @@ impl Dictionary {
         }
     }
 
-    /// Adds `key="string"`, escaping `"` and `\` and replacing bytes outside printable ASCII by `?`.
+    /// Adds `key="string"`, escaping `"` and `\`. Characters outside printable ASCII, and `%`
+    /// itself, are percent-encoded as their UTF-8 bytes (`é` is `%C3%A9`, `%` is `%25`): a
+    /// string field carries ASCII only, and a name must survive the trip (any percent-decoder
+    /// gives it back).
     pub fn string(&mut self, key: &str, value: &str) -> &mut Self {
         self.key(key);
         self.out.push('"');
@@ -51,8 +54,14 @@ impl Dictionary {
                     self.out.push('\\');
                     self.out.push(c);
                 }
+                '%' => self.out.push_str("%25"),
                 ' '..='~' => self.out.push(c),
-                _ => self.out.push('?'),
+                _ => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        let _ = write!(self.out, "%{b:02X}");
+                    }
+                }
             }
         }
         self.out.push('"');
@@ -110,10 +119,10 @@ mod tests {
     }
 
     #[test]
-    fn strings_escape_quotes_and_backslashes_and_replace_non_ascii() {
+    fn strings_escape_quotes_and_backslashes_and_percent_encode_the_rest() {
         let mut d = Dictionary::new();
-        d.string("hint", "say \"hi\" \\ café\n");
-        assert_eq!(d.finish(), r#"hint="say \"hi\" \\ caf??""#);
+        d.string("hint", "say \"hi\" \\ café\n 100%");
+        assert_eq!(d.finish(), r#"hint="say \"hi\" \\ caf%C3%A9%0A 100%25""#);
     }
 
     #[test]

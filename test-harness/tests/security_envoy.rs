@@ -516,3 +516,36 @@ fn ipv6_addresses_of_one_slash_64_share_one_limit() {
     assert!(admitted_of("2001:db8:1:3::1"), "the next /64 is another client");
     assert!(admitted_of("192.0.2.7") && admitted_of("192.0.2.8"), "IPv4 clients are keyed by address");
 }
+
+#[test]
+fn non_ascii_names_come_out_percent_encoded_and_decode_back() {
+    let port = backend::closed_port().unwrap();
+    let name = "bäckend-日本-100%";
+    let config = json!({"diagnostics": {"json_body": true, "debug_header": "x-upstream-debug", "debug_token": TOKEN}});
+    let cfg = Bootstrap::new()
+        .filter(module(&config))
+        .route(json!({"name": name, "match": {"prefix": "/"}, "route": {"cluster": name}}))
+        .cluster(cluster(name, port))
+        .build();
+    let envoy = Envoy::start_with(&cfg, 1).unwrap();
+    let r = http::get(envoy.main().unwrap(), "/", &[("x-upstream-debug", TOKEN)]).unwrap();
+    let header = r.header("x-upstream-diagnosis").unwrap();
+    assert!(header.is_ascii(), "{header}");
+    let d = parse_diagnosis(header).unwrap();
+    let encoded = "b%C3%A4ckend-%E6%97%A5%E6%9C%AC-100%25";
+    assert_eq!((d["cluster"].as_str(), d["route"].as_str()), (encoded, encoded), "{header}");
+    // Any percent-decoder gives the name back.
+    let bytes = encoded.as_bytes();
+    let mut decoded = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            decoded.push(u8::from_str_radix(&encoded[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    assert_eq!(String::from_utf8(decoded).unwrap(), name);
+}
