@@ -112,6 +112,7 @@ fn a_rate_limited_call_gets_resource_exhausted_with_its_diagnosis() {
     assert!(refused.message().starts_with("rate limited by rule \"one-per-minute\""), "{refused:?}");
     let d = diagnosis(&refused);
     assert_eq!(d["cause"], "rate_limited");
+    assert_eq!((d["status"].as_str(), d["grpc_status"].as_str()), ("200", "8"), "what went out: {d:?}");
     assert_eq!(d["details"], "upstream_guard.rate_limited");
     assert_eq!(refused.metadata().get("retry-after").unwrap(), "60");
 }
@@ -137,7 +138,9 @@ fn an_open_circuit_gets_unavailable_with_its_diagnosis() {
     // Envoy's own refusal (nothing listens) is diagnosed too: UNAVAILABLE, cause in the metadata.
     let refused = call(&rt, addr, &[("accept", "application/json")]).unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    assert_eq!(diagnosis(&refused)["cause"], "connection_refused");
+    let d = diagnosis(&refused);
+    assert_eq!(d["cause"], "connection_refused");
+    assert_eq!((d["status"].as_str(), d["grpc_status"].as_str()), ("200", "14"), "Envoy's own refusal alike: {d:?}");
 
     let open = call(&rt, addr, &[("accept", "application/json")]).unwrap_err();
     assert_eq!(open.code(), Code::Unavailable, "{open:?}");

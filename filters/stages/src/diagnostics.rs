@@ -152,9 +152,16 @@ impl Stage for Diagnostics {
     }
 
     fn decorate(&self, st: &mut DiagnosticsStream, cx: &mut Cx<'_>, reply: &mut LocalReply) {
+        // Envoy sends a local reply to a gRPC request as HTTP 200 with the reply's gRPC status:
+        // the diagnosis says what went out, as it does for Envoy's own gRPC refusals. (Read only
+        // here, on a refusal: the common request pays nothing for it.)
+        let grpc = reply
+            .grpc_status
+            .filter(|_| cx.request_header("content-type").is_some_and(|t| t.starts_with(b"application/grpc")));
         let obs = OwnedObservation {
-            status: Some(reply.status),
+            status: Some(if grpc.is_some() { 200 } else { reply.status }),
             details: reply.details.to_string(),
+            grpc_status: grpc,
             ..OwnedObservation::default()
         };
         if self.config.when == When::Errors && !is_error(&obs.view()) && cx.facts().note.is_none() {

@@ -120,9 +120,21 @@ fn exports(target: Target) -> Exports {
     }
 }
 
-/// Bytes as the diagnosis shows them: lossy UTF-8, anything outside printable ASCII as `?`.
+/// Bytes as the diagnosis shows them: lossy UTF-8, with `%` and anything outside printable
+/// ASCII percent-encoded as its UTF-8 bytes.
 fn shown(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).chars().map(|c| if (' '..='~').contains(&c) { c } else { '?' }).collect()
+    let mut out = String::new();
+    for c in String::from_utf8_lossy(b).chars() {
+        if c != '%' && (' '..='~').contains(&c) {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for byte in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    out
 }
 
 fn first<'a>(headers: &'a [(B, B)], name: &[u8]) -> Option<&'a [u8]> {
