@@ -102,6 +102,8 @@ pub struct Health {
     pub last_result: Option<CheckResult>,
     /// When `healthy` last changed (0: never).
     pub since: u64,
+    /// When passive detection last saw a failed response (0: never).
+    pub last_failed_at: u64,
 }
 
 impl Default for Health {
@@ -116,6 +118,7 @@ impl Default for Health {
             last_check_at: 0,
             last_result: None,
             since: 0,
+            last_failed_at: 0,
         }
     }
 }
@@ -131,6 +134,14 @@ impl Health {
     /// True when requests may go to this upstream at `now`.
     pub fn available(&self, now: u64) -> bool {
         self.healthy && now >= self.ejected_until && now >= self.rate_limited_until
+    }
+
+    /// True when the run of failed responses passive detection is counting (not yet an
+    /// ejection) includes one within `window` of `now`: the upstream is still available, but a
+    /// caller that can choose tries the others first. A success ends the run, and so does the
+    /// ejection it leads to.
+    pub fn demoted(&self, now: u64, window: u64) -> bool {
+        self.passive_fail > 0 && now < self.last_failed_at.saturating_add(window)
     }
 
     /// The upstream answered 429 and asked to be left alone until `until`: it leaves rotation
@@ -193,6 +204,7 @@ impl Health {
             return None;
         }
         self.passive_fail = self.passive_fail.saturating_add(1);
+        self.last_failed_at = now;
         if self.passive_fail >= passive.consecutive_failures && now >= self.ejected_until {
             self.passive_fail = 0;
             self.ejected_until = now.saturating_add(passive.ejection_ns);
@@ -221,11 +233,11 @@ impl Health {
         }
     }
 
-    /// Fixed-size little-endian encoding for shared data (version 2: version 1 plus
-    /// `rate_limited_until`; both decode).
+    /// Fixed-size little-endian encoding for shared data (version 3: version 2 plus
+    /// `last_failed_at`; version 2: version 1 plus `rate_limited_until`; all three decode).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(49);
-        out.push(2);
+        let mut out = Vec::with_capacity(57);
+        out.push(3);
         out.push(u8::from(self.healthy));
         for v in [self.consecutive_ok, self.consecutive_fail, self.passive_fail] {
             out.extend_from_slice(&v.to_le_bytes());
@@ -235,6 +247,7 @@ impl Health {
         }
         out.extend_from_slice(&self.last_result.map(CheckResult::encode).unwrap_or([0; 3]));
         out.extend_from_slice(&self.rate_limited_until.to_le_bytes());
+        out.extend_from_slice(&self.last_failed_at.to_le_bytes());
         out
     }
 
@@ -242,7 +255,7 @@ impl Health {
     pub fn decode(b: &[u8]) -> Option<Health> {
         const V1: usize = 2 + 12 + 24 + 3;
         match (b.first(), b.len()) {
-            (Some(1), V1) | (Some(2), 49) => {}
+            (Some(1), V1) | (Some(2), 49) | (Some(3), 57) => {}
             _ => return None,
         }
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
@@ -256,6 +269,7 @@ impl Health {
             rate_limited_until: if b.len() > V1 { u64_at(V1) } else { 0 },
             last_check_at: u64_at(22),
             since: u64_at(30),
+            last_failed_at: if b.len() > 49 { u64_at(49) } else { 0 },
             last_result: CheckResult::decode([b[38], b[39], b[40]])?,
         })
     }
@@ -375,13 +389,18 @@ mod tests {
         h.apply_check(&check(1, 1), CheckResult::BadStatus(502), 5);
         h.ejected_until = 99;
         h.rate_limited_until = 1234;
+        h.last_failed_at = 77;
         assert_eq!(Health::decode(&h.encode()), Some(h));
+        // Values written by the previous versions still read.
+        let mut v2 = h.encode();
+        v2.truncate(49);
+        v2[0] = 2;
+        assert_eq!(Health::decode(&v2), Some(Health { last_failed_at: 0, ..h }));
         assert_eq!(Health::decode(&[1, 2, 3]), None);
-        // A value written by the previous version (without the pause) still reads.
         let mut v1 = h.encode();
         v1.truncate(41);
         v1[0] = 1;
-        assert_eq!(Health::decode(&v1), Some(Health { rate_limited_until: 0, ..h }));
+        assert_eq!(Health::decode(&v1), Some(Health { rate_limited_until: 0, last_failed_at: 0, ..h }));
     }
 
     #[test]
@@ -397,5 +416,22 @@ mod tests {
         assert_eq!(h.apply_rate_limit(3 * S), None, "a shorter pause never shortens a longer one");
         assert!(h.available(5 * S));
         assert_eq!(h.back_at(5 * S), None);
+    }
+
+    #[test]
+    fn a_failed_response_demotes_until_a_success_the_ejection_or_the_window() {
+        let p = Passive { consecutive_failures: 3, ejection_ns: 30 * S, ..Passive::default() };
+        let mut h = Health::default();
+        assert!(!h.demoted(0, 10 * S));
+        h.apply_passive(&p, true, S);
+        assert!(h.available(S) && h.demoted(S, 10 * S), "still available, but tried last");
+        assert!(!h.demoted(11 * S, 10 * S), "the window ran out");
+        h.apply_passive(&p, false, 2 * S);
+        assert!(!h.demoted(2 * S, 10 * S), "a success ends the run");
+        for t in 3..6 {
+            h.apply_passive(&p, true, t * S);
+        }
+        assert!(!h.available(5 * S) && !h.demoted(5 * S, 10 * S), "ejected, not demoted");
+        assert!(h.available(35 * S) && !h.demoted(35 * S, 10 * S), "back from ejection at the front");
     }
 }

@@ -155,6 +155,13 @@ pub struct LlmJson {
     /// How a provider's 429 pauses it.
     #[serde(default)]
     rate_limited: Option<RateLimitedJson>,
+    /// How long a provider that just failed (a response passive detection counts: 5xx, 529, a
+    /// refused connection, a timeout) is tried after the model's other available providers, so
+    /// that a client's retry reaches another one at once. A success ends it early; "0s" turns it
+    /// off (then only the ejection after `passive.consecutive_failures` moves traffic).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "10s"), pattern(crate::schema::DURATION_OR_ZERO)))]
+    #[serde(default)]
+    demote_failed: Option<String>,
     /// Ask streamed requests for the final usage chunk (`stream_options.include_usage`), so that
     /// budgets are charged exactly.
     #[cfg_attr(feature = "schema", schemars(extend("default" = true)))]
@@ -241,6 +248,8 @@ pub struct LlmConfig {
     pub rate_limited_default_ns: u64,
     /// The longest pause a 429 may ask for.
     pub rate_limited_max_ns: u64,
+    /// How long a provider that failed is tried after the model's other providers (0: off).
+    pub demote_failed_ns: u64,
     /// Ask streamed requests for the final usage chunk (`stream_options.include_usage`).
     pub stream_usage: bool,
     pub budgets: Vec<Budget>,
@@ -425,6 +434,7 @@ impl LlmJson {
         let rl = self.rate_limited.unwrap_or_default();
         let rate_limited_default_ns = duration("rate_limited.default", rl.default.as_deref(), 10 * S, true)?;
         let rate_limited_max_ns = duration("rate_limited.max", rl.max.as_deref(), 300 * S, false)?;
+        let demote_failed_ns = duration("demote_failed", self.demote_failed.as_deref(), 10 * S, true)?;
         if rate_limited_default_ns > rate_limited_max_ns {
             return Err(ConfigError::new(
                 "rate_limited.default",
@@ -518,6 +528,7 @@ impl LlmJson {
             max_body_bytes: usize::try_from(max_body).unwrap_or(1 << 20),
             rate_limited_default_ns,
             rate_limited_max_ns,
+            demote_failed_ns,
             stream_usage: self.stream_usage.unwrap_or(true),
             budgets,
             client_ip: self.client_ip,
@@ -557,6 +568,7 @@ mod tests {
         assert_eq!(c.header_names(), ["x-api-key"]);
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert!(c.stream_usage);
+        assert_eq!(c.demote_failed_ns, 10 * S);
     }
 
     #[test]

@@ -12,18 +12,21 @@
 //!   ([`crate::health::Health`]: active checks, passive ejection, and the pause a 429 asks for);
 //! - [`reset`]: how long a provider's 429 asks to be left alone;
 //! - [`usage`]: token usage read from a JSON or server-sent-event response as it streams past;
+//! - [`trim`]: the usage chunk the gateway asked for removed from a stream the client did not;
 //! - [`budget`]: per-key token balances, charged after the response.
 
 pub mod body;
 pub mod budget;
 pub mod config;
 pub mod reset;
+pub mod trim;
 pub mod usage;
 
 pub use body::{needs_rewrite, rewrite, scan, BodyError, RequestBody};
 pub use budget::{Admission, Balance, TokenRate};
 pub use config::{Budget, LlmConfig, LlmJson, ModelRoute, Target};
 pub use reset::{provider_pause, Pause, PauseSource, ResetHeaders, RESET_HEADER_NAMES};
+pub use trim::UsageTrim;
 pub use usage::{Usage, UsageMeter};
 
 use crate::health::{Health, HealthConfig};
@@ -86,11 +89,27 @@ impl Unavailable {
     }
 }
 
-/// Picks the provider for `route`: the first available one in configured order. `Ok` holds the
-/// index into `route.targets`; `states` are the providers' shared health, indexed like
+/// Picks the provider for `route`: the first available one in configured order that has not
+/// just failed ([`Health::demoted`] within `demote_ns`), else the first available one. `Ok` holds
+/// the index into `route.targets`; `states` are the providers' shared health, indexed like
 /// `providers.upstreams`.
-pub fn choose(route: &ModelRoute, providers: &HealthConfig, states: &[Health], now: u64) -> Result<usize, Unavailable> {
-    if let Some(i) = route.targets.iter().position(|t| states.get(t.provider).map_or(true, |h| h.available(now))) {
+///
+/// Why the demotion: a client's SDK retries a failed call (the OpenAI SDK: twice, half a second
+/// apart), and without it every retry would meet the same provider until passive detection has
+/// counted enough failures to eject it. With it, the first retry goes to the next provider.
+pub fn choose(
+    route: &ModelRoute,
+    providers: &HealthConfig,
+    states: &[Health],
+    now: u64,
+    demote_ns: u64,
+) -> Result<usize, Unavailable> {
+    let available = |t: &Target| states.get(t.provider).map_or(true, |h| h.available(now));
+    let fresh = |t: &Target| states.get(t.provider).map_or(true, |h| !h.demoted(now, demote_ns));
+    if let Some(i) = route.targets.iter().position(|t| available(t) && fresh(t)) {
+        return Ok(i);
+    }
+    if let Some(i) = route.targets.iter().position(available) {
         return Ok(i);
     }
     let providers = route
@@ -119,6 +138,34 @@ pub fn error_json(code: &str, message: &str, extra: serde_json::Value) -> String
     serde_json::json!({ "error": e }).to_string()
 }
 
+/// The body of a refusal on an LLM path that did not come from this stage (Envoy's own reply to
+/// a refused connection or a timeout, another stage's refusal), in the same OpenAI error shape as
+/// the stage's own: `code` names what happened (the diagnosis cause), `message` is the original
+/// reply's text, and `type` follows the status as OpenAI's API does.
+pub fn reply_json(status: u16, code: &str, message: &str) -> String {
+    let kind = match status {
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "server_error",
+    };
+    serde_json::json!({"error": {"message": message, "type": kind, "code": code, "param": null}}).to_string()
+}
+
+/// The `code` of a refusal in OpenAI's error shape: the rate limiter's refusal is
+/// `rate_limit_exceeded` (what OpenAI calls it), others the cause or the reply's details without
+/// the project prefix.
+pub fn reply_code(details: &str) -> &str {
+    if details == crate::details::RATE_LIMITED {
+        return "rate_limit_exceeded";
+    }
+    details.strip_prefix("upstream_guard.").unwrap_or(details)
+}
+
+/// True when `body` already is an OpenAI-shaped error (`{"error": {...}}`): kept as it is.
+pub fn is_error_json(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("error").is_some_and(|e| e.is_object()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,10 +185,26 @@ mod tests {
         let c = config();
         let route = c.model("m").unwrap();
         let mut states = vec![Health::default(); 2];
-        assert_eq!(choose(route, &c.providers, &states, S), Ok(0));
+        assert_eq!(choose(route, &c.providers, &states, S, 0), Ok(0));
         states[0].apply_rate_limit(10 * S);
-        assert_eq!(choose(route, &c.providers, &states, S), Ok(1));
-        assert_eq!(choose(route, &c.providers, &states, 10 * S), Ok(0), "the pause ran out");
+        assert_eq!(choose(route, &c.providers, &states, S, 0), Ok(1));
+        assert_eq!(choose(route, &c.providers, &states, 10 * S, 0), Ok(0), "the pause ran out");
+    }
+
+    #[test]
+    fn a_provider_that_just_failed_is_tried_last_so_the_retry_goes_elsewhere() {
+        let c = config();
+        let route = c.model("m").unwrap();
+        let passive = c.providers.passive.clone().unwrap();
+        let mut states = vec![Health::default(); 2];
+        states[0].apply_passive(&passive, true, S);
+        assert_eq!(choose(route, &c.providers, &states, 2 * S, 10 * S), Ok(1), "the retry meets the other provider");
+        assert_eq!(choose(route, &c.providers, &states, 2 * S, 0), Ok(0), "off: only ejection moves traffic");
+        assert_eq!(choose(route, &c.providers, &states, 11 * S, 10 * S), Ok(0), "the window ran out");
+        states[1].apply_passive(&passive, true, 2 * S);
+        assert_eq!(choose(route, &c.providers, &states, 3 * S, 10 * S), Ok(0), "both failed: configured order");
+        states[1].ejected_until = 60 * S;
+        assert_eq!(choose(route, &c.providers, &states, 3 * S, 10 * S), Ok(0), "demoted beats unavailable");
     }
 
     #[test]
@@ -151,7 +214,7 @@ mod tests {
         let mut states = vec![Health::default(); 2];
         states[0].apply_rate_limit(10 * S);
         states[1].ejected_until = 4 * S;
-        let u = choose(route, &c.providers, &states, S).unwrap_err();
+        let u = choose(route, &c.providers, &states, S, 0).unwrap_err();
         assert_eq!(u.retry_after_ns(), Some(3 * S));
         assert_eq!(
             u.reasons(),
@@ -168,6 +231,21 @@ mod tests {
         assert_eq!((v["error"]["code"].as_str(), v["error"]["model"].as_str()), (Some("model_unavailable"), Some("m")));
         assert!(v["error"].get("providers").is_none(), "{plain}");
         assert!(!plain.contains("\"a\"") && !plain.contains("\"b\"") && !plain.contains("m-b"), "{plain}");
+    }
+
+    #[test]
+    fn other_refusals_get_the_openai_shape_too() {
+        let v: serde_json::Value =
+            serde_json::from_str(&reply_json(503, "connection_refused", "upstream connect error")).unwrap();
+        assert_eq!(
+            (v["error"]["type"].as_str(), v["error"]["code"].as_str(), v["error"]["message"].as_str()),
+            (Some("server_error"), Some("connection_refused"), Some("upstream connect error"))
+        );
+        assert!(is_error_json(reply_json(429, "x", "y").as_bytes()));
+        assert!(!is_error_json(b"upstream connect error") && !is_error_json(br#"{"cause": "x"}"#));
+        assert_eq!(reply_code(crate::details::RATE_LIMITED), "rate_limit_exceeded");
+        assert_eq!(reply_code(crate::details::CIRCUIT_OPEN), "circuit_open");
+        assert_eq!(reply_code("via_upstream"), "via_upstream");
     }
 
     #[test]

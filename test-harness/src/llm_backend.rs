@@ -236,6 +236,20 @@ impl FakeLlm {
     }
 }
 
+/// `envoy-examples/llm-gateway/envoy.yaml` as shipped, with its fixed ports swapped for this
+/// run's (Envoy's listener and admin on ephemeral ports, the providers on these fakes').
+pub fn gateway_example(primary: &FakeLlm, secondary: &FakeLlm) -> String {
+    let path = crate::paths::workspace_root().join("envoy-examples/llm-gateway/envoy.yaml");
+    let target = crate::paths::target_dir().display().to_string();
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .replace("port_value: 10001", "port_value: 0")
+        .replace("port_value: 9902", "port_value: 0")
+        .replace("port_value: 18091", &format!("port_value: {}", primary.addr().port()))
+        .replace("port_value: 18092", &format!("port_value: {}", secondary.addr().port()))
+        .replace("filename: target/", &format!("filename: {target}/"))
+}
+
 impl Drop for FakeLlm {
     fn drop(&mut self) {
         self.state.stop.store(true, Ordering::SeqCst);

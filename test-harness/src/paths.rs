@@ -51,7 +51,8 @@ pub fn envoy_executable() -> Result<PathBuf> {
     })
 }
 
-/// The project venv's Python, with the test clients `cargo xtask setup` installs (`http-sfv`).
+/// The project venv's Python, with the test clients `cargo xtask setup` installs (`http-sfv`,
+/// `openai`, `grpcio`).
 pub fn python() -> Result<PathBuf> {
     let python = target_dir().join("envoy-venv").join("bin").join("python");
     if python.is_file() {
@@ -59,7 +60,7 @@ pub fn python() -> Result<PathBuf> {
     } else {
         Err(Error::Missing {
             what: format!("the test clients' Python ({})", python.display()),
-            fix: "run `cargo xtask setup` (installs http-sfv into target/envoy-venv)".into(),
+            fix: "run `cargo xtask setup` (installs http-sfv, openai and grpcio into target/envoy-venv)".into(),
         })
     }
 }

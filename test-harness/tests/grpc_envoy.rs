@@ -1,8 +1,9 @@
 //! gRPC clients in real Envoy 1.40: each refusal carries the gRPC status that fits (rate limited:
 //! RESOURCE_EXHAUSTED; circuit open, no healthy upstream: UNAVAILABLE; each configurable), the
-//! diagnosis rides in a response header (gRPC metadata), and no body is rewritten. The client and
-//! the upstream service are tonic: Envoy's rate limit service API, answered by a stub that
-//! always says OK, serves as "some gRPC service".
+//! diagnosis rides in a response header (gRPC metadata), and no body is rewritten. The upstream
+//! service is tonic (Envoy's rate limit service API, answered by a stub that always says OK,
+//! serves as "some gRPC service"); the clients are tonic and `grpcio`, the official Python
+//! package, which must read each status, message and metadata as the README documents them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
@@ -110,6 +111,7 @@ fn a_rate_limited_call_gets_resource_exhausted_with_its_diagnosis() {
     let refused = call(&rt, addr, &[("accept", "application/json")]).unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().starts_with("rate limited by rule \"one-per-minute\""), "{refused:?}");
+    assert!(refused.message().ends_with(" s"), "the README's wording, no newline: {refused:?}");
     let d = diagnosis(&refused);
     assert_eq!(d["cause"], "rate_limited");
     assert_eq!((d["status"].as_str(), d["grpc_status"].as_str()), ("200", "8"), "what went out: {d:?}");
@@ -146,6 +148,7 @@ fn an_open_circuit_gets_unavailable_with_its_diagnosis() {
     assert_eq!(open.code(), Code::Unavailable, "{open:?}");
     // The message is for every client: it names no cluster (the trusted diagnosis does).
     assert!(open.message().starts_with("circuit open: retry after "), "{open:?}");
+    assert!(open.message().ends_with(" s"), "{open:?}");
     assert!(!open.message().contains("dead"), "{open:?}");
     assert_eq!(diagnosis(&open)["cause"], "circuit_open");
     assert_eq!(open.metadata().get("x-upstream-guard-circuit").unwrap(), "open");
@@ -201,4 +204,86 @@ fn a_backends_trailers_only_failures_are_diagnosed_and_trip_the_breaker() {
         4,
         "the open circuit kept the fifth call off the backend"
     );
+}
+
+/// `grpcio` (the official Python gRPC package, installed by `cargo xtask setup`): `calls` unary
+/// calls to the service through Envoy at `target`, each as the client reports it (status name,
+/// details, initial and trailing metadata together).
+fn grpcio_calls(target: SocketAddr, calls: usize) -> Vec<Value> {
+    const CLIENT: &str = r#"
+import grpc, json, sys
+channel = grpc.insecure_channel(sys.argv[1])
+method = channel.unary_unary("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit")
+def text(v):
+    return v if isinstance(v, str) else v.decode("latin-1")
+out = []
+for _ in range(int(sys.argv[2])):
+    try:
+        _, call = method.with_call(b"\x0a\x04test", timeout=10)
+        md = list(call.initial_metadata() or []) + list(call.trailing_metadata() or [])
+        out.append({"code": "OK", "details": None, "metadata": {k: text(v) for k, v in md}})
+    except grpc.RpcError as e:
+        md = list(e.initial_metadata() or []) + list(e.trailing_metadata() or [])
+        out.append({"code": e.code().name, "details": e.details(), "metadata": {k: text(v) for k, v in md}})
+print(json.dumps(out))
+"#;
+    let out = std::process::Command::new(paths::python().unwrap())
+        .arg("-c")
+        .arg(CLIENT)
+        .arg(target.to_string())
+        .arg(calls.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("grpcio: {v:?}");
+    v
+}
+
+fn grpcio_diagnosis(call: &Value) -> std::collections::BTreeMap<String, String> {
+    parse_diagnosis(call["metadata"]["x-upstream-diagnosis"].as_str().expect("a diagnosis in the metadata")).unwrap()
+}
+
+#[test]
+fn grpcio_sees_the_documented_status_message_and_metadata_of_each_refusal() {
+    // Rate limited: RESOURCE_EXHAUSTED, the README's message word for word, retry-after.
+    let (rt, upstream) = serve();
+    let rules = json!({"rules": [{"name": "one-per-minute", "key": [{"constant": "all"}],
+                                  "limit": {"requests": 1, "per": "1m"}}]});
+    let limited = envoy(json!({DIAGNOSTICS: diagnostics(), "rate_limiter": rules}), "grpc", upstream);
+    let calls = grpcio_calls(limited.main().unwrap(), 2);
+    assert_eq!(calls[0]["code"], "OK");
+    assert_eq!(
+        (calls[1]["code"].as_str(), calls[1]["details"].as_str()),
+        (Some("RESOURCE_EXHAUSTED"), Some("rate limited by rule \"one-per-minute\": retry after 60 s"))
+    );
+    assert_eq!(calls[1]["metadata"]["retry-after"], "60");
+    assert_eq!(grpcio_diagnosis(&calls[1])["cause"], "rate_limited");
+    drop(rt);
+
+    // Nothing listens: Envoy's own UNAVAILABLE, diagnosed; then the open circuit's.
+    let breaker = json!({"failure": {"consecutive": 1}, "open": {"base": "1m"}});
+    let dead = envoy(json!({DIAGNOSTICS: diagnostics(), "circuit_breaker": breaker}), "dead", closed_port().unwrap());
+    let calls = grpcio_calls(dead.main().unwrap(), 2);
+    assert_eq!(calls[0]["code"], "UNAVAILABLE");
+    assert_eq!(grpcio_diagnosis(&calls[0])["cause"], "connection_refused");
+    assert_eq!(
+        (calls[1]["code"].as_str(), calls[1]["details"].as_str()),
+        (Some("UNAVAILABLE"), Some("circuit open: retry after 60 s"))
+    );
+    assert_eq!(calls[1]["metadata"]["x-upstream-guard-circuit"], "open");
+
+    // A backend failing every call trailers-only: four reach it, with its own message; the
+    // fifth meets the open circuit.
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (_rt, upstream) = serve_with(Failing(count.clone()));
+    let breaker = json!({"failure": {"consecutive": 4}, "open": {"base": "1m"}});
+    let failing = envoy(json!({DIAGNOSTICS: diagnostics(), "circuit_breaker": breaker}), "overloaded", upstream);
+    let calls = grpcio_calls(failing.main().unwrap(), 5);
+    for c in &calls[..4] {
+        assert_eq!((c["code"].as_str(), c["details"].as_str()), (Some("UNAVAILABLE"), Some("backend overloaded")));
+        assert_eq!(grpcio_diagnosis(c)["grpc_status"], "14");
+    }
+    assert_eq!(calls[4]["details"], "circuit open: retry after 60 s", "{:?}", calls[4]);
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 4);
 }

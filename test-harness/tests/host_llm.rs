@@ -167,7 +167,12 @@ fn every_429_header_style_pauses_the_provider_exactly_as_long_as_it_asks() {
 #[test]
 fn failures_eject_after_the_passive_threshold_and_529_counts() {
     let host = Host::new().workers(2);
-    let p = load(&host, json!({"llm": llm(json!({"passive": {"consecutive_failures": 2, "ejection": "10s"}}))}));
+    // Without the demotion of a provider that just failed (on by default), so that both
+    // failures meet the same provider.
+    let p = load(
+        &host,
+        json!({"llm": llm(json!({"passive": {"consecutive_failures": 2, "ejection": "10s"}, "demote_failed": "0s"}))}),
+    );
     for (w, status) in [(0, 529), (1, 502)] {
         let (mut s, c) = send(p.worker(w), &[], &body("m"));
         assert_eq!(c.unwrap(), "a");
@@ -246,7 +251,8 @@ fn a_json_answer_is_charged_and_one_without_usage_is_counted() {
 fn the_stages_after_it_decide_after_the_body_and_the_health_router_leaves_it_alone() {
     let host = Host::new().workers(1);
     let suite = json!({
-        "llm": llm(json!({})),
+        // Without the demotion of a provider that just failed, the next request meets a again.
+        "llm": llm(json!({"demote_failed": "0s"})),
         "health_router": {"upstreams": [{"cluster": "web"}]},
         "circuit_breaker": {"failure": {"consecutive": 1}, "open": {"base": "30s"}},
     });
@@ -284,4 +290,70 @@ fn a_request_the_stage_does_not_claim_costs_no_body_reads() {
     let calls = w.host_calls();
     assert_eq!(calls.total(), 1, "{:?}", calls.by_name);
     assert!(calls.by_name.keys().all(|k| k.starts_with("proxy_get_header_map")), "{:?}", calls.by_name);
+}
+
+#[test]
+fn the_usage_chunk_the_gateway_asked_for_is_taken_out_of_the_clients_stream() {
+    const CHUNK: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n";
+    const USAGE: &[u8] =
+        b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\n";
+    const DONE: &[u8] = b"data: [DONE]\n\n";
+    let host = Host::new().workers(1);
+    let p = load(&host, json!({"llm": llm(budget())}));
+    let w = p.worker(0);
+    let sse = [("content-type", "text/event-stream"), ("content-length", "999")];
+    let (first, second) = USAGE.split_at(20);
+    let tail = [second, DONE].concat();
+
+    // The client did not ask: the stream it gets has no usage chunk, cut where it may be.
+    let streamed = json!({"model": "m", "stream": true}).to_string();
+    let (mut s, _) = send(w, &[("x-api-key", "k")], &streamed);
+    s.set_property_u64("response.code", 200);
+    s.response_headers(&[(":status", "200"), sse[0], sse[1]], false).unwrap();
+    assert_eq!(s.response_header("content-length"), None, "the length changes");
+    for (chunk, end) in [(CHUNK, false), (first, false), (tail.as_slice(), true)] {
+        assert_eq!(s.response_body(chunk, end).unwrap(), Action::Continue, "never held");
+    }
+    assert_eq!(s.response_body_now(), [CHUNK, DONE].concat());
+    s.log().unwrap();
+    assert_eq!(host.counter("upstream_guard.llm.budget.k.charged_tokens"), 7, "still charged");
+
+    // A client that asked gets every byte.
+    let asked = json!({"model": "m", "stream": true, "stream_options": {"include_usage": true}}).to_string();
+    let (mut s, _) = send(w, &[("x-api-key", "k")], &asked);
+    s.set_property_u64("response.code", 200);
+    s.response_headers(&[(":status", "200"), sse[0], sse[1]], false).unwrap();
+    for (chunk, end) in [(CHUNK, false), (first, false), (tail.as_slice(), true)] {
+        s.response_body(chunk, end).unwrap();
+    }
+    assert_eq!(s.response_body_now(), [CHUNK, USAGE, DONE].concat());
+    assert_eq!(s.response_header("content-length").as_deref(), Some("999"));
+}
+
+#[test]
+fn envoys_own_reply_to_a_failed_provider_becomes_an_openai_error_with_a_retry_after() {
+    let host = Host::new().workers(1);
+    let p = load(&host, json!({"llm": llm(json!({}))}));
+    let w = p.worker(0);
+    for (want_code, retry) in [("connection_refused", "0"), ("connection_refused", "1")] {
+        let (mut s, c) = send(w, &[], &body("m"));
+        let routed = c.unwrap();
+        s.set_property_u64("response.code", 503);
+        s.set_property("response.code_details", "upstream_reset_before_response_started{connection_failure}");
+        s.set_property_u64("response.flags", 0x20);
+        let text = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+        let headers = [(":status", "503"), ("content-type", "text/plain"), ("content-length", "91")];
+        s.response_headers(&headers, false).unwrap();
+        assert_eq!(s.response_body(&text[..40], false).unwrap(), Action::Pause, "held until complete");
+        assert_eq!(s.response_body(&text[40..], true).unwrap(), Action::Continue);
+        let got: Value = serde_json::from_slice(&s.response_body_now()).unwrap();
+        assert_eq!(got["error"]["code"], want_code, "{got}");
+        assert_eq!(got["error"]["type"], "server_error");
+        assert!(!got.to_string().contains("\"a\"") && !got.to_string().contains("\"b\""), "no cluster: {got}");
+        assert_eq!(s.response_header("content-type").as_deref(), Some("application/json"));
+        assert_eq!(s.response_header("content-length"), Some(s.response_body_now().len().to_string()));
+        // First a fails (b can take the retry now), then b (a just failed too: later).
+        assert_eq!(s.response_header("retry-after").as_deref(), Some(retry), "after {routed}");
+        s.log().unwrap();
+    }
 }

@@ -10,21 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use test_harness::bootstrap::{buffer_filter, cluster, llm_route, wasm_filter, Bootstrap};
 use test_harness::envoy::Envoy;
-use test_harness::llm_backend::{FakeLlm, LlmReply};
+use test_harness::llm_backend::{gateway_example, FakeLlm, LlmReply};
 use test_harness::{http, parse_diagnosis, paths};
-
-/// `envoy-examples/llm-gateway/envoy.yaml` with its fixed ports swapped for this run's.
-fn example_config(primary: &FakeLlm, secondary: &FakeLlm) -> String {
-    let path = paths::workspace_root().join("envoy-examples/llm-gateway/envoy.yaml");
-    let target = paths::target_dir().display().to_string();
-    std::fs::read_to_string(path)
-        .unwrap()
-        .replace("port_value: 10001", "port_value: 0")
-        .replace("port_value: 9902", "port_value: 0")
-        .replace("port_value: 18091", &format!("port_value: {}", primary.addr().port()))
-        .replace("port_value: 18092", &format!("port_value: {}", secondary.addr().port()))
-        .replace("filename: target/", &format!("filename: {target}/"))
-}
 
 const CHAT: &str = "/v1/chat/completions";
 
@@ -58,6 +45,43 @@ fn start(llm: Value, a: &FakeLlm, b: &FakeLlm) -> Envoy {
     Envoy::start_with(&cfg, 2).unwrap()
 }
 
+#[test]
+fn another_stages_refusal_on_an_llm_path_speaks_the_openai_error_shape() {
+    let a = FakeLlm::start("a", LlmReply::json(5, 7)).unwrap();
+    let b = FakeLlm::start("b", LlmReply::json(5, 7)).unwrap();
+    let suite = json!({
+        "diagnostics": {"trusted_cidrs": ["127.0.0.1/32"]},
+        "rate_limiter": {"rules": [{"name": "llm", "match": {"path_prefix": "/v1/"}, "key": [{"constant": "all"}],
+                                     "limit": {"requests": 1, "per": "1m"}}]},
+        "llm": llm_section(json!({})),
+    });
+    let cfg = Bootstrap::new()
+        .filter(wasm_filter("upstream_guard", &paths::wasm_path("upstream_guard").unwrap(), &suite))
+        .filter(buffer_filter(1 << 20))
+        .route(llm_route("/v1/", "provider_a"))
+        .route(llm_route("/v1/", "provider_b"))
+        .route(json!({"match": {"prefix": "/"}, "route": {"cluster": "provider_a"}}))
+        .cluster(cluster("provider_a", a.addr()))
+        .cluster(cluster("provider_b", b.addr()))
+        .build();
+    let envoy = Envoy::start_with(&cfg, 2).unwrap();
+    let addr = envoy.main().unwrap();
+    assert_eq!(http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap().status, 200);
+    let r = http::post(addr, CHAT, &[("accept", "application/json")], &chat("gpt-4o")).unwrap();
+    assert_eq!((r.status, r.header("content-type")), (429, Some("application/json")), "{}", r.text());
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        (body["error"]["code"].as_str(), body["error"]["type"].as_str()),
+        (Some("rate_limit_exceeded"), Some("rate_limit_error"))
+    );
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("rate limited by rule \"llm\""), "{body}");
+    assert!(r.header("retry-after").is_some() && r.header("ratelimit").is_some());
+    assert_eq!(diagnosis(&r)["cause"], "rate_limited", "the diagnosis header is still there");
+    // Off the LLM paths, the same refusal keeps its own text body.
+    let r = http::get(addr, "/v1/models", &[]).unwrap();
+    assert_eq!((r.status, r.header("content-type")), (429, Some("text/plain")), "{}", r.text());
+}
+
 fn chat(model: &str) -> Vec<u8> {
     json!({"model": model, "messages": [{"role": "user", "content": "hi é"}], "temperature": 0.5})
         .to_string()
@@ -72,7 +96,8 @@ fn diagnosis(r: &http::Response) -> std::collections::BTreeMap<String, String> {
 fn routes_by_model_and_fails_over_with_the_providers_model_name() {
     let a = FakeLlm::start("a", LlmReply::json(5, 7)).unwrap();
     let b = FakeLlm::start("b", LlmReply::json(5, 7)).unwrap();
-    let envoy = start(llm_section(json!({})), &a, &b);
+    // Without the demotion of a provider that just failed, only the ejection moves the model.
+    let envoy = start(llm_section(json!({"demote_failed": "0s"})), &a, &b);
     let addr = envoy.main().unwrap();
 
     let r = http::post(addr, CHAT, &[("content-type", "application/json")], &chat("gpt-4o")).unwrap();
@@ -330,7 +355,7 @@ fn a_streamed_answer_is_not_held_back() {
 fn the_llm_gateway_example_runs_as_its_readme_says() {
     let primary = FakeLlm::start("primary", LlmReply::json(10, 20)).unwrap();
     let secondary = FakeLlm::start("secondary", LlmReply::json(10, 20)).unwrap();
-    let envoy = Envoy::start_yaml(&example_config(&primary, &secondary), 2).unwrap();
+    let envoy = Envoy::start_yaml(&gateway_example(&primary, &secondary), 2).unwrap();
     let addr = envoy.main().unwrap();
     let alice = [("authorization", "Bearer alice")];
     let r = http::post(addr, CHAT, &alice, br#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}"#)
@@ -339,13 +364,20 @@ fn the_llm_gateway_example_runs_as_its_readme_says() {
         (r.status, r.header("x-backend"), r.header("x-ratelimit-remaining-tokens")),
         (200, Some("primary"), Some("100"))
     );
+    // A stream gets its usage chunk when the client asks for it, and only then; the gateway
+    // charges both.
     let r =
         http::post(addr, CHAT, &[("authorization", "Bearer bob")], br#"{"model": "gpt-4o", "stream": true}"#).unwrap();
+    assert!(r.text().ends_with("data: [DONE]\n\n") && r.text().contains("word2"), "{}", r.text());
+    assert!(!r.text().contains(r#""choices":[]"#), "not asked for, not sent: {}", r.text());
+    let asked = br#"{"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true}}"#;
+    let r = http::post(addr, CHAT, &[("authorization", "Bearer bob")], asked).unwrap();
     assert!(
         r.text().contains(r#""usage":{"completion_tokens":20,"prompt_tokens":10,"total_tokens":30}"#),
         "{}",
         r.text()
     );
+    assert_eq!(envoy.stat("upstream_guard.llm.budget.per-key.charged_tokens").unwrap(), Some(90));
 
     // The primary rate limits: its 429 is explained, and the next request goes to the secondary.
     let ctl = http::get(primary.addr(), "/fake/reply?status=429&retry-after=20", &[]).unwrap();
@@ -364,6 +396,24 @@ fn the_llm_gateway_example_runs_as_its_readme_says() {
     assert_eq!(statuses, [200, 200, 200, 200, 429]);
     let r = http::post(addr, CHAT, &dave, br#"{"model": "llama-3.1-8b"}"#).unwrap();
     assert_eq!((r.status, r.header("retry-after")), (429, Some("12")));
+
+    // The secondary overloads too: three failures eject it, and the model is unavailable, said
+    // in the body README.md shows (no provider names: llm.trusted_cidrs is not set).
+    http::get(secondary.addr(), "/fake/reply?status=529", &[]).unwrap();
+    for _ in 0..3 {
+        let r = http::post(addr, CHAT, &[], br#"{"model": "gpt-4o"}"#).unwrap();
+        assert_eq!((r.status, r.header("x-backend")), (529, Some("secondary")));
+    }
+    let r = http::post(addr, CHAT, &[], br#"{"model": "gpt-4o"}"#).unwrap();
+    assert_eq!(r.status, 503);
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((15..=20).contains(&retry), "the primary's pause: {retry}");
+    assert_eq!(diagnosis(&r)["cause"], "model_unavailable");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.body).unwrap(),
+        json!({"error": {"code": "model_unavailable", "message": "every provider of model \"gpt-4o\" is unavailable: retry later",
+                         "model": "gpt-4o", "param": "model", "type": "model_unavailable"}})
+    );
 
     // Other paths are not the llm stage's: they go to the primary unbuffered.
     http::get(primary.addr(), "/fake/reply?status=200", &[]).unwrap();

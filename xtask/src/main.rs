@@ -211,8 +211,8 @@ fn setup() -> Result {
     setup_npm()
 }
 
-/// The clients the tests check the filters' headers with, into the project venv
-/// (`target/envoy-venv`): `http-sfv`, an RFC 8941 parser.
+/// The clients the tests drive the filters with, into the project venv (`target/envoy-venv`):
+/// `http-sfv` (an RFC 8941 parser), the official `openai` package and `grpcio`.
 fn setup_python_clients() -> Result {
     let venv = paths::target_dir().join("envoy-venv");
     let python = venv.join("bin").join("python");
@@ -228,7 +228,8 @@ fn setup_python_clients() -> Result {
             run(Command::new(system).args(["-m", "venv"]).arg(&venv))?;
         }
     }
-    let present = Command::new(&python).args(["-c", "import http_sfv"]).output().is_ok_and(|o| o.status.success());
+    let present =
+        Command::new(&python).args(["-c", "import http_sfv, openai, grpc"]).output().is_ok_and(|o| o.status.success());
     if present {
         return Ok(());
     }
@@ -237,6 +238,8 @@ fn setup_python_clients() -> Result {
         "--quiet",
         "--disable-pip-version-check",
         "http-sfv==0.9.9",
+        "openai==3.63.0",
+        "grpcio==1.85.4",
     ]))
 }
 

@@ -238,6 +238,14 @@ impl<P: Pipeline> Root<P> {
                 cx.facts().body_stage = None;
                 cx.facts().replied = Some(Replied { status: reply.status, details: reply.details });
                 self.pipeline.decorate_before(st, cx, stage, &mut reply);
+                // To a gRPC request Envoy sends the body as grpc-message: a text reply's final
+                // newline (there for curl) would end the client's message.
+                let grpc = reply.grpc_status.is_some()
+                    && cx.request_header("content-type").is_some_and(|t| t.starts_with(b"application/grpc"));
+                if grpc {
+                    let keep = reply.body.iter().rposition(|b| *b != b'\n').map_or(0, |i| i + 1);
+                    reply.body.truncate(keep);
+                }
                 if self.send(&reply) {
                     if callback == Callback::Body {
                         STOP_NO_BUFFER

@@ -122,6 +122,10 @@ pub trait Stage: 'static {
     }
     /// A later stage refuses the request with `reply`: add what this stage adds to replies.
     fn decorate(&self, _st: &mut Self::Stream, _cx: &mut Cx<'_>, _reply: &mut LocalReply) {}
+    /// Any stage (this one, an earlier one, a later one) refuses the request with `reply`:
+    /// reshape its body for the API this request speaks. Runs on every stage before any
+    /// [`Stage::decorate`], so that decorations see the final body.
+    fn shape(&self, _st: &mut Self::Stream, _cx: &mut Cx<'_>, _reply: &mut LocalReply) {}
     /// Response headers arrived (from the upstream, or a local reply of Envoy or another filter).
     fn response(&self, _st: &mut Self::Stream, _cx: &mut Cx<'_>) {}
     /// A response body chunk arrived (only for modules that export the callback).
@@ -162,6 +166,11 @@ impl<S: Stage> Stage for Option<S> {
     fn decorate(&self, st: &mut S::Stream, cx: &mut Cx<'_>, reply: &mut LocalReply) {
         if let Some(s) = self {
             s.decorate(st, cx, reply)
+        }
+    }
+    fn shape(&self, st: &mut S::Stream, cx: &mut Cx<'_>, reply: &mut LocalReply) {
+        if let Some(s) = self {
+            s.shape(st, cx, reply)
         }
     }
     fn response(&self, st: &mut S::Stream, cx: &mut Cx<'_>) {
@@ -225,7 +234,7 @@ pub trait Pipeline: 'static {
     fn request_body_at(&self, st: &mut Self::Streams, cx: &mut Cx<'_>, stage: usize, size: usize, end: bool) -> Step;
     /// Resumes stage `stage` with `event`, then runs the stages after it.
     fn resume_at(&self, st: &mut Self::Streams, cx: &mut Cx<'_>, stage: usize, event: &Event<'_>) -> Step;
-    /// Lets the stages before `stage` decorate its reply.
+    /// Lets every stage shape stage `stage`'s reply, then the stages before it decorate it.
     fn decorate_before(&self, st: &mut Self::Streams, cx: &mut Cx<'_>, stage: usize, reply: &mut LocalReply);
     /// Response headers, stages in reverse order.
     fn response(&self, st: &mut Self::Streams, cx: &mut Cx<'_>);
@@ -291,6 +300,7 @@ macro_rules! pipeline_for_tuple {
             }
 
             fn decorate_before(&self, st: &mut Self::Streams, cx: &mut Cx<'_>, stage: usize, reply: &mut LocalReply) {
+                $(self.$i.shape(&mut st.$i, cx, reply);)+
                 $(
                     if $i < stage {
                         self.$i.decorate(&mut st.$i, cx, reply);

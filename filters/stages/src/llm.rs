@@ -33,11 +33,12 @@
 use std::cell::Cell;
 
 use upstream_guard::details;
-use upstream_guard::diagnose::{upstream_failed, Cause};
+use upstream_guard::diagnose::{classify, upstream_failed, Cause};
 use upstream_guard::hash::Secret;
+use upstream_guard::health::Health;
 use upstream_guard::llm::{
-    choose, error_json, needs_rewrite, provider_pause, rewrite, scan, Admission, Balance, Budget, LlmConfig,
-    ResetHeaders, Usage, UsageMeter, RESET_HEADER_NAMES,
+    choose, error_json, is_error_json, needs_rewrite, provider_pause, reply_code, reply_json, rewrite, scan, Admission,
+    Balance, Budget, LlmConfig, ResetHeaders, Usage, UsageMeter, UsageTrim, RESET_HEADER_NAMES,
 };
 use upstream_guard::ratelimit::retry_after_secs;
 use upstream_guard_glue::pairs::Pairs;
@@ -265,6 +266,12 @@ pub struct LlmStream {
     model: Option<usize>,
     provider: Option<usize>,
     meter: Option<UsageMeter>,
+    /// The gateway added `stream_options.include_usage`: the usage chunk is not the client's.
+    added_usage: bool,
+    /// Removes that chunk from the streamed answer.
+    trim: Option<UsageTrim>,
+    /// An OpenAI-shaped body in place of Envoy's own reply.
+    replacement: Option<Vec<u8>>,
 }
 
 impl Llm {
@@ -339,7 +346,7 @@ impl Llm {
         // The first available provider of the model.
         let states = self.pool.states(cx.epoch());
         let mm = self.models.get(mi);
-        let ti = match choose(route, &self.pool.config, &states, now) {
+        let ti = match choose(route, &self.pool.config, &states, now, config.demote_failed_ns) {
             Ok(t) => t,
             Err(unavailable) => {
                 if let Some(m) = mm {
@@ -381,9 +388,52 @@ impl Llm {
         }
         st.model = Some(mi);
         st.provider = Some(target.provider);
+        st.added_usage = config.stream_usage && scanned.stream && !scanned.stream_options;
         st.budget_keys = applied;
         st.remaining = remaining;
         Flow::Continue
+    }
+}
+
+impl Llm {
+    /// True when a provider of the stream's model other than `p` is available and has not just
+    /// failed: the client's retry goes there at once.
+    fn elsewhere(&self, st: &LlmStream, p: usize, states: &[Health], now: u64) -> bool {
+        let demote = self.config.demote_failed_ns;
+        st.model.and_then(|m| self.config.models.get(m)).is_some_and(|route| {
+            route.targets.iter().any(|t| {
+                t.provider != p && states.get(t.provider).is_none_or(|h| h.available(now) && !h.demoted(now, demote))
+            })
+        })
+    }
+
+    /// A provider failed this request: say when to retry and, in place of Envoy's own plain-text
+    /// reply (a refused connection, a timeout), send the OpenAI-shaped error every other refusal
+    /// on this path has.
+    fn failed(
+        &self,
+        st: &mut LlmStream,
+        cx: &mut Cx<'_>,
+        p: usize,
+        obs: &upstream_guard_glue::stream::OwnedObservation,
+    ) {
+        let now = cx.now();
+        let states = self.pool.states(cx.epoch());
+        let other = self.elsewhere(st, p, &states, now);
+        let local = !obs.details.is_empty() && obs.details != "via_upstream";
+        if local && !cx.end_of_stream {
+            let cause = classify(&obs.view());
+            let model = st.model.and_then(|m| self.config.models.get(m)).map_or("", |m| m.name.as_str());
+            let then = if other { "retry now: another provider of the model is available" } else { "retry later" };
+            let message = format!("the provider of model {model:?} did not answer ({}): {then}", cause.token());
+            let body = reply_json(obs.status.unwrap_or(503), cause.token(), &message).into_bytes();
+            cx.set_response_header("content-type", b"application/json");
+            cx.set_response_header("content-length", body.len().to_string().as_bytes());
+            st.replacement = Some(body);
+        }
+        if cx.response_header("retry-after").is_none() {
+            cx.set_response_header("retry-after", if other { b"0" } else { b"1" });
+        }
     }
 }
 
@@ -453,9 +503,7 @@ impl Stage for Llm {
             // The client's own retry (its SDK retries a 429) goes to the model's next provider
             // if one is available: it need not wait for this provider's pause.
             let states = self.pool.states(cx.epoch());
-            let other = st.model.and_then(|m| self.config.models.get(m)).is_some_and(|route| {
-                route.targets.iter().any(|t| t.provider != p && states.get(t.provider).is_none_or(|h| h.available(now)))
-            });
+            let other = self.elsewhere(st, p, &states, now);
             let mut reasons =
                 format!("{cluster}: rate limited by the upstream (429), back in {} ms", pause.ns / 1_000_000);
             if other {
@@ -476,12 +524,22 @@ impl Stage for Llm {
                 }
             }
             self.pool.passive(p, failed, cx);
+            if failed {
+                self.failed(st, cx, p, &obs);
+            }
         }
         if let Some(r) = st.remaining {
             cx.set_response_header("x-ratelimit-remaining-tokens", r.to_string().as_bytes());
         }
         if status.is_some_and(|s| (200..300).contains(&s)) {
-            st.meter = cx.response_header("content-type").and_then(|t| UsageMeter::for_content_type(&t));
+            let content_type = cx.response_header("content-type");
+            st.meter = content_type.as_deref().and_then(UsageMeter::for_content_type);
+            if st.added_usage && matches!(st.meter, Some(UsageMeter::Sse(_))) && !cx.end_of_stream {
+                // The stream the client asked for has no usage chunk: it is taken out as it
+                // passes, so the length changes.
+                st.trim = Some(UsageTrim::new());
+                let _ = host::remove_header(MapType::ResponseHeaders, "content-length");
+            }
             if cx.end_of_stream {
                 let now = cx.now();
                 self.charge(st, now);
@@ -490,11 +548,32 @@ impl Stage for Llm {
     }
 
     fn response_body(&self, st: &mut LlmStream, cx: &mut Cx<'_>, size: usize, end: bool) -> BodyAction {
+        if st.replacement.is_some() {
+            if !end {
+                // Hold Envoy's reply until it is complete, then swap it whole.
+                return BodyAction::Hold;
+            }
+            if let Some(body) = st.replacement.take() {
+                let _ = host::set_buffer(BufferType::HttpResponseBody, 0, size, &body);
+            }
+            return BodyAction::Continue;
+        }
         let Some(meter) = st.meter.as_mut() else { return BodyAction::Continue };
         let seen = cx.facts().response_seen().min(size);
-        if size > seen {
-            if let Some(chunk) = host::buffer(BufferType::HttpResponseBody, seen, size - seen) {
-                meter.feed(&chunk);
+        let chunk = if size > seen { host::buffer(BufferType::HttpResponseBody, seen, size - seen) } else { None };
+        if let Some(c) = &chunk {
+            meter.feed(c);
+        }
+        if let Some(trim) = st.trim.as_mut() {
+            let mut out = Vec::with_capacity(chunk.as_ref().map_or(0, Vec::len));
+            if let Some(c) = &chunk {
+                trim.feed(c, &mut out);
+            }
+            if end {
+                trim.finish(&mut out);
+            }
+            if chunk.as_deref().unwrap_or_default() != out.as_slice() {
+                let _ = host::set_buffer(BufferType::HttpResponseBody, seen, size - seen, &out);
             }
         }
         if end {
@@ -510,6 +589,17 @@ impl Stage for Llm {
             let now = cx.now();
             self.charge(st, now);
         }
+    }
+
+    fn shape(&self, st: &mut LlmStream, cx: &mut Cx<'_>, reply: &mut LocalReply) {
+        // Every refusal on an LLM path speaks the OpenAI error shape, whichever stage sent it:
+        // the client's SDK parses `error.code` and `error.message`.
+        if is_error_json(&reply.body) || !self.claimed(st, cx) {
+            return;
+        }
+        let text = String::from_utf8_lossy(&reply.body);
+        reply.body = reply_json(reply.status, reply_code(reply.details), text.trim_end()).into_bytes();
+        reply.set_header("content-type", "application/json");
     }
 
     fn tick(&self, now: u64) {

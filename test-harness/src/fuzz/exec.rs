@@ -366,6 +366,20 @@ impl<'h> Run<'h> {
         Ok(())
     }
 
+    /// An OpenAI-shaped error body: `error.code` and `error.message` are strings, and no
+    /// provider cluster is named (any client may read it).
+    fn check_openai_error(&self, body: &[u8]) -> Result<(), Failure> {
+        let v: Value = serde_json::from_slice(body).unwrap_or_default();
+        let e = &v["error"];
+        if !e["code"].is_string() || !e["message"].is_string() {
+            return Err(self.fail(Kind::Llm, format!("not an OpenAI error: {v}")));
+        }
+        if LLM_PROVIDERS.iter().any(|p| body.windows(p.len()).any(|w| w == p.as_bytes())) {
+            return Err(self.fail(Kind::Llm, format!("the error names a provider cluster: {v}")));
+        }
+        Ok(())
+    }
+
     /// A local reply names no upstream cluster unless the client may see it.
     fn check_leak(&self, reply: &LocalResponse, live: &Live<'_>) -> Result<(), Failure> {
         let details = reply.details.as_deref().unwrap_or_default();
@@ -862,7 +876,12 @@ impl<'h> Run<'h> {
             live.complete = true;
             if live.json_body {
                 let body = live.s.response_body_now();
-                self.check_json(&body, live.diag_trusted)?;
+                if self.model.llm.is_some() && upstream_guard::llm::is_error_json(&body) {
+                    // On an llm path, Envoy's own reply becomes the OpenAI-shaped error.
+                    self.check_openai_error(&body)?;
+                } else {
+                    self.check_json(&body, live.diag_trusted)?;
+                }
                 let length = live.s.response_header_bytes(b"content-length");
                 if length.as_deref() != Some(body.len().to_string().as_bytes()) {
                     return Err(self.fail(
