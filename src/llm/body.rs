@@ -20,6 +20,9 @@ pub struct RequestBody {
     pub stream: bool,
     /// The body has a top-level `stream_options` member.
     pub stream_options: bool,
+    /// The most tokens the answer may use, as the client capped it: `max_completion_tokens`,
+    /// else `max_tokens` (a non-negative integer; anything else is not a cap).
+    pub max_tokens: Option<u64>,
     /// Where the top-level object's closing `}` is.
     pub close: usize,
 }
@@ -237,6 +240,7 @@ pub fn scan(body: &[u8]) -> Result<RequestBody, BodyError> {
     let mut model: Option<(String, Range<usize>)> = None;
     let mut stream = false;
     let mut stream_options = false;
+    let (mut max_tokens, mut max_completion_tokens) = (None, None);
     let mut bad_model = false;
     c.ws();
     if c.peek() == Some(b'}') {
@@ -272,6 +276,18 @@ pub fn scan(body: &[u8]) -> Result<RequestBody, BodyError> {
                 stream_options = true;
                 c.skip_value()?;
             }
+            Some(k @ ("max_tokens" | "max_completion_tokens")) => {
+                let start = c.i;
+                c.skip_value()?;
+                let text = c.b.get(start..c.i).unwrap_or_default();
+                let n = std::str::from_utf8(text).ok().filter(|t| t.bytes().all(|b| b.is_ascii_digit()));
+                let n = n.and_then(|t| t.parse::<u64>().ok());
+                if k == "max_tokens" {
+                    max_tokens = n;
+                } else {
+                    max_completion_tokens = n;
+                }
+            }
             _ => c.skip_value()?,
         }
         c.ws();
@@ -290,7 +306,8 @@ pub fn scan(body: &[u8]) -> Result<RequestBody, BodyError> {
         return Err(BodyError::BadModel);
     }
     let (model, model_span) = model.ok_or(BodyError::NoModel)?;
-    Ok(RequestBody { model, model_span, stream, stream_options, close })
+    let max_tokens = max_completion_tokens.or(max_tokens);
+    Ok(RequestBody { model, model_span, stream, stream_options, max_tokens, close })
 }
 
 /// `value` as a JSON string literal.
@@ -337,6 +354,18 @@ mod tests {
         assert_eq!(&b[r.model_span.clone()], br#""gpt-4o""#);
         assert!(r.stream && !r.stream_options);
         assert_eq!(b[r.close], b'}');
+    }
+
+    #[test]
+    fn the_clients_token_cap_is_read() {
+        let cap = |b: &[u8]| scan(b).unwrap().max_tokens;
+        assert_eq!(cap(br#"{"model": "m", "max_tokens": 40}"#), Some(40));
+        assert_eq!(cap(br#"{"max_tokens": 40, "model": "m", "max_completion_tokens": 90}"#), Some(90));
+        assert_eq!(cap(br#"{"model": "m", "max_tokens": null}"#), None);
+        assert_eq!(cap(br#"{"model": "m", "max_tokens": -5}"#), None);
+        assert_eq!(cap(br#"{"model": "m", "max_tokens": 1.5}"#), None);
+        assert_eq!(cap(br#"{"model": "m", "max_tokens": 99999999999999999999999}"#), None);
+        assert_eq!(cap(br#"{"model": "m", "x": {"max_tokens": 7}}"#), None, "top level only");
     }
 
     #[test]

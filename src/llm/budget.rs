@@ -1,15 +1,22 @@
-//! Token budgets: N tokens per period per key, charged after the response (a debt model).
+//! Token budgets: N tokens per period per key, reserved at admission and settled after the
+//! response (a debt model).
 //!
-//! A request's cost is only known once the provider reports usage, at the end of the response,
-//! so the budget cannot be taken up front. Instead each key has a balance that refills at
-//! `tokens / period` up to `tokens`; a request is admitted while the balance is not negative,
-//! and its usage is subtracted when the response ends, which may take the balance below zero.
-//! The key is then refused until the refill brings it back to zero: spending more than the
-//! budget delays the next request by exactly the overdraft. Concurrent requests of one key may
-//! all be admitted while the balance is still positive; each is charged in full.
+//! A request's cost is only known once the provider reports usage, at the end of the response.
+//! Each key has a balance that refills at `tokens / period` up to `tokens`; a request is
+//! admitted while the balance is not negative, and its usage is subtracted when the response
+//! ends, which may take the balance below zero. The key is then refused until the refill brings
+//! it back to zero: spending more than the budget delays the next request by exactly the
+//! overdraft.
 //!
-//! A balance is one shared-data value of 17 bytes, updated with compare-and-swap, so the charge
-//! is exact across workers; the admission check only reads it.
+//! Charging only at the end would let N concurrent requests of one key all pass a balance that
+//! has room for one. So admission also **reserves** an estimate of the request's cost (the
+//! client's `max_tokens`, else a configured default, at most the budget's size): the balance
+//! drops by it at once, and a concurrent request meets what is left. At the end the reservation is given back and the usage charged
+//! ([`Balance::settle`]); a request that failed gives back all of it. A reservation that is
+//! never settled (a worker gone mid-request) is ordinary debt that the refill repays.
+//!
+//! A balance is one shared-data value of 17 bytes, updated with compare-and-swap, so the
+//! reservation and the charge are exact across workers.
 
 /// A budget's size and refill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +28,12 @@ pub struct TokenRate {
 }
 
 impl TokenRate {
+    /// What a request estimated to use `estimate` tokens reserves: the estimate, at most the
+    /// budget's size (a request is never refused for asking more than the budget holds).
+    pub fn reservation(&self, estimate: u64) -> u64 {
+        estimate.min(self.tokens)
+    }
+
     fn cap(&self) -> i64 {
         i64::try_from(self.tokens).unwrap_or(i64::MAX).max(1)
     }
@@ -89,6 +102,25 @@ impl Balance {
         Admission::Refuse { retry_after_ns: rate.ns_for(owed).saturating_sub(accrued).max(1) }
     }
 
+    /// Admission of a request that reserves `reserve` tokens: admitted while the balance is not
+    /// negative, as always; then the balance with the reservation taken (`None` when refused,
+    /// or when nothing is reserved).
+    pub fn reserve(self, rate: &TokenRate, now: u64, reserve: u64) -> (Admission, Option<Balance>) {
+        let admission = self.admission(rate, now);
+        let taken = matches!(admission, Admission::Admit { .. }) && reserve > 0;
+        (admission, taken.then(|| self.charge(reserve)))
+    }
+
+    /// The balance once a request that reserved `reserved` tokens reports `used`: the
+    /// reservation given back, the usage charged, never above the budget (what refilled while
+    /// the reservation was out counts up to the cap, as it always does).
+    pub fn settle(self, rate: &TokenRate, reserved: u64, used: u64) -> Balance {
+        let back = i64::try_from(reserved).unwrap_or(i64::MAX);
+        let cost = i64::try_from(used).unwrap_or(i64::MAX);
+        let tokens = self.tokens.saturating_add(back).saturating_sub(cost).min(rate.cap());
+        Balance { tokens, at: self.at }
+    }
+
     /// The balance after a request that used `tokens`.
     pub fn charge(self, tokens: u64) -> Balance {
         Balance { tokens: self.tokens.saturating_sub(i64::try_from(tokens).unwrap_or(i64::MAX)), at: self.at }
@@ -154,6 +186,42 @@ mod tests {
     fn time_never_runs_backwards() {
         let b = Balance { tokens: 5, at: 10 * S };
         assert_eq!(Balance::at_time(Some(b), &RATE, 5 * S), b);
+    }
+
+    #[test]
+    fn a_reservation_holds_room_for_concurrent_requests_and_settles_to_the_usage() {
+        let full = Balance::at_time(None, &RATE, 0);
+        let r = RATE.reservation(40);
+        let (a, b1) = full.reserve(&RATE, 0, r);
+        assert_eq!(a, Admission::Admit { remaining: 100 });
+        let (a, b2) = b1.unwrap().reserve(&RATE, 0, r);
+        assert_eq!(a, Admission::Admit { remaining: 60 });
+        let (a, b3) = b2.unwrap().reserve(&RATE, 0, r);
+        assert_eq!(a, Admission::Admit { remaining: 20 }, "a positive balance admits");
+        let b3 = b3.unwrap();
+        assert_eq!(b3.tokens, -20);
+        let (a, none) = b3.reserve(&RATE, 0, r);
+        assert!(matches!(a, Admission::Refuse { .. }) && none.is_none(), "the fourth concurrent request waits");
+        // All three report 30: 100 - 90 left, whatever order they settle in.
+        let settled = b3.settle(&RATE, r, 30).settle(&RATE, r, 30).settle(&RATE, r, 30);
+        assert_eq!(settled.tokens, 10);
+        // A request that failed gives everything back.
+        assert_eq!(full.charge(40).settle(&RATE, 40, 0), full);
+        // What refilled while the reservation was out counts up to the cap only.
+        let refilled = Balance::at_time(Some(full.charge(40)), &RATE, 30 * S);
+        assert_eq!(refilled.settle(&RATE, 40, 0).tokens, 100);
+    }
+
+    #[test]
+    fn a_reservation_never_exceeds_the_budget_and_admits_as_before() {
+        assert_eq!(RATE.reservation(5000), 100);
+        let empty = Balance { tokens: 0, at: 0 };
+        let (a, taken) = empty.reserve(&RATE, 0, 100);
+        assert_eq!(a, Admission::Admit { remaining: 0 }, "zero is not negative");
+        assert_eq!(taken.map(|b| b.tokens), Some(-100), "the next concurrent request waits");
+        assert_eq!(empty.reserve(&RATE, 0, 0), (Admission::Admit { remaining: 0 }, None), "nothing to write");
+        let owing = Balance { tokens: -9, at: 0 };
+        assert_eq!(owing.reserve(&RATE, 0, 10), (Admission::Refuse { retry_after_ns: 9 * S }, None));
     }
 
     #[test]

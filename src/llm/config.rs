@@ -162,6 +162,12 @@ pub struct LlmJson {
     #[cfg_attr(feature = "schema", schemars(extend("default" = "10s"), pattern(crate::schema::DURATION_OR_ZERO)))]
     #[serde(default)]
     demote_failed: Option<String>,
+    /// What a request that gives no `max_tokens` / `max_completion_tokens` reserves from each
+    /// budget at admission (at most the budget's size), so that concurrent requests cannot
+    /// overrun it; settled to the reported usage at the end. `0`: such requests reserve nothing.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 1000), range(max = 1_000_000_000_000u64)))]
+    #[serde(default)]
+    reserve_tokens: Option<u64>,
     /// Ask streamed requests for the final usage chunk (`stream_options.include_usage`), so that
     /// budgets are charged exactly.
     #[cfg_attr(feature = "schema", schemars(extend("default" = true)))]
@@ -250,6 +256,8 @@ pub struct LlmConfig {
     pub rate_limited_max_ns: u64,
     /// How long a provider that failed is tried after the model's other providers (0: off).
     pub demote_failed_ns: u64,
+    /// The reservation of a request without a token cap.
+    pub reserve_tokens: u64,
     /// Ask streamed requests for the final usage chunk (`stream_options.include_usage`).
     pub stream_usage: bool,
     pub budgets: Vec<Budget>,
@@ -435,6 +443,13 @@ impl LlmJson {
         let rate_limited_default_ns = duration("rate_limited.default", rl.default.as_deref(), 10 * S, true)?;
         let rate_limited_max_ns = duration("rate_limited.max", rl.max.as_deref(), 300 * S, false)?;
         let demote_failed_ns = duration("demote_failed", self.demote_failed.as_deref(), 10 * S, true)?;
+        if self.reserve_tokens.is_some_and(|r| r > 1_000_000_000_000) {
+            return Err(ConfigError::new(
+                "reserve_tokens",
+                "is over 1000000000000",
+                "reserve what one request may cost (a budget's size caps it anyway)",
+            ));
+        }
         if rate_limited_default_ns > rate_limited_max_ns {
             return Err(ConfigError::new(
                 "rate_limited.default",
@@ -529,6 +544,7 @@ impl LlmJson {
             rate_limited_default_ns,
             rate_limited_max_ns,
             demote_failed_ns,
+            reserve_tokens: self.reserve_tokens.unwrap_or(1000),
             stream_usage: self.stream_usage.unwrap_or(true),
             budgets,
             client_ip: self.client_ip,

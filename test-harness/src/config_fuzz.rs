@@ -299,6 +299,8 @@ fn llm_extras() -> Vec<(&'static str, Value)> {
         ("paths", json!(["/v1/chat/completions", "/v1/embeddings"])),
         ("max_body_bytes", json!(1_048_576)),
         ("stream_usage", json!(true)),
+        ("demote_failed", json!("10s")),
+        ("reserve_tokens", json!(1000)),
         ("max_keys", json!(100_000)),
         ("trusted_cidrs", json!(["10.0.0.0/8", "127.0.0.1/32"])),
         ("trust_x_forwarded_for", json!(false)),

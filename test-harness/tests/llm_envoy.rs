@@ -329,6 +329,56 @@ fn concurrent_charges_are_all_counted() {
     );
 }
 
+/// `n` concurrent streamed requests of one key; how many were admitted.
+fn concurrent_streams(addr: std::net::SocketAddr, key: &'static str, body: Value, n: usize) -> usize {
+    let body = body.to_string().into_bytes();
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || http::post(addr, CHAT, &[("x-api-key", key)], &body).unwrap().status)
+        })
+        .collect();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| [200, 429].contains(s)), "{statuses:?}");
+    statuses.iter().filter(|s| **s == 200).count()
+}
+
+#[test]
+fn concurrent_requests_of_one_key_cannot_overrun_its_budget() {
+    // Streams of about 600 ms, 30 tokens each, and a budget of 100: twelve requests sent at
+    // once overlap. Admission reserves each request's estimate, so the charge stays within
+    // the budget plus the last admitted request's reservation.
+    let stream = LlmReply::stream(3, Duration::from_millis(200), 10, 20);
+    let a = FakeLlm::start("a", stream.clone()).unwrap();
+    let b = FakeLlm::start("b", stream).unwrap();
+    let envoy = start(llm_section(budget(100)), &a, &b);
+    let addr = envoy.main().unwrap();
+    // Capped by the client (max_tokens 40): 100, 60, 20 admit; -20 refuses.
+    let capped = concurrent_streams(addr, "capped", json!({"model": "gpt-4o", "stream": true, "max_tokens": 40}), 12);
+    assert_eq!(capped, 3, "three reservations of 40 fit in 100");
+    // No cap: the default reservation (1000, capped at the budget's 100): 100 and 0 admit.
+    let uncapped = concurrent_streams(addr, "uncapped", json!({"model": "gpt-4o", "stream": true}), 12);
+    assert_eq!(uncapped, 2);
+    let charged = envoy.stat("upstream_guard.llm.budget.per-key.charged_tokens").unwrap().unwrap();
+    assert_eq!(charged, 30 * (capped + uncapped) as u64);
+    for (key, admitted) in [("capped", capped), ("uncapped", uncapped)] {
+        assert!(30 * admitted as u64 <= 100 + 30, "{key}: {admitted} admitted");
+    }
+    // Settled: the capped key has 10 left, so one more request passes, and the next waits.
+    let streamed = br#"{"model": "gpt-4o", "stream": true}"#;
+    let statuses: Vec<u16> =
+        (0..2).map(|_| http::post(addr, CHAT, &[("x-api-key", "capped")], streamed).unwrap().status).collect();
+    assert_eq!(statuses, [200, 429]);
+
+    // Without reservations (the behaviour before them), the same burst overruns the budget.
+    let a2 = FakeLlm::start("a", LlmReply::stream(3, Duration::from_millis(200), 10, 20)).unwrap();
+    let mut off = budget(100);
+    off["reserve_tokens"] = json!(0);
+    let envoy = start(llm_section(off), &a2, &b);
+    let all = concurrent_streams(envoy.main().unwrap(), "k", json!({"model": "gpt-4o", "stream": true}), 12);
+    assert_eq!(all, 12, "every request passed a balance with room for three");
+}
+
 #[test]
 fn a_streamed_answer_is_not_held_back() {
     // The backend sends its first chunk at once, then waits a second before the next.

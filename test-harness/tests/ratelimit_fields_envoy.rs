@@ -1,6 +1,7 @@
-//! The RateLimit fields as a client reads them: parsed by an RFC 8941 parser nobody here wrote
-//! (`http-sfv`, installed by `cargo xtask setup`), at the configuration's extremes, and obeyed
-//! by a client that paces itself by the advertised policy, which must then never be refused.
+//! The structured fields as a client reads them: parsed by an RFC 8941 parser nobody here wrote
+//! (`http-sfv`, installed by `cargo xtask setup`). The RateLimit fields at the configuration's
+//! extremes, obeyed by a client that paces itself by the advertised policy, which must then
+//! never be refused; and `x-upstream-diagnosis`, a Dictionary, for each kind of failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
@@ -13,24 +14,70 @@ use test_harness::bootstrap::{cluster, wasm_filter, Bootstrap};
 use test_harness::envoy::Envoy;
 use test_harness::{http, paths};
 
-/// Parses each value as an RFC 8941 List with `http_sfv`: per value, `[name, {param: int}]` of
-/// its first item, or `{"error": …}` when the parser refuses it.
-fn parse_lists(values: &[String]) -> Vec<Value> {
+/// Parses each value with `http_sfv` as an RFC 8941 `kind` (`List` or `Dictionary`): per value,
+/// for a List `[name, {param: int}]` of its first item, for a Dictionary its members (bare item
+/// values); `{"error": …}` when the parser refuses it.
+fn parse_fields(kind: &str, values: &[String]) -> Vec<Value> {
     let script = r#"
 import http_sfv, json, sys
+def plain(v):
+    return v if isinstance(v, (str, int, bool)) else str(v)
 out = []
-for v in sys.argv[1:]:
-    l = http_sfv.List()
+for v in sys.argv[2:]:
+    field = getattr(http_sfv, sys.argv[1])()
     try:
-        l.parse(v.encode())
-        out.append([l[0].value, dict(l[0].params)])
+        field.parse(v.encode())
+        if sys.argv[1] == "List":
+            out.append([field[0].value, dict(field[0].params)])
+        else:
+            out.append({k: plain(m.value) for k, m in field.items()})
     except Exception as e:
         out.append({"error": type(e).__name__ + " " + str(e)})
 print(json.dumps(out))
 "#;
-    let out = Command::new(paths::python().unwrap()).arg("-c").arg(script).args(values).output().unwrap();
+    let out = Command::new(paths::python().unwrap()).arg("-c").arg(script).arg(kind).args(values).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+}
+
+fn parse_lists(values: &[String]) -> Vec<Value> {
+    parse_fields("List", values)
+}
+
+#[test]
+fn every_diagnosis_header_parses_as_an_rfc_8941_dictionary() {
+    let ok = Backend::ok().unwrap();
+    let sections = json!({
+        "diagnostics": {"trusted_cidrs": ["127.0.0.1/32"]},
+        "rate_limiter": {"rules": [rule("limited \"q\"", "/limited", "token_bucket", json!({"requests": 1, "per": "1h"}))]},
+    });
+    let cfg = Bootstrap::new()
+        .filter(wasm_filter("upstream_guard", &paths::wasm_path("upstream_guard").unwrap(), &sections))
+        .route(json!({"name": "r\u{e9}fused", "match": {"prefix": "/dead"}, "route": {"cluster": "d\u{e9}ad \"x\""}}))
+        .route(json!({"match": {"prefix": "/limited"}, "route": {"cluster": "ok"}}))
+        .cluster(cluster("d\u{e9}ad \"x\"", test_harness::backend::closed_port().unwrap()))
+        .cluster(cluster("ok", ok.addr()))
+        .build();
+    let envoy = Envoy::start_with(&cfg, 2).unwrap();
+    let addr = envoy.main().unwrap();
+    let mut values = Vec::new();
+    for (path, status) in [("/dead", 503), ("/nowhere", 404), ("/limited", 200), ("/limited", 429)] {
+        let r = http::get(addr, path, &[]).unwrap();
+        assert_eq!(r.status, status, "{path}");
+        if let Some(v) = r.header("x-upstream-diagnosis") {
+            values.push(v.to_string());
+        }
+    }
+    assert_eq!(values.len(), 3, "a diagnosis for each failure, none for the success: {values:?}");
+    let parsed = parse_fields("Dictionary", &values);
+    for (value, p) in values.iter().zip(&parsed) {
+        assert!(p.get("error").is_none(), "http_sfv refuses {value:?}: {p}");
+        assert!(p["cause"].is_string() && p["hint"].is_string() && p["flags"].is_string(), "{p}");
+    }
+    assert_eq!(parsed[0]["cause"], "connection_refused");
+    assert_eq!(parsed[0]["cluster"], "d%C3%A9ad \"x\"", "non-ASCII percent-encoded, quotes escaped");
+    assert_eq!(parsed[1]["cause"], "no_route");
+    assert_eq!((parsed[2]["cause"].as_str(), parsed[2]["status"].as_i64()), (Some("rate_limited"), Some(429)));
 }
 
 fn limiter_envoy(rules: Value, backend: &Backend) -> Envoy {

@@ -56,14 +56,18 @@ const CAS_ATTEMPTS: u32 = 16;
 pub const ROUTE_PROPERTY: &str = "upstream_guard.llm_cluster";
 const PROVIDERS: Namespace = Namespace { keys: "ug.llm", metrics: "upstream_guard.llm.provider", log: "llm" };
 
-/// Where token balances are kept: admission before the request, the charge after it.
+/// Where token balances are kept: admission (with its reservation) before the request, the
+/// settlement after it.
 pub trait TokenLedger {
-    /// May a request of `key` go on under `budget` at `now`?
-    fn admission(&self, budget: &Budget, key: &[u8], now: u64) -> Admission;
-    /// Charges `tokens` to `key`; [`Owned::Full`] when the key has no balance of its own to charge
-    /// (every slot it may use holds another key's balance still in use), `Err` when the charge
-    /// could not be recorded.
-    fn charge(&self, budget: &Budget, key: &[u8], tokens: u64, now: u64) -> Result<Owned<()>, UpdateError>;
+    /// May a request of `key` go on under `budget` at `now`? When admitted, `reserve` tokens are
+    /// taken from the balance at once. [`Owned::Full`] when the key has no balance of its own
+    /// (every slot it may use holds another key's balance still in use): admitted, nothing
+    /// reserved; `Err` when the reservation could not be recorded.
+    fn reserve(&self, budget: &Budget, key: &[u8], reserve: u64, now: u64) -> Result<Owned<Admission>, UpdateError>;
+    /// Gives back `reserved` and charges `used` to `key`; [`Owned::Full`] and `Err` as for
+    /// [`TokenLedger::reserve`].
+    fn settle(&self, budget: &Budget, key: &[u8], reserved: u64, used: u64, now: u64)
+        -> Result<Owned<()>, UpdateError>;
 }
 
 /// Balances in Envoy's shared data, one value per (budget, key) in a slot the key owns
@@ -80,17 +84,34 @@ fn balance_key(slot: u32) -> Vec<u8> {
 }
 
 impl TokenLedger for LocalLedger {
-    fn admission(&self, budget: &Budget, key: &[u8], now: u64) -> Admission {
+    fn reserve(&self, budget: &Budget, key: &[u8], reserve: u64, now: u64) -> Result<Owned<Admission>, UpdateError> {
         let place = budget.place(&self.secret, key, self.max_keys);
-        let stored = shared::read_owned(&place, balance_key).ok().flatten().and_then(|v| Balance::decode(&v));
-        Balance::at_time(stored, &budget.rate, now).admission(&budget.rate, now)
+        if reserve == 0 {
+            // Nothing to take: a read.
+            let stored = shared::read_owned(&place, balance_key).ok().flatten().and_then(|v| Balance::decode(&v));
+            return Ok(Owned::Done(Balance::at_time(stored, &budget.rate, now).admission(&budget.rate, now)));
+        }
+        let at_rest = |other: &[u8]| Balance::decode(other).is_none_or(|b| Balance::at_rest(b, &budget.rate, now));
+        shared::update_owned(&place, balance_key, CAS_ATTEMPTS, at_rest, |cur| {
+            let b = Balance::at_time(cur.and_then(Balance::decode), &budget.rate, now);
+            let (admission, taken) = b.reserve(&budget.rate, now, reserve);
+            (taken.map(|t| t.encode()), admission)
+        })
     }
 
-    fn charge(&self, budget: &Budget, key: &[u8], tokens: u64, now: u64) -> Result<Owned<()>, UpdateError> {
+    fn settle(
+        &self,
+        budget: &Budget,
+        key: &[u8],
+        reserved: u64,
+        used: u64,
+        now: u64,
+    ) -> Result<Owned<()>, UpdateError> {
         let place = budget.place(&self.secret, key, self.max_keys);
         let at_rest = |other: &[u8]| Balance::decode(other).is_none_or(|b| Balance::at_rest(b, &budget.rate, now));
         shared::update_owned(&place, balance_key, CAS_ATTEMPTS, at_rest, |cur| {
-            let b = Balance::at_time(cur.and_then(Balance::decode), &budget.rate, now).charge(tokens);
+            let b =
+                Balance::at_time(cur.and_then(Balance::decode), &budget.rate, now).settle(&budget.rate, reserved, used);
             (Some(b.encode()), ())
         })
     }
@@ -215,25 +236,37 @@ impl Llm {
     /// Charges what the response reported, once.
     fn charge(&self, st: &mut LlmStream, now: u64) {
         let Some(mut meter) = st.meter.take() else { return };
-        let (Some(m), Some(p)) = (st.model.and_then(|i| self.models.get(i)), st.provider) else { return };
         let usage: Option<Usage> = meter.finish();
-        let Some(tokens) = usage.and_then(|u| u.tokens()) else {
-            m.usage_missing.inc();
-            host::log_with(Level::Debug, || "llm: the response reported no usage: nothing charged".to_string());
-            return;
-        };
-        if let Some(u) = usage {
-            m.prompt_tokens.add(u.prompt.unwrap_or(0));
-            m.completion_tokens.add(u.completion.unwrap_or(0));
+        let tokens = usage.and_then(|u| u.tokens());
+        if let (Some(m), Some(p)) = (st.model.and_then(|i| self.models.get(i)), st.provider) {
+            match (tokens, usage) {
+                (Some(tokens), Some(u)) => {
+                    m.prompt_tokens.add(u.prompt.unwrap_or(0));
+                    m.completion_tokens.add(u.completion.unwrap_or(0));
+                    m.tokens.add(tokens);
+                    if let Some(pm) = self.providers.get(p) {
+                        pm.tokens.add(tokens);
+                    }
+                }
+                _ => {
+                    m.usage_missing.inc();
+                    host::log_with(Level::Debug, || "llm: the response reported no usage: nothing charged".to_string());
+                }
+            }
         }
-        m.tokens.add(tokens);
-        if let Some(pm) = self.providers.get(p) {
-            pm.tokens.add(tokens);
-        }
-        for (b, key) in &st.budget_keys {
-            let (Some(budget), Some(bm)) = (self.config.budgets.get(*b), self.budgets.get(*b)) else { continue };
-            match self.ledger.charge(budget, key, tokens, now) {
-                Ok(Owned::Done(())) => bm.charged_tokens.add(tokens),
+        self.settle(st, tokens.unwrap_or(0), now);
+    }
+
+    /// Settles every budget of the request once: its reservation given back, `used` charged. An
+    /// answer that failed or reported nothing settles with `used` 0.
+    fn settle(&self, st: &mut LlmStream, used: u64, now: u64) {
+        for (b, key, reserved) in std::mem::take(&mut st.budget_keys) {
+            if reserved == 0 && used == 0 {
+                continue;
+            }
+            let (Some(budget), Some(bm)) = (self.config.budgets.get(b), self.budgets.get(b)) else { continue };
+            match self.ledger.settle(budget, &key, reserved, used, now) {
+                Ok(Owned::Done(())) => bm.charged_tokens.add(used),
                 Ok(Owned::Full) => {
                     self.table_full.inc();
                     host::log_with(Level::Debug, || format!("llm: budget {:?}: table full, not charged", budget.name));
@@ -260,8 +293,9 @@ pub struct LlmStream {
     claimed: Option<bool>,
     /// Every budget's key for this request, read at the headers.
     keys: Vec<Vec<u8>>,
-    /// The budgets that apply (index, key), and the least remaining at admission.
-    budget_keys: Vec<(usize, Vec<u8>)>,
+    /// The budgets that apply (index, key, tokens reserved), until settled; and the least
+    /// remaining at admission.
+    budget_keys: Vec<(usize, Vec<u8>, u64)>,
     remaining: Option<u64>,
     model: Option<usize>,
     provider: Option<usize>,
@@ -305,21 +339,39 @@ impl Llm {
         let Some(route) = config.models.get(mi) else { return Flow::Continue };
         let now = cx.now();
 
-        // Budgets: refused while any applicable balance is negative.
+        // Budgets: refused while any applicable balance is negative (or, for a request that
+        // reserves, empty); each admitting budget reserves the request's estimate at once.
         let mut remaining: Option<u64> = None;
-        let mut applied = Vec::new();
+        let mut applied: Vec<(usize, Vec<u8>, u64)> = Vec::new();
+        let estimate = scanned.max_tokens.unwrap_or(config.reserve_tokens);
         for (b, budget) in config.budgets.iter().enumerate() {
             if !budget.applies_to(&route.name) {
                 continue;
             }
             let key = st.keys.get(b).cloned().unwrap_or_default();
             let bm = self.budgets.get(b);
-            match self.ledger.admission(budget, &key, now) {
+            let reserve = budget.rate.reservation(estimate);
+            let (admission, reserved) = match self.ledger.reserve(budget, &key, reserve, now) {
+                Ok(Owned::Done(a)) => (a, reserve),
+                Ok(Owned::Full) => {
+                    self.table_full.inc();
+                    (Admission::Admit { remaining: budget.rate.tokens }, 0)
+                }
+                Err(e) => {
+                    self.contention.inc();
+                    host::log(Level::Warn, &format!("llm: could not reserve from budget {:?} ({e:?})", budget.name));
+                    (Admission::Admit { remaining: budget.rate.tokens }, 0)
+                }
+            };
+            match admission {
                 Admission::Admit { remaining: r } => {
                     remaining = Some(remaining.map_or(r, |x| x.min(r)));
-                    applied.push((b, key));
+                    applied.push((b, key, reserved));
                 }
                 Admission::Refuse { retry_after_ns } => {
+                    // What the budgets before this one reserved goes back.
+                    st.budget_keys = std::mem::take(&mut applied);
+                    self.settle(st, 0, now);
                     if let Some(bm) = bm {
                         bm.refused.inc();
                     }
@@ -337,11 +389,12 @@ impl Llm {
                 }
             }
         }
-        for (b, _) in &applied {
+        for (b, _, _) in &applied {
             if let Some(bm) = self.budgets.get(*b) {
                 bm.admitted.inc();
             }
         }
+        st.budget_keys = applied;
 
         // The first available provider of the model.
         let states = self.pool.states(cx.epoch());
@@ -358,6 +411,7 @@ impl Llm {
                     retry_after_s: retry,
                     reasons: Some(unavailable.reasons()),
                 });
+                self.settle(st, 0, now);
                 let detailed = self.pool.config.trust.trusts(cx.peer());
                 let Flow::Reply(reply) = json_reply(503, details::MODEL_UNAVAILABLE, unavailable.json(detailed)) else {
                     return Flow::Continue;
@@ -389,7 +443,6 @@ impl Llm {
         st.model = Some(mi);
         st.provider = Some(target.provider);
         st.added_usage = config.stream_usage && scanned.stream && !scanned.stream_options;
-        st.budget_keys = applied;
         st.remaining = remaining;
         Flow::Continue
     }
@@ -531,7 +584,8 @@ impl Stage for Llm {
         if let Some(r) = st.remaining {
             cx.set_response_header("x-ratelimit-remaining-tokens", r.to_string().as_bytes());
         }
-        if status.is_some_and(|s| (200..300).contains(&s)) {
+        let ok = status.is_some_and(|s| (200..300).contains(&s));
+        if ok {
             let content_type = cx.response_header("content-type");
             st.meter = content_type.as_deref().and_then(UsageMeter::for_content_type);
             if st.added_usage && matches!(st.meter, Some(UsageMeter::Sse(_))) && !cx.end_of_stream {
@@ -544,6 +598,12 @@ impl Stage for Llm {
                 let now = cx.now();
                 self.charge(st, now);
             }
+        }
+        if (!ok || st.meter.is_none()) && !st.budget_keys.is_empty() {
+            // No usage will come (a failed answer, or one with nothing to read): what was
+            // reserved goes back now.
+            let now = cx.now();
+            self.settle(st, 0, now);
         }
     }
 
@@ -584,10 +644,12 @@ impl Stage for Llm {
     }
 
     fn log(&self, st: &mut LlmStream, cx: &mut Cx<'_>) {
-        // A response that ended with trailers, or was cut: charge what it reported.
-        if st.meter.is_some() {
+        // A response that ended with trailers, or was cut: charge what it reported. Anything
+        // still reserved (a later stage refused, the stream was reset) goes back.
+        if st.meter.is_some() || !st.budget_keys.is_empty() {
             let now = cx.now();
             self.charge(st, now);
+            self.settle(st, 0, now);
         }
     }
 

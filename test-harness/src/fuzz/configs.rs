@@ -101,6 +101,8 @@ fn llm(rng: &mut Rng) -> Value {
         "passive": {"consecutive_failures": rng.range(1, 3), "ejection": "1s"},
         "rate_limited": {"default": "300ms", "max": format!("{LLM_MAX_PAUSE_MS}ms")},
         "stream_usage": rng.chance(700),
+        "demote_failed": *rng.pick(&["0s", "500ms", "10s"]).unwrap_or(&"0s"),
+        "reserve_tokens": *rng.pick(&[0u64, 10, 1000]).unwrap_or(&0),
         "max_keys": *rng.pick(&[4u32, 64]).unwrap_or(&4),
         "budgets": [{"name": "k", "key": [{"header": "x-tenant"}], "tokens": LLM_TOKENS, "per": "5s"}],
     });

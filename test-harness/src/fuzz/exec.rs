@@ -656,9 +656,10 @@ impl<'h> Run<'h> {
         }
         let Some(slot) = rest.strip_prefix("tb.") else { return Ok(false) };
         let Some(b) = Balance::decode(unseal(value)) else { return Ok(false) };
-        // At most every slot's stream admitted at a balance of 0 and charged the most an answer
-        // of the fuzzer reports (under 80 tokens).
-        let floor = -(i64::from(super::gen::SLOTS) * 80);
+        // At most the reservations taken while the balance was positive (a budget's worth, plus
+        // the last one), then every slot's stream charged the most an answer of the fuzzer
+        // reports (under 80 tokens).
+        let floor = -(LLM_TOKENS as i64 + i64::from(super::gen::SLOTS) * 80);
         if b.tokens > LLM_TOKENS as i64 || (b.tokens < floor && !self.huge_usage) {
             return Err(self.fail(Kind::Llm, format!("budget slot {slot} holds {} tokens", b.tokens)));
         }
