@@ -626,7 +626,7 @@ pub fn run(configs: &[Documented]) -> Report {
                         report.problems.push(format!("{shown}: accepted, then a request failed: {e}"));
                     }
                 }
-                (Err(e), Err(HostError::Configure { log })) => {
+                (Err(e), Err(HostError::Configure { log, .. })) => {
                     counts.refused += 1;
                     let named = format!("field `{}`", e.field);
                     if !log.iter().any(|(_, line)| line.contains(&named)) {
@@ -654,7 +654,7 @@ pub fn run(configs: &[Documented]) -> Report {
                 ) => {
                     report.problems.push(format!("{shown}: the module failed to load ({e}); the core said {core:?}"));
                 }
-                (Ok(()), Err(HostError::Configure { log })) => {
+                (Ok(()), Err(HostError::Configure { log, .. })) => {
                     report.problems.push(format!("{shown}: the core accepts it, the module refuses it: {log:?}"));
                 }
                 (Err(e), Ok(_)) => {

@@ -1,7 +1,8 @@
 //! Differential: the conformance filter in real Envoy and under the deterministic host, on
 //! behaviour the host models from Envoy 1.40: a unary gRPC call that times out is closed with
-//! status 14 and Envoy's message (not 4), and a request's header map is gone once the filter
-//! passed the request on (its pairs read as empty in the response callbacks).
+//! status 14 and Envoy's message (not 4), a request's header map is gone once the filter
+//! passed the request on (its pairs read as empty in the response callbacks), and header names
+//! arrive lowercased and are looked up in any case.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
@@ -13,9 +14,12 @@ use test_harness::envoy::Envoy;
 use test_harness::host::Host;
 use test_harness::{http, paths};
 
+/// A request header written in mixed case, as a client may send it.
+const MIXED: (&str, &str) = ("X-Mixed-Case", "v");
+
 /// What the client sees of `header` for a request with `x-op: op`, in Envoy.
 fn envoy_header(envoy: &Envoy, op: &str, header: &str) -> Option<String> {
-    let r = http::get(envoy.main().unwrap(), "/", &[("x-op", op)]).unwrap();
+    let r = http::get(envoy.main().unwrap(), "/", &[("x-op", op), MIXED]).unwrap();
     r.header(header).map(str::to_string)
 }
 
@@ -26,7 +30,7 @@ fn harness_header(op: &str, header: &str) -> Option<String> {
     let p = host.load(paths::wasm_path("conformance").unwrap(), json!({})).unwrap();
     let w = p.worker(0);
     let mut s = w.http_stream();
-    s.request_headers(&[(":path", "/"), (":method", "GET"), (":authority", "x"), ("x-op", op)], true).unwrap();
+    s.request_headers(&[(":path", "/"), (":method", "GET"), (":authority", "x"), ("x-op", op), MIXED], true).unwrap();
     host.clock().advance(Duration::from_millis(500));
     w.tick().unwrap();
     s.response_headers(&[(":status", "200")], true).unwrap();
@@ -51,7 +55,9 @@ fn envoy_and_the_harness_agree_on_grpc_timeouts_and_header_phases() {
         .cluster(authz)
         .build();
     let envoy = Envoy::start(&cfg).unwrap();
-    for (op, header) in [("grpc-call", "x-conf-grpc"), ("phases", "x-conf-request-headers-in-response")] {
+    for (op, header) in
+        [("grpc-call", "x-conf-grpc"), ("phases", "x-conf-request-headers-in-response"), ("names", "x-conf-names")]
+    {
         let from_envoy = envoy_header(&envoy, op, header);
         assert!(from_envoy.is_some(), "{op}: Envoy's response has no {header}");
         assert_eq!(harness_header(op, header), from_envoy, "{op}");

@@ -178,7 +178,7 @@ fn configuration_refusal_and_vm_config() {
         vm_id: "c".into(),
         root_id: "c".into(),
     };
-    let Err(HostError::Configure { log }) = host.load_with(wasm_path("conformance").unwrap(), opts) else {
+    let Err(HostError::Configure { log, .. }) = host.load_with(wasm_path("conformance").unwrap(), opts) else {
         panic!("accepted")
     };
     assert!(log.contains(&(level::INFO, "vm config: vm!".to_string())), "{log:?}");

@@ -61,7 +61,7 @@ fn json_body_replaces_a_local_reply_body_and_fixes_content_length() {
 #[test]
 fn bad_config_is_refused_with_the_field_named() {
     let host = Host::new();
-    let Err(HostError::Configure { log }) =
+    let Err(HostError::Configure { log, .. }) =
         host.load(paths::wasm_path("diagnostics").unwrap(), json!({"trusted_cidrs": ["nope"]}))
     else {
         panic!("accepted a bad CIDR")

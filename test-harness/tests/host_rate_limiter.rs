@@ -148,7 +148,7 @@ fn spoofed_forwarded_for_entries_do_not_dodge_the_limit() {
 #[test]
 fn invalid_config_fails_to_load_with_the_field_in_the_log() {
     let host = Host::new();
-    let Err(HostError::Configure { log }) = host.load(
+    let Err(HostError::Configure { log, .. }) = host.load(
         wasm_path("rate_limiter").unwrap(),
         json!({"rules": [{"name": "a", "limit": {"requests": 0, "per": "1s"}}]}),
     ) else {

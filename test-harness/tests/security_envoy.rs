@@ -378,7 +378,7 @@ fn the_debug_token_never_appears_in_any_log_line() {
         json!({"diagnostics": {"debug_header": "x-d", "debug_token": [TOKEN]}}),
         json!({"diagnostics": {"debug_header": TOKEN.to_lowercase(), "debug_token": 424242}}),
     ] {
-        let Err(HostError::Configure { log }) = Host::new().log_level(0).load(&wasm, &bad) else {
+        let Err(HostError::Configure { log, .. }) = Host::new().log_level(0).load(&wasm, &bad) else {
             panic!("accepted {bad}")
         };
         for (_, line) in &log {

@@ -16,11 +16,13 @@ pub struct Stream {
     op: String,
     /// The outcome of a gRPC exchange, repeated in the response so a client sees it.
     grpc: Option<String>,
+    /// `names`: how the request's `x-mixed-case` header arrived, repeated in the response.
+    names: Option<String>,
 }
 
 impl Stream {
     pub fn new(id: u32) -> Stream {
-        Stream { id, uppercase: false, op: String::new(), grpc: None }
+        Stream { id, uppercase: false, op: String::new(), grpc: None, names: None }
     }
 
     /// Reports the outcome of a gRPC exchange in a request header (and later in the response)
@@ -146,6 +148,17 @@ impl HttpContext for Stream {
         if let Some(action) = self.grpc_ops(&op) {
             return action;
         }
+        if op == "names" {
+            // The name as the filter sees it in the map, and a lookup spelled in another case.
+            let seen: Vec<String> = self
+                .get_http_request_headers()
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| k.eq_ignore_ascii_case("x-mixed-case"))
+                .collect();
+            let found = self.get_http_request_header("X-MIXED-CASE").is_some();
+            self.names = Some(format!("{};lookup={found}", seen.join(",")));
+        }
         match op.as_str() {
             "panic" => panic!("conformance panic requested by stream {}", self.id),
             "reply" => {
@@ -223,6 +236,9 @@ impl HttpContext for Stream {
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
         if let Some(outcome) = self.grpc.take() {
             self.add_http_response_header("x-conf-grpc", &outcome);
+        }
+        if let Some(names) = self.names.take() {
+            self.add_http_response_header("x-conf-names", &names);
         }
         if self.op == "phases" {
             // The request's headers were passed on: their map is gone (all pairs read as empty).

@@ -8,8 +8,12 @@
 //! hosts and load the same few filters again and again, so this is where start-up time goes.
 //!
 //! Imports a module has that this host does not implement (or implements with another
-//! signature) get a stub that counts the call and answers `Unimplemented` (proxy-wasm) or
-//! `ENOSYS` (WASI), so any SDK-built filter loads whatever else it imports.
+//! signature) get a stub that counts the call, logs it, and answers `Unimplemented`
+//! (proxy-wasm) or `ENOSYS` (WASI), so any SDK-built filter loads whatever else it imports; the
+//! list is known at load ([`Plugin::unimplemented_imports`](crate::Plugin::unimplemented_imports)).
+//!
+//! A module Envoy refuses to load is refused here too, with Envoy's reason: no Proxy-Wasm ABI
+//! version export, no allocator (`malloc` or `proxy_on_memory_allocate`), or no memory.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -31,10 +35,41 @@ pub fn shared_engine() -> &'static Engine {
     ENGINE.get_or_init(Engine::default)
 }
 
-/// A compiled module and, once asked for, its proxy-wasm instance template.
+/// A compiled module and, once asked for, its proxy-wasm instance template with the imports
+/// this host stubbed.
 pub(crate) struct Compiled {
     pub module: Module,
-    proxy: OnceLock<Result<InstancePre<VmState>, String>>,
+    proxy: OnceLock<Result<Proxy, String>>,
+}
+
+/// A module's instance template and the imports stubbed in it (`module.name`).
+pub(crate) type Proxy = (InstancePre<VmState>, Arc<Vec<String>>);
+
+/// The ABI version exports Envoy 1.40 accepts (one must be there).
+const ABI_VERSIONS: [&str; 3] = ["proxy_abi_version_0_1_0", "proxy_abi_version_0_2_0", "proxy_abi_version_0_2_1"];
+
+/// Why Envoy would refuse to load `module`, in Envoy's words where it has them; `None` when it
+/// would load it.
+pub(crate) fn envoy_refusal(module: &Module) -> Option<String> {
+    let has = |name: &str| module.exports().any(|e| e.name() == name);
+    if !ABI_VERSIONS.iter().any(|v| has(v)) {
+        return Some(
+            "Missing or unknown Proxy-Wasm ABI version (Envoy refuses the module so): export \
+             proxy_abi_version_0_2_1 (the proxy-wasm SDKs do)"
+                .into(),
+        );
+    }
+    if !has("malloc") && !has("proxy_on_memory_allocate") {
+        return Some(
+            "Wasm module is missing malloc function. (Envoy refuses the module so): export \
+             proxy_on_memory_allocate or malloc"
+                .into(),
+        );
+    }
+    if !module.exports().any(|e| e.name() == "memory" && matches!(e.ty(), ExternType::Memory(_))) {
+        return Some("the module exports no memory named \"memory\": no host can pass it data".into());
+    }
+    None
 }
 
 type Slot = Arc<OnceLock<Result<Arc<Compiled>, String>>>;
@@ -87,8 +122,9 @@ fn load_serialized(engine: &Engine, file: &Path) -> Option<Module> {
     }
     // SAFETY: the file is one this module wrote with `Module::serialize` from this engine's
     // configuration (its name carries the module's SHA-256 and the engine's compatibility hash),
-    // renamed into place only once complete, in the build's own target directory, which tests
-    // trust as they trust the `.wasm` files and binaries built there. wasmtime checks the
+    // renamed into place only once complete, in the build's own target directory or the user's
+    // own cache directory (never a shared temporary one), which tests trust as they trust the
+    // `.wasm` files and binaries built there. wasmtime checks the
     // header (version, configuration) and refuses mismatches, which then recompile.
     unsafe { Module::deserialize_file(engine, file) }.ok()
 }
@@ -124,14 +160,34 @@ fn prune(dir: &Path, keep: usize) {
 }
 
 /// The directory serialized modules go to for a module loaded from `wasm`:
-/// `PROXY_WASM_TEST_HOST_CACHE` if set (`off` disables), else `proxy-wasm-test-host/` in the
-/// nearest `target` directory above the file (where Cargo builds it).
+/// `PROXY_WASM_TEST_HOST_CACHE` if set (`off` disables); else `proxy-wasm-test-host/` in the
+/// nearest `target` directory above the file (where Cargo builds it), else in
+/// `CARGO_TARGET_DIR`, else in the user's cache directory (`$XDG_CACHE_HOME`, `~/.cache`).
+/// Never a shared temporary directory: what is read back there is run as code.
 pub(crate) fn default_cache_dir(wasm: &Path) -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(v) = std::env::var_os("PROXY_WASM_TEST_HOST_CACHE") {
         return (v != "off" && !v.is_empty()).then(|| PathBuf::from(v));
     }
-    let abs = std::fs::canonicalize(wasm).ok()?;
-    abs.ancestors().find(|a| a.file_name().is_some_and(|n| n == "target")).map(|t| t.join("proxy-wasm-test-host"))
+    let env = CacheEnv { target_dir: var("CARGO_TARGET_DIR"), xdg_cache: var("XDG_CACHE_HOME"), home: var("HOME") };
+    cache_dir_for(&std::fs::canonicalize(wasm).ok()?, &env)
+}
+
+/// The environment [`default_cache_dir`] falls back on.
+pub(crate) struct CacheEnv {
+    pub target_dir: Option<PathBuf>,
+    pub xdg_cache: Option<PathBuf>,
+    pub home: Option<PathBuf>,
+}
+
+pub(crate) fn cache_dir_for(wasm: &Path, env: &CacheEnv) -> Option<PathBuf> {
+    const DIR: &str = "proxy-wasm-test-host";
+    let target = wasm.ancestors().find(|a| a.file_name().is_some_and(|n| n == "target")).map(Path::to_path_buf);
+    target
+        .or_else(|| env.target_dir.clone())
+        .map(|t| t.join(DIR))
+        .or_else(|| env.xdg_cache.as_ref().map(|c| c.join(DIR)))
+        .or_else(|| env.home.as_ref().map(|h| h.join(".cache").join(DIR)))
 }
 
 /// Every host function, once per process.
@@ -165,13 +221,15 @@ fn fallback(ty: &ValType, code: i32) -> Val {
 }
 
 /// Adds a stub for every function import of `module` that `linker` lacks or types
-/// differently: it counts the call and answers `ENOSYS` (WASI) or `Unimplemented` (anything
-/// else). `probe` is any store of the linker's type (host functions are looked at through it).
+/// differently: it counts the call, logs it, and answers `ENOSYS` (WASI) or `Unimplemented`
+/// (anything else). `probe` is any store of the linker's type (host functions are looked at
+/// through it). Returns the stubbed imports as `module.name`.
 pub(crate) fn stub_missing<T: WasiView>(
     linker: &mut Linker<T>,
     module: &Module,
     probe: &mut Store<T>,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
+    let mut stubbed = Vec::new();
     linker.allow_shadowing(true);
     for import in module.imports() {
         let ExternType::Func(want) = import.ty() else { continue };
@@ -182,6 +240,7 @@ pub(crate) fn stub_missing<T: WasiView>(
         let code =
             if import.module() == "wasi_snapshot_preview1" { errno::NOSYS } else { Status::Unimplemented.code() };
         let name = import.name().to_string();
+        stubbed.push(format!("{}.{}", import.module(), import.name()));
         let results: Vec<ValType> = want.results().collect();
         linker
             .func_new(import.module(), import.name(), want.clone(), move |mut c, _params, out| {
@@ -194,19 +253,44 @@ pub(crate) fn stub_missing<T: WasiView>(
             .map_err(|e| format!("{e:#}"))?;
     }
     linker.allow_shadowing(false);
-    Ok(())
+    Ok(stubbed)
 }
 
 impl Compiled {
-    /// The proxy-wasm instance template: the shared linker, plus stubs.
-    pub fn proxy(&self) -> Result<InstancePre<VmState>, String> {
+    /// The proxy-wasm instance template (the shared linker, plus stubs) and the imports
+    /// stubbed; an error when Envoy would refuse the module.
+    pub fn proxy(&self) -> Result<Proxy, String> {
         self.proxy
             .get_or_init(|| {
+                if let Some(why) = envoy_refusal(&self.module) {
+                    return Err(why);
+                }
                 let mut probe = Store::new(shared_engine(), VmState::new(Arc::new(Shared::default())));
                 let mut l = linker()?.clone();
-                stub_missing(&mut l, &self.module, &mut probe)?;
-                l.instantiate_pre(&self.module).map_err(|e| format!("{e:#}"))
+                let stubbed = stub_missing(&mut l, &self.module, &mut probe)?;
+                let pre = l.instantiate_pre(&self.module).map_err(|e| format!("{e:#}"))?;
+                Ok((pre, Arc::new(stubbed)))
             })
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_disk_cache_needs_no_folder_named_target() {
+        let none = CacheEnv { target_dir: None, xdg_cache: None, home: None };
+        let built = Path::new("/w/crate/target/wasm32-wasip1/release/f.wasm");
+        assert_eq!(cache_dir_for(built, &none), Some(PathBuf::from("/w/crate/target/proxy-wasm-test-host")));
+        let elsewhere = Path::new("/w/modules/f.wasm");
+        assert_eq!(cache_dir_for(elsewhere, &none), None);
+        let home = CacheEnv { home: Some("/home/u".into()), ..none };
+        assert_eq!(cache_dir_for(elsewhere, &home), Some(PathBuf::from("/home/u/.cache/proxy-wasm-test-host")));
+        let xdg = CacheEnv { xdg_cache: Some("/c".into()), ..home };
+        assert_eq!(cache_dir_for(elsewhere, &xdg), Some(PathBuf::from("/c/proxy-wasm-test-host")));
+        let cargo = CacheEnv { target_dir: Some("/t".into()), ..xdg };
+        assert_eq!(cache_dir_for(elsewhere, &cargo), Some(PathBuf::from("/t/proxy-wasm-test-host")));
     }
 }

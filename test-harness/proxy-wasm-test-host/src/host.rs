@@ -99,7 +99,7 @@ impl Host {
 
     /// Caches compiled modules in `dir` between processes (the default is
     /// `PROXY_WASM_TEST_HOST_CACHE`, else `proxy-wasm-test-host/` in the `target` directory
-    /// above the `.wasm`).
+    /// above the `.wasm`, else in `CARGO_TARGET_DIR`, else in the user's cache directory).
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Host {
         self.disk_cache = DiskCache::Dir(dir.into());
         self
@@ -197,11 +197,11 @@ impl Host {
     fn start(&self, bytes: &[u8], disk: Option<&Path>, opts: LoadOptions, path: PathBuf) -> Result<Plugin, HostError> {
         let shown = path.display().to_string();
         let compiled = engine::compile(bytes, disk).map_err(|e| HostError::Load(format!("{shown}: {e}")))?;
-        let pre = compiled.proxy().map_err(|e| HostError::Load(format!("{shown}: {e}")))?;
+        let (pre, unimplemented) = compiled.proxy().map_err(|e| HostError::Load(format!("{shown}: {e}")))?;
         let workers = (0..self.workers)
-            .map(|index| Worker::start(&pre, &self.shared, &opts, index, self.clusters.clone()))
+            .map(|index| Worker::start(&pre, &self.shared, &opts, index, self.clusters.clone(), &unimplemented))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Plugin { workers, path })
+        Ok(Plugin { workers, path, unimplemented })
     }
 
     /// A counter's or gauge's value (a histogram's last value), by the name the filter defined.
@@ -268,6 +268,7 @@ impl Host {
 pub struct Plugin {
     workers: Vec<Worker>,
     path: PathBuf,
+    unimplemented: Arc<Vec<String>>,
 }
 
 impl fmt::Debug for Plugin {
@@ -277,6 +278,13 @@ impl fmt::Debug for Plugin {
 }
 
 impl Plugin {
+    /// The module's imports this host does not implement (`module.name`): each call to one
+    /// answers `Unimplemented` (`ENOSYS` for WASI) and is logged. Also the first line of every
+    /// worker's log when not empty.
+    pub fn unimplemented_imports(&self) -> &[String] {
+        &self.unimplemented
+    }
+
     /// Worker `i` (panics on a bad index: a test bug).
     pub fn worker(&self, i: usize) -> &Worker {
         &self.workers[i]

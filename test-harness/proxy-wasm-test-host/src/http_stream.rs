@@ -21,12 +21,15 @@ fn bytes_of<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<(&'a [u8], &'a [u8])> {
     pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect()
 }
 
+/// Headers a test hands in, names lowercased as Envoy's codecs deliver them (HTTP/1 names are
+/// case-insensitive; HTTP/2 and 3 names are lowercase on the wire).
 fn owned(pairs: &[(&[u8], &[u8])]) -> Headers {
-    pairs.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    pairs.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec())).collect()
 }
 
+/// The first value of `name`, in any case (Envoy's lookups are case-insensitive).
 fn first(map: &Option<Headers>, name: &[u8]) -> Option<Vec<u8>> {
-    map.as_ref()?.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    map.as_ref()?.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
 }
 
 fn text(bytes: Option<Vec<u8>>) -> Option<String> {
@@ -138,7 +141,8 @@ impl<'w> HttpStream<'w> {
         self.core.data(|d| d.request_headers.clone().unwrap_or_default())
     }
 
-    /// One request header as the upstream would see it now (the first of that exact name).
+    /// One request header as the upstream would see it now (the first of that name, in any
+    /// case).
     pub fn request_header(&self, name: &str) -> Option<String> {
         text(self.request_header_bytes(name.as_bytes()))
     }
@@ -168,7 +172,8 @@ impl<'w> HttpStream<'w> {
         self.core.data(|d| d.response_headers.clone().unwrap_or_default())
     }
 
-    /// One response header as the client would see it now (the first of that exact name).
+    /// One response header as the client would see it now (the first of that name, in any
+    /// case).
     pub fn response_header(&self, name: &str) -> Option<String> {
         text(self.response_header_bytes(name.as_bytes()))
     }

@@ -163,6 +163,12 @@ impl VmState {
     }
 
     /// Whether `cluster` may be named by a callout.
+    /// A line the host itself adds to the VM's log (prefixed, so a test tells it from the
+    /// filter's own): why a call failed where the filter may only see a status.
+    pub(crate) fn host_log(&mut self, level: u32, message: impl std::fmt::Display) {
+        self.logs.push((level, format!("proxy-wasm-test-host: {message}")));
+    }
+
     pub(crate) fn knows_cluster(&self, cluster: &[u8]) -> bool {
         self.clusters.as_ref().is_none_or(|known| known.contains(cluster))
     }
@@ -214,6 +220,10 @@ impl WasiView for VmState {
 
     fn record_unknown(&mut self, name: &str) {
         self.calls.hit_other(name);
+        self.host_log(
+            3,
+            format_args!("{name} is not implemented by this host: answered Unimplemented (ENOSYS for WASI)"),
+        );
     }
 }
 

@@ -274,6 +274,8 @@ pub enum HostError {
     Load(String),
     /// `proxy_on_vm_start` or `proxy_on_configure` returned false; carries the VM's log.
     Configure {
+        /// The callback that refused: `proxy_on_vm_start` or `proxy_on_configure`.
+        callback: &'static str,
         /// The VM's log: (level, message).
         log: Vec<(u32, String)>,
     },
@@ -293,7 +295,9 @@ impl fmt::Display for HostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HostError::Missing(m) | HostError::Load(m) | HostError::Usage(m) => f.write_str(m),
-            HostError::Configure { log } => write!(f, "the plugin refused its configuration; log: {log:?}"),
+            HostError::Configure { callback, log } => {
+                write!(f, "the plugin refused its configuration ({callback} returned false); log: {log:?}")
+            }
             HostError::Trap { message, log } => write!(f, "the filter trapped: {message}; log: {log:?}"),
         }
     }

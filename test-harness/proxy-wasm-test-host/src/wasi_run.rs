@@ -68,7 +68,7 @@ pub fn run(wasm: &Path, args: &[String]) -> Result<(i32, Vec<u8>), RunError> {
     wasi::add_to_linker(&mut linker).map_err(|e| load(format!("{e:#}")))?;
     let ctx = WasiCtx::new().args(args).stderr(Output::Inherit);
     let mut store = Store::new(shared_engine(), RunState { wasi: ctx });
-    stub_missing(&mut linker, &compiled.module, &mut store).map_err(load)?;
+    let _stubbed = stub_missing(&mut linker, &compiled.module, &mut store).map_err(load)?;
     let instance = linker.instantiate(&mut store, &compiled.module).map_err(|e| load(format!("instantiate: {e:#}")))?;
     let start = instance.get_typed_func::<(), ()>(&mut store, "_start").map_err(|e| load(format!("_start: {e:#}")))?;
     let result = start.call(&mut store, ());

@@ -38,8 +38,9 @@ impl std::fmt::Debug for Worker {
     }
 }
 
+/// Pairs a test hands in, names lowercased as Envoy's codecs deliver them.
 fn owned<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Headers {
-    pairs.iter().map(|(k, v)| (k.as_ref().to_vec(), v.as_ref().to_vec())).collect()
+    pairs.iter().map(|(k, v)| (k.as_ref().to_ascii_lowercase(), v.as_ref().to_vec())).collect()
 }
 
 /// What Envoy 1.40 reports when a unary gRPC call times out (status `UNAVAILABLE`: the
@@ -57,8 +58,15 @@ impl Worker {
         opts: &LoadOptions,
         index: usize,
         clusters: Option<Arc<HashSet<Vec<u8>>>>,
+        unimplemented: &[String],
     ) -> Result<Worker, HostError> {
         let mut state = VmState::new(shared.clone());
+        if !unimplemented.is_empty() {
+            state.host_log(
+                3,
+                format_args!("the module imports what this host does not implement: {}", unimplemented.join(", ")),
+            );
+        }
         for (k, v) in [("plugin_name", &opts.root_id), ("plugin_root_id", &opts.root_id), ("plugin_vm_id", &opts.vm_id)]
         {
             state.root_properties.insert(k.as_bytes().to_vec(), v.as_bytes().to_vec());
@@ -93,12 +101,14 @@ impl Worker {
         let cfg_len = opts.plugin_config.len() as i32;
         // A missing `proxy_on_vm_start` / `proxy_on_configure` accepts, as in Envoy; the plugin
         // configuration is readable only during `proxy_on_configure`.
-        let started = w.call(|e| &e.on_vm_start, &[root, vm_len])?.unwrap_or(1) != 0;
+        if w.call(|e| &e.on_vm_start, &[root, vm_len])?.unwrap_or(1) == 0 {
+            return Err(HostError::Configure { callback: "proxy_on_vm_start", log: w.logs() });
+        }
         w.with_state(|s| s.delivery.in_configure = true);
-        let configured = started && w.call(|e| &e.on_configure, &[root, cfg_len])?.unwrap_or(1) != 0;
+        let configured = w.call(|e| &e.on_configure, &[root, cfg_len])?.unwrap_or(1) != 0;
         w.with_state(|s| s.delivery.in_configure = false);
         if !configured {
-            return Err(HostError::Configure { log: w.logs() });
+            return Err(HostError::Configure { callback: "proxy_on_configure", log: w.logs() });
         }
         Ok(w)
     }

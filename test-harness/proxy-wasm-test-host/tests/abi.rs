@@ -18,6 +18,7 @@ const PARTIAL: &str = r#"
   (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_call_foreign_function" (func $foreign (param i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_no_such_host_function" (func $unknown (param i32) (result i32)))
+  (func (export "proxy_abi_version_0_2_1"))
   (memory (export "memory") 1)
   (data (i32.const 0) "record:path:status")
   (global $heap (mut i32) (i32.const 4096))
@@ -85,6 +86,10 @@ fn missing_callbacks_are_skipped_and_maps_follow_envoy() {
     s.finish().unwrap();
     let calls = w.host_calls();
     assert_eq!(calls.calls("proxy_no_such_host_function"), 1, "stubbed imports are counted too");
+    assert_eq!(p.unimplemented_imports(), ["env.proxy_no_such_host_function"], "known at load");
+    let warnings = w.logs_at_least(3);
+    assert!(warnings[0].contains("does not implement: env.proxy_no_such_host_function"), "{warnings:?}");
+    assert!(warnings[1].contains("proxy_no_such_host_function is not implemented by this host"), "{warnings:?}");
     assert_eq!(calls.calls("proxy_call_foreign_function"), 11);
     assert_eq!((calls.allocations, calls.allocated_bytes), (1, 3), "only the one non-empty value was copied in");
     assert_eq!(calls.memory_bytes, 65536);
@@ -93,6 +98,8 @@ fn missing_callbacks_are_skipped_and_maps_follow_envoy() {
 /// A module whose `proxy_on_request_headers` traps.
 const TRAPS: &str = r#"
 (module
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param i32) (result i32) (i32.const 1024))
   (memory (export "memory") 1)
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable)
 )
@@ -141,4 +148,82 @@ fn wasi_run_runs_a_command_to_its_exit_code() {
     let (code, out) = proxy_wasm_test_host::wasi_run::run(&path, &["cmd".into(), "x".into()]).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!((code, out.as_slice()), (3, &b"args=2\n"[..]));
+}
+
+/// A minimal module Envoy loads: `extra` (imports first), then the ABI version, memory and an
+/// allocator, each only if `exports` names it.
+fn module(extra: &str, exports: &[&str]) -> Vec<u8> {
+    let mut text = String::from("(module\n");
+    text.push_str(extra);
+    for e in exports {
+        text.push_str(&match *e {
+            "abi" => "(func (export \"proxy_abi_version_0_2_1\"))\n".to_string(),
+            "memory" => "(memory (export \"memory\") 1)\n".to_string(),
+            "malloc" => "(func (export \"malloc\") (param i32) (result i32) (i32.const 2048))\n".to_string(),
+            _ => String::new(),
+        });
+    }
+    text.push(')');
+    wat::parse_str(text).unwrap()
+}
+
+#[test]
+fn modules_envoy_refuses_are_refused_with_envoys_reason() {
+    let host = Host::new();
+    for (exports, reason) in [
+        (&["memory", "malloc"][..], "Missing or unknown Proxy-Wasm ABI version"),
+        (&["abi", "memory"][..], "Wasm module is missing malloc function."),
+        (&["abi", "malloc"][..], "exports no memory"),
+    ] {
+        let Err(HostError::Load(why)) = host.load_bytes("m", &module("", exports), opts()) else {
+            panic!("{exports:?} loaded")
+        };
+        assert!(why.contains(reason), "{exports:?}: {why}");
+    }
+    assert!(host.load_bytes("m", &module("", &["abi", "memory", "malloc"]), opts()).is_ok());
+}
+
+#[test]
+fn a_refused_configuration_names_the_callback_that_refused() {
+    let host = Host::new();
+    let all = ["abi", "memory", "malloc"];
+    for (callback, body) in [
+        ("proxy_on_vm_start", "(func (export \"proxy_on_vm_start\") (param i32 i32) (result i32) (i32.const 0))"),
+        ("proxy_on_configure", "(func (export \"proxy_on_configure\") (param i32 i32) (result i32) (i32.const 0))"),
+    ] {
+        let Err(e) = host.load_bytes("m", &module(body, &all), opts()) else { panic!("{callback}: loaded") };
+        assert!(matches!(e, HostError::Configure { callback: c, .. } if c == callback), "{e}");
+        assert!(e.to_string().contains(callback), "{e}");
+    }
+}
+
+#[test]
+fn header_names_are_lowercased_on_the_way_in_and_looked_up_in_any_case() {
+    let host = Host::new();
+    let p = host.load_bytes("m", &module("", &["abi", "memory", "malloc"]), opts()).unwrap();
+    let mut s = p.worker(0).http_stream();
+    s.request_headers(&[(":path", "/"), ("Content-Type", "application/grpc")], true).unwrap();
+    assert_eq!(s.request_headers_now()[1], ("content-type".to_string(), "application/grpc".to_string()));
+    assert_eq!(s.request_header("CONTENT-TYPE").as_deref(), Some("application/grpc"));
+    s.response_headers(&[(":status", "200"), ("Powered-By", "x")], true).unwrap();
+    assert_eq!(s.response_header("Powered-By").as_deref(), Some("x"));
+}
+
+#[test]
+fn a_callout_to_an_unknown_cluster_is_logged_with_the_cluster() {
+    const CALLS: &str = r#"
+  (import "env" "proxy_http_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (data (i32.const 0) "nowhere")
+  (data (i32.const 64) "\00\00\00\00")
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $call (i32.const 0) (i32.const 7) (i32.const 64) (i32.const 4) (i32.const 0) (i32.const 0)
+                      (i32.const 64) (i32.const 4) (i32.const 1000) (i32.const 128)))
+    (i32.const 0))
+"#;
+    let host = Host::new().clusters(&["known"]);
+    let p = host.load_bytes("m", &module(CALLS, &["abi", "memory", "malloc"]), opts()).unwrap();
+    let w = p.worker(0);
+    w.http_stream().request_headers(&[(":path", "/")], true).unwrap();
+    let errors = w.logs_at_least(4);
+    assert!(errors.iter().any(|l| l.contains("proxy_http_call to \"nowhere\": no such cluster")), "{errors:?}");
 }

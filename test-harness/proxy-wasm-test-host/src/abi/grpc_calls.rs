@@ -110,7 +110,9 @@ fn open(
         if source != Source::GoogleGrpc && !s.knows_cluster(cluster.as_bytes()) {
             // Envoy 1.40: a plain name that is no cluster fails to parse as a proto; a proto
             // naming an unknown cluster fails to get a client.
-            return Err(if source == Source::Plain { Status::ParseFailure } else { Status::InternalFailure });
+            let status = if source == Source::Plain { Status::ParseFailure } else { Status::InternalFailure };
+            s.host_log(4, format_args!("proxy_grpc_call to {cluster:?}: no such cluster (Host::clusters): {status:?}"));
+            return Err(status);
         }
         let initial_metadata = pairs::decode(slice(data, ip, il)?).ok_or(Status::BadArgument)?;
         let messages = match message {

@@ -37,10 +37,14 @@ fn proxy_http_call(
         let trailers = pairs::decode(slice(data, tp, tl)?).ok_or(Status::BadArgument)?;
         let body = slice(data, bp, bl)?.to_vec();
         if !s.knows_cluster(cluster) {
+            let name = String::from_utf8_lossy(cluster).into_owned();
+            s.host_log(4, format_args!("proxy_http_call to {name:?}: no such cluster (Host::clusters): BadArgument"));
             return Err(Status::BadArgument);
         }
         let required: [&[u8]; 3] = [b":method", b":path", b":authority"];
-        if required.iter().any(|h| !raw_headers.iter().any(|(k, _)| k == h)) {
+        if let Some(h) = required.iter().find(|h| !raw_headers.iter().any(|(k, _)| k == *h)) {
+            let missing = String::from_utf8_lossy(h).into_owned();
+            s.host_log(4, format_args!("proxy_http_call without the {missing} header Envoy requires: BadArgument"));
             return Err(Status::BadArgument);
         }
         let token = s.token();
