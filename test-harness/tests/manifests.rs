@@ -135,3 +135,20 @@ fn every_example_envoy_config_passes_envoy_validate() {
     }
     assert!(checked >= 6, "expected an envoy.yaml per filter plus chain/ and llm-gateway/, found {checked}");
 }
+
+/// No example routes on `cluster_header`: the header the module writes is one a client can write
+/// too, so with the module not running (failed to load, trapped under a fail-open policy) the
+/// client would pick any cluster Envoy knows. Each declared upstream gets an exact-match route.
+#[test]
+fn no_example_lets_a_client_header_pick_the_cluster() {
+    let root = paths::workspace_root().join("envoy-examples");
+    let mut offenders = Vec::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let file = entry.unwrap().path().join("envoy.yaml");
+        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        if text.lines().any(|l| !l.trim_start().starts_with('#') && l.contains("cluster_header:")) {
+            offenders.push(file.display().to_string());
+        }
+    }
+    assert!(offenders.is_empty(), "cluster_header routes: {offenders:?}");
+}
