@@ -138,6 +138,23 @@ pub fn error_json(code: &str, message: &str, extra: serde_json::Value) -> String
     serde_json::json!({ "error": e }).to_string()
 }
 
+/// True when a provider of `route` other than `failed` (an index into the providers) is
+/// available and has not just failed: a client's retry would be served there at once.
+pub fn another_ready(route: &ModelRoute, failed: usize, states: &[Health], now: u64, demote_ns: u64) -> bool {
+    route.targets.iter().any(|t| {
+        t.provider != failed && states.get(t.provider).map_or(true, |h| h.available(now) && !h.demoted(now, demote_ns))
+    })
+}
+
+/// What a client is told when the provider of `model` failed before answering (Envoy's own
+/// reply: a refused connection, a timeout): the OpenAI-shaped body (`code` the diagnosis cause)
+/// and the `Retry-After` (0 when `another_ready`, else 1).
+pub fn provider_failed(model: &str, status: u16, cause: crate::diagnose::Cause, another_ready: bool) -> (String, u64) {
+    let then = if another_ready { "retry now: another provider of the model is available" } else { "retry later" };
+    let message = format!("the provider of model {model:?} did not answer ({}): {then}", cause.token());
+    (reply_json(status, cause.token(), &message), u64::from(!another_ready))
+}
+
 /// The body of a refusal on an LLM path that did not come from this stage (Envoy's own reply to
 /// a refused connection or a timeout, another stage's refusal), in the same OpenAI error shape as
 /// the stage's own: `code` names what happened (the diagnosis cause), `message` is the original
@@ -231,6 +248,23 @@ mod tests {
         assert_eq!((v["error"]["code"].as_str(), v["error"]["model"].as_str()), (Some("model_unavailable"), Some("m")));
         assert!(v["error"].get("providers").is_none(), "{plain}");
         assert!(!plain.contains("\"a\"") && !plain.contains("\"b\"") && !plain.contains("m-b"), "{plain}");
+    }
+
+    #[test]
+    fn a_failed_provider_says_retry_now_only_when_another_is_ready() {
+        let c = config();
+        let route = c.model("m").unwrap();
+        let passive = c.providers.passive.clone().unwrap();
+        let mut states = vec![Health::default(); 2];
+        assert!(another_ready(route, 0, &states, S, 10 * S));
+        states[1].apply_passive(&passive, true, S);
+        assert!(!another_ready(route, 0, &states, 2 * S, 10 * S), "b just failed too");
+        assert!(another_ready(route, 0, &states, 12 * S, 10 * S), "b's demotion ran out");
+        let (body, retry) = provider_failed("m", 503, crate::diagnose::Cause::ConnectionRefused, true);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!((v["error"]["code"].as_str(), retry), (Some("connection_refused"), 0));
+        assert!(v["error"]["message"].as_str().unwrap().contains("model \"m\""));
+        assert_eq!(provider_failed("m", 504, crate::diagnose::Cause::UpstreamTimeout, false).1, 1);
     }
 
     #[test]

@@ -37,8 +37,9 @@ use upstream_guard::diagnose::{classify, upstream_failed, Cause};
 use upstream_guard::hash::Secret;
 use upstream_guard::health::Health;
 use upstream_guard::llm::{
-    choose, error_json, is_error_json, needs_rewrite, provider_pause, reply_code, reply_json, rewrite, scan, Admission,
-    Balance, Budget, LlmConfig, ResetHeaders, Usage, UsageMeter, UsageTrim, RESET_HEADER_NAMES,
+    another_ready, choose, error_json, is_error_json, needs_rewrite, provider_failed, provider_pause, reply_code,
+    reply_json, rewrite, scan, Admission, Balance, Budget, LlmConfig, ResetHeaders, Usage, UsageMeter, UsageTrim,
+    RESET_HEADER_NAMES,
 };
 use upstream_guard::ratelimit::retry_after_secs;
 use upstream_guard_glue::pairs::Pairs;
@@ -452,12 +453,8 @@ impl Llm {
     /// True when a provider of the stream's model other than `p` is available and has not just
     /// failed: the client's retry goes there at once.
     fn elsewhere(&self, st: &LlmStream, p: usize, states: &[Health], now: u64) -> bool {
-        let demote = self.config.demote_failed_ns;
-        st.model.and_then(|m| self.config.models.get(m)).is_some_and(|route| {
-            route.targets.iter().any(|t| {
-                t.provider != p && states.get(t.provider).is_none_or(|h| h.available(now) && !h.demoted(now, demote))
-            })
-        })
+        let route = st.model.and_then(|m| self.config.models.get(m));
+        route.is_some_and(|r| another_ready(r, p, states, now, self.config.demote_failed_ns))
     }
 
     /// A provider failed this request: say when to retry and, in place of Envoy's own plain-text
@@ -474,18 +471,15 @@ impl Llm {
         let states = self.pool.states(cx.epoch());
         let other = self.elsewhere(st, p, &states, now);
         let local = !obs.details.is_empty() && obs.details != "via_upstream";
+        let model = st.model.and_then(|m| self.config.models.get(m)).map_or("", |m| m.name.as_str());
+        let (body, retry_after) = provider_failed(model, obs.status.unwrap_or(503), classify(&obs.view()), other);
         if local && !cx.end_of_stream {
-            let cause = classify(&obs.view());
-            let model = st.model.and_then(|m| self.config.models.get(m)).map_or("", |m| m.name.as_str());
-            let then = if other { "retry now: another provider of the model is available" } else { "retry later" };
-            let message = format!("the provider of model {model:?} did not answer ({}): {then}", cause.token());
-            let body = reply_json(obs.status.unwrap_or(503), cause.token(), &message).into_bytes();
             cx.set_response_header("content-type", b"application/json");
             cx.set_response_header("content-length", body.len().to_string().as_bytes());
-            st.replacement = Some(body);
+            st.replacement = Some(body.into_bytes());
         }
         if cx.response_header("retry-after").is_none() {
-            cx.set_response_header("retry-after", if other { b"0" } else { b"1" });
+            cx.set_response_header("retry-after", retry_after.to_string().as_bytes());
         }
     }
 }
