@@ -232,3 +232,79 @@ pub fn write_lds(lds_path: &Path, version: u32, listener: &Value) -> std::io::Re
     std::fs::write(&tmp, doc.to_string())?;
     std::fs::rename(&tmp, lds_path)
 }
+
+/// The two shapes a stage ships in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `<name>.wasm` under Envoy's V8.
+    Wasm,
+    /// `libupstream_guard.so`, Envoy's dynamic module filter.
+    Native,
+}
+
+impl Shape {
+    /// Both shapes, wasm first.
+    pub const ALL: [Shape; 2] = [Shape::Wasm, Shape::Native];
+
+    /// `wasm` or `native`, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Wasm => "wasm",
+            Shape::Native => "native",
+        }
+    }
+}
+
+/// The stages of the combined module, by configuration section (the single-policy `.wasm` of a
+/// stage has the same name).
+const SECTIONS: [&str; 5] = ["diagnostics", "rate_limiter", "llm", "health_router", "circuit_breaker"];
+
+/// The filter that runs module `name` (`upstream_guard`, or one stage's name such as
+/// `rate_limiter`) in `shape`, configured by `config` (the module's own JSON). The dynamic module
+/// carries every stage in one library: a single stage runs as the combined module with that one
+/// section, which is the same stage in a one-element pipeline.
+pub fn module_filter(shape: Shape, name: &str, config: &Value) -> Value {
+    match shape {
+        Shape::Wasm => match crate::paths::wasm_path(name) {
+            Ok(path) => wasm_filter(name, &path, config),
+            Err(e) => panic_free_missing(&e.to_string()),
+        },
+        Shape::Native => {
+            let suite = if SECTIONS.contains(&name) { json!({ name: config }) } else { config.clone() };
+            dynamic_module_filter(name, &suite)
+        }
+    }
+}
+
+/// The module name a stage's log lines carry in `shape` (the dynamic module is always
+/// `upstream_guard`; a single-policy `.wasm` is its stage's name).
+pub fn module_name(shape: Shape, name: &str) -> &str {
+    match shape {
+        Shape::Wasm => name,
+        Shape::Native => "upstream_guard",
+    }
+}
+
+/// A filter entry no Envoy accepts, naming what is missing (Envoy's refusal then says why).
+fn panic_free_missing(what: &str) -> Value {
+    json!({"name": format!("missing: {what}"), "typed_config": {"@type": "type.googleapis.com/missing"}})
+}
+
+/// The dynamic-module HTTP filter loading `libupstream_guard.so` (found through
+/// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`, which [`crate::envoy::Envoy`] sets) with the combined
+/// module's JSON configuration; `filter_name` is passed to the module (it names the filter in
+/// logs).
+pub fn dynamic_module_filter(filter_name: &str, config: &Value) -> Value {
+    json!({
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"name": "upstream_guard", "do_not_close": true, "metrics_namespace": "upstream_guard"},
+            "filter_name": filter_name,
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": config.to_string(),
+            },
+        },
+    })
+}

@@ -71,8 +71,8 @@ impl Envoy {
         let bin = if launch.wrapper.is_empty() { paths::envoy_bin()? } else { paths::envoy_executable()? };
         let levels: [&str; 4] = match &launch.log_levels {
             Some((level, components)) => ["-l", level, "--component-log-level", components],
-            None if verbose => ["-l", "info", "--component-log-level", "wasm:debug"],
-            None => ["-l", "warn", "--component-log-level", "wasm:warn"],
+            None if verbose => ["-l", "info", "--component-log-level", "wasm:debug,dynamic_modules:debug"],
+            None => ["-l", "warn", "--component-log-level", "wasm:warn,dynamic_modules:warn"],
         };
         let dir = tempfile::Builder::new().prefix("ug-envoy-").tempdir().map_err(Error::io("temp dir"))?;
         let config_path = dir.path().join(name);
@@ -90,6 +90,7 @@ impl Envoy {
             None => Command::new(&bin),
         };
         let child = command
+            .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", paths::native_module_dir())
             .arg("-c")
             .arg(&config_path)
             .args(["--concurrency", &concurrency.to_string()])
@@ -179,10 +180,13 @@ impl Envoy {
     /// them with a `wasmcustom.` prefix, Prometheus output without).
     pub fn stat(&self, name: &str) -> Result<Option<u64>> {
         let r = http::get(self.admin, "/stats", &[])?;
+        // A `.wasm`'s metrics show under `wasmcustom.`; the dynamic module's under its metrics
+        // namespace, `upstream_guard.` (the name itself).
         let custom = format!("wasmcustom.{name}");
+        let labelled = labelled_form(name);
         Ok(r.text().lines().find_map(|l| {
             let (k, v) = l.split_once(": ")?;
-            if k == name || k == custom {
+            if k == name || k == custom || labelled.as_deref() == Some(k) {
                 v.trim().parse().ok()
             } else {
                 None
@@ -200,8 +204,9 @@ impl Envoy {
             .filter_map(|l| {
                 let (k, v) = l.split_once(": ")?;
                 let k = k.strip_prefix("wasmcustom.").unwrap_or(k);
+                let k = flat_form(k).unwrap_or_else(|| k.to_string());
                 let v: u64 = v.trim().parse().ok()?;
-                (k.starts_with(prefix) && v != 0).then(|| (k.to_string(), v))
+                (k.starts_with(prefix) && v != 0).then_some((k, v))
             })
             .collect();
         out.sort();
@@ -246,6 +251,24 @@ impl Drop for Envoy {
     }
 }
 
+/// A per-cluster metric as the dynamic module names it in `/stats`: `.wasm`'s
+/// `upstream_guard.breaker.<cluster>.<name>` is the labelled metric
+/// `upstream_guard.breaker.<name>` with the tag `upstream_cluster` (Envoy lets a dynamic module
+/// define metrics only at configure time, and clusters are only known later). Prometheus shows
+/// both the same way, as `upstream_guard_breaker_<name>{upstream_cluster="<cluster>"}`.
+fn labelled_form(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("upstream_guard.breaker.")?;
+    let (cluster, metric) = rest.rsplit_once('.')?;
+    Some(format!("upstream_guard.breaker.{metric}.upstream_cluster.{cluster}"))
+}
+
+/// The `.wasm` form of a labelled `/stats` name (the inverse of [`labelled_form`]).
+fn flat_form(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("upstream_guard.breaker.")?;
+    let (metric, cluster) = rest.split_once(".upstream_cluster.")?;
+    Some(format!("upstream_guard.breaker.{cluster}.{metric}"))
+}
+
 /// Runs `envoy --mode validate` on a config file, from the workspace root (where the examples'
 /// relative `.wasm` paths point); `Ok` holds the process output whatever the verdict (check
 /// `status.success()`).
@@ -253,6 +276,7 @@ pub fn validate(config: &Path) -> Result<Output> {
     let bin = paths::envoy_bin()?;
     Command::new(&bin)
         .current_dir(paths::workspace_root())
+        .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", paths::native_module_dir())
         .args(["--mode", "validate", "--disable-hot-restart", "-l", "warn", "-c"])
         .arg(config)
         .output()

@@ -153,6 +153,30 @@ pub fn parse_diagnosis(value: &str) -> Option<std::collections::BTreeMap<String,
     }
 }
 
+/// Runs each named test function (`fn name(shape: Shape)`) once per shape that ships the stages:
+/// `wasm::name` and `native::name`.
+#[macro_export]
+macro_rules! both_shapes {
+    ($($name:ident),* $(,)?) => {
+        mod wasm {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::bootstrap::Shape::Wasm)
+                }
+            )*
+        }
+        mod native {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::bootstrap::Shape::Native)
+                }
+            )*
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_diagnosis;

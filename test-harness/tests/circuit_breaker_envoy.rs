@@ -6,16 +6,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use test_harness::backend::{Backend, Behavior};
-use test_harness::bootstrap::{cluster, route, wasm_filter, Bootstrap};
+use test_harness::bootstrap::{cluster, module_filter, module_name, route, Bootstrap, Shape};
 use test_harness::envoy::{self, Envoy};
-use test_harness::{http, parse_diagnosis, paths};
+use test_harness::{http, parse_diagnosis};
 
-fn breaker(config: Value) -> Value {
-    wasm_filter("circuit_breaker", &paths::wasm_path("circuit_breaker").unwrap(), &config)
+fn breaker(shape: Shape, config: Value) -> Value {
+    module_filter(shape, "circuit_breaker", &config)
 }
 
-fn diagnostics() -> Value {
-    wasm_filter("diagnostics", &paths::wasm_path("diagnostics").unwrap(), &json!({}))
+fn diagnostics(shape: Shape) -> Value {
+    module_filter(shape, "diagnostics", &json!({}))
 }
 
 fn envoy_with(filters: Vec<Value>, backend: &Backend, concurrency: u32) -> Envoy {
@@ -27,12 +27,11 @@ fn envoy_with(filters: Vec<Value>, backend: &Backend, concurrency: u32) -> Envoy
     Envoy::start_with(&cfg, concurrency).unwrap()
 }
 
-#[test]
-fn failing_backend_trips_the_breaker_and_recovery_closes_it() {
+fn failing_backend_trips_the_breaker_and_recovery_closes_it(shape: Shape) {
     let b = Backend::start(Behavior::Status(503)).unwrap();
     let cfg = json!({"failure": {"consecutive": 3}, "open": {"base": "1s", "max": "10s"},
                      "half_open": {"max_probes": 1, "successes_to_close": 2}});
-    let envoy = envoy_with(vec![diagnostics(), breaker(cfg)], &b, 2);
+    let envoy = envoy_with(vec![diagnostics(shape), breaker(shape, cfg)], &b, 2);
     let addr = envoy.main().unwrap();
 
     // Sequential requests on fresh connections land on both workers: the count is shared.
@@ -67,12 +66,11 @@ fn failing_backend_trips_the_breaker_and_recovery_closes_it() {
     assert_eq!(envoy.stat("upstream_guard.breaker.backend.state").unwrap(), Some(0));
 }
 
-#[test]
-fn a_failed_probe_reopens_for_longer() {
+fn a_failed_probe_reopens_for_longer(shape: Shape) {
     let b = Backend::start(Behavior::Status(500)).unwrap();
     let cfg = json!({"failure": {"consecutive": 1}, "open": {"base": "1s", "multiplier": 3, "max": "30s"},
                      "half_open": {"max_probes": 1, "successes_to_close": 1}});
-    let envoy = envoy_with(vec![breaker(cfg)], &b, 1);
+    let envoy = envoy_with(vec![breaker(shape, cfg)], &b, 1);
     let addr = envoy.main().unwrap();
     assert_eq!(http::get(addr, "/", &[]).unwrap().status, 500);
     assert_eq!(http::get(addr, "/", &[]).unwrap().header("retry-after"), Some("1"));
@@ -85,12 +83,11 @@ fn a_failed_probe_reopens_for_longer() {
     assert_eq!(b.requests(), 2);
 }
 
-#[test]
-fn connection_failures_count_and_other_clusters_are_unaffected() {
+fn connection_failures_count_and_other_clusters_are_unaffected(shape: Shape) {
     let dead = test_harness::backend::closed_port().unwrap();
     let ok = Backend::ok().unwrap();
     let cfg = Bootstrap::new()
-        .filter(breaker(json!({"failure": {"consecutive": 2}, "open": {"base": "30s"}})))
+        .filter(breaker(shape, json!({"failure": {"consecutive": 2}, "open": {"base": "30s"}})))
         .route(route("/dead", "dead"))
         .route(route("/", "ok"))
         .cluster(cluster("dead", dead))
@@ -107,8 +104,7 @@ fn connection_failures_count_and_other_clusters_are_unaffected() {
     assert_eq!(envoy.stat("upstream_guard.breaker.dead.rejected").unwrap(), Some(1));
 }
 
-#[test]
-fn invalid_config_is_refused_by_envoy_with_the_field_named() {
+fn invalid_config_is_refused_by_envoy_with_the_field_named(shape: Shape) {
     let b = Backend::ok().unwrap();
     for (cfg, field) in [
         (json!({"failure": {"ratio": {"threshold": 2.0}}}), "failure.ratio.threshold"),
@@ -116,14 +112,22 @@ fn invalid_config_is_refused_by_envoy_with_the_field_named() {
         (json!({"open": {"base": "10s", "max": "1s"}}), "open.max"),
     ] {
         let c = Bootstrap::new()
-            .filter(breaker(cfg))
+            .filter(breaker(shape, cfg))
             .route(route("/", "backend"))
             .cluster(cluster("backend", b.addr()))
             .build();
         let log = envoy::expect_refused(&c).unwrap();
         assert!(
-            log.contains("circuit_breaker: invalid plugin configuration") && log.contains(field),
+            log.contains(&format!("{}: invalid plugin configuration", module_name(shape, "circuit_breaker")))
+                && log.contains(field),
             "{field}:\n{log}"
         );
     }
 }
+
+test_harness::both_shapes!(
+    failing_backend_trips_the_breaker_and_recovery_closes_it,
+    a_failed_probe_reopens_for_longer,
+    connection_failures_count_and_other_clusters_are_unaffected,
+    invalid_config_is_refused_by_envoy_with_the_field_named,
+);

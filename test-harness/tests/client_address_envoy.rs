@@ -11,15 +11,15 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use test_harness::backend::{self, Backend};
-use test_harness::bootstrap::{cluster, route, wasm_filter, Bootstrap};
+use test_harness::bootstrap::{cluster, module_filter, route, Bootstrap, Shape};
 use test_harness::envoy::Envoy;
-use test_harness::{http, parse_diagnosis, paths};
+use test_harness::{http, parse_diagnosis};
 
 const DETAILS: [&str; 6] = ["status", "cluster", "upstream", "route", "details", "attempts"];
 
-fn filter(module: &str, policy: &str, config: Value) -> Value {
+fn filter(shape: Shape, module: &str, policy: &str, config: Value) -> Value {
     let config = if module == "upstream_guard" { json!({ policy: config }) } else { config };
-    wasm_filter(module, &paths::wasm_path(module).unwrap(), &config)
+    module_filter(shape, module, &config)
 }
 
 fn diagnosis(addr: std::net::SocketAddr, headers: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -28,21 +28,20 @@ fn diagnosis(addr: std::net::SocketAddr, headers: &[(&str, &str)]) -> BTreeMap<S
     parse_diagnosis(&v).unwrap()
 }
 
-fn dead_backend_envoy(b: Bootstrap, module: &str, config: Value) -> Envoy {
+fn dead_backend_envoy(shape: Shape, b: Bootstrap, module: &str, config: Value) -> Envoy {
     let port = backend::closed_port().unwrap();
     let cfg = b
-        .filter(filter(module, "diagnostics", config))
+        .filter(filter(shape, module, "diagnostics", config))
         .route(route("/", "dead"))
         .cluster(cluster("dead", port))
         .build();
     Envoy::start_with(&cfg, 2).unwrap()
 }
 
-#[test]
-fn a_spoofed_forwarded_for_never_unlocks_upstream_details() {
+fn a_spoofed_forwarded_for_never_unlocks_upstream_details(shape: Shape) {
     for module in ["diagnostics", "upstream_guard"] {
         for (mode, b) in [("default HCM", Bootstrap::new()), ("edge HCM", Bootstrap::new().edge())] {
-            let envoy = dead_backend_envoy(b, module, json!({"trusted_cidrs": ["10.0.0.0/8"]}));
+            let envoy = dead_backend_envoy(shape, b, module, json!({"trusted_cidrs": ["10.0.0.0/8"]}));
             let addr = envoy.main().unwrap();
             for spoof in ["10.1.2.3", "8.8.8.8, 10.1.2.3", "10.1.2.3, 10.9.9.9"] {
                 let d = diagnosis(addr, &[("x-forwarded-for", spoof)]);
@@ -55,11 +54,10 @@ fn a_spoofed_forwarded_for_never_unlocks_upstream_details() {
     }
 }
 
-#[test]
-fn the_real_peer_and_the_debug_token_still_unlock_details() {
+fn the_real_peer_and_the_debug_token_still_unlock_details(shape: Shape) {
     for module in ["diagnostics", "upstream_guard"] {
         let config = json!({"trusted_cidrs": ["127.0.0.1/32"], "debug_header": "x-debug", "debug_token": "s3cret"});
-        let envoy = dead_backend_envoy(Bootstrap::new(), module, config);
+        let envoy = dead_backend_envoy(shape, Bootstrap::new(), module, config);
         let addr = envoy.main().unwrap();
         assert_eq!(
             diagnosis(addr, &[])["cluster"],
@@ -67,6 +65,7 @@ fn the_real_peer_and_the_debug_token_still_unlock_details() {
             "{module}: the loopback peer (a real connection) is trusted"
         );
         let envoy = dead_backend_envoy(
+            shape,
             Bootstrap::new().edge(),
             module,
             json!({"debug_header": "x-debug", "debug_token": "s3cret"}),
@@ -77,22 +76,20 @@ fn the_real_peer_and_the_debug_token_still_unlock_details() {
     }
 }
 
-#[test]
-fn forwarded_addresses_are_trusted_only_when_the_operator_says_so() {
+fn forwarded_addresses_are_trusted_only_when_the_operator_says_so(shape: Shape) {
     let config = json!({"trusted_cidrs": ["10.0.0.0/8"], "trust_x_forwarded_for": true});
-    let envoy = dead_backend_envoy(Bootstrap::new(), "diagnostics", config);
+    let envoy = dead_backend_envoy(shape, Bootstrap::new(), "diagnostics", config);
     let d = diagnosis(envoy.main().unwrap(), &[("x-forwarded-for", "10.1.2.3")]);
     assert_eq!(d["cluster"], "dead", "behind a proxy that overwrites the header, the operator may trust it: {d:?}");
 }
 
-#[test]
-fn the_health_status_endpoint_ignores_spoofed_addresses() {
+fn the_health_status_endpoint_ignores_spoofed_addresses(shape: Shape) {
     for module in ["health_router", "upstream_guard"] {
         let backend = Backend::ok().unwrap();
         let config = json!({"upstreams": [{"cluster": "backend"}], "status_path": "/.well-known/upstream-health",
                             "trusted_cidrs": ["10.0.0.0/8"]});
         let cfg = Bootstrap::new()
-            .filter(filter(module, "health_router", config))
+            .filter(filter(shape, module, "health_router", config))
             .route(json!({"match": {"prefix": "/"}, "route": {"cluster_header": "x-upstream-cluster"}}))
             .cluster(cluster("backend", backend.addr()))
             .build();
@@ -126,12 +123,12 @@ fn spoofed_load(addr: std::net::SocketAddr) -> u64 {
     admitted.load(Ordering::SeqCst)
 }
 
-fn limiter_envoy(module: &str, b: Bootstrap, client_ip: Value) -> (Envoy, Backend) {
+fn limiter_envoy(shape: Shape, module: &str, b: Bootstrap, client_ip: Value) -> (Envoy, Backend) {
     let backend = Backend::ok().unwrap();
     let config = json!({"rules": [{"name": "per-client", "key": ["client_ip"], "limit": {"requests": 300, "per": "1h"}}],
                         "client_ip": client_ip});
     let cfg = b
-        .filter(filter(module, "rate_limiter", config))
+        .filter(filter(shape, module, "rate_limiter", config))
         .route(route("/", "backend"))
         .cluster(cluster("backend", backend.addr()))
         .build();
@@ -140,29 +137,26 @@ fn limiter_envoy(module: &str, b: Bootstrap, client_ip: Value) -> (Envoy, Backen
 
 const WARNING: &str = "a client address came from x-forwarded-for";
 
-#[test]
-fn on_an_edge_listener_spoofed_addresses_move_no_limit() {
+fn on_an_edge_listener_spoofed_addresses_move_no_limit(shape: Shape) {
     for module in ["rate_limiter", "upstream_guard"] {
-        let (envoy, _b) = limiter_envoy(module, Bootstrap::new().edge(), json!({}));
+        let (envoy, _b) = limiter_envoy(shape, module, Bootstrap::new().edge(), json!({}));
         assert_eq!(spoofed_load(envoy.main().unwrap()), 300, "{module}");
         assert_eq!(envoy.stat("upstream_guard.ratelimit.client_ip_from_header").unwrap().unwrap_or(0), 0);
         assert!(!envoy.log().contains(WARNING), "{module}: no warning when the address is the real peer");
     }
 }
 
-#[test]
-fn require_peer_holds_the_limit_even_on_a_default_listener() {
+fn require_peer_holds_the_limit_even_on_a_default_listener(shape: Shape) {
     for module in ["rate_limiter", "upstream_guard"] {
-        let (envoy, _b) = limiter_envoy(module, Bootstrap::new(), json!({"require_peer": true}));
+        let (envoy, _b) = limiter_envoy(shape, module, Bootstrap::new(), json!({"require_peer": true}));
         assert_eq!(spoofed_load(envoy.main().unwrap()), 300, "{module}: header-derived addresses share one bucket");
         let counted = envoy.stat("upstream_guard.ratelimit.client_ip_from_header").unwrap().unwrap_or(0);
         assert_eq!(counted, 1200, "{module}: every header-derived address is counted");
     }
 }
 
-#[test]
-fn header_derived_addresses_are_counted_and_warned_about_exactly_when_they_occur() {
-    let (envoy, _b) = limiter_envoy("rate_limiter", Bootstrap::new(), json!({}));
+fn header_derived_addresses_are_counted_and_warned_about_exactly_when_they_occur(shape: Shape) {
+    let (envoy, _b) = limiter_envoy(shape, "rate_limiter", Bootstrap::new(), json!({}));
     let addr = envoy.main().unwrap();
     for _ in 0..5 {
         assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200);
@@ -181,3 +175,13 @@ fn header_derived_addresses_are_counted_and_warned_about_exactly_when_they_occur
         "the warning names the settings"
     );
 }
+
+test_harness::both_shapes!(
+    a_spoofed_forwarded_for_never_unlocks_upstream_details,
+    the_real_peer_and_the_debug_token_still_unlock_details,
+    forwarded_addresses_are_trusted_only_when_the_operator_says_so,
+    the_health_status_endpoint_ignores_spoofed_addresses,
+    on_an_edge_listener_spoofed_addresses_move_no_limit,
+    require_peer_holds_the_limit_even_on_a_default_listener,
+    header_derived_addresses_are_counted_and_warned_about_exactly_when_they_occur,
+);

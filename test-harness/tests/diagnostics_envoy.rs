@@ -8,21 +8,22 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use test_harness::backend::{self, Backend, Behavior, Blackhole, Cert};
-use test_harness::bootstrap::{cluster, route, wasm_filter, Bootstrap};
+use test_harness::bootstrap::{cluster, module_filter, route, Bootstrap, Shape};
 use test_harness::envoy::{self, Envoy};
 use test_harness::{http, parse_diagnosis, paths};
 
 const TRUSTING: &str = r#"{"trusted_cidrs": ["127.0.0.1/32"]}"#;
 
-fn diagnostics(config: &str) -> Value {
+fn diagnostics(shape: Shape, config: &str) -> Value {
     let config: Value = serde_json::from_str(config).unwrap();
-    wasm_filter("diagnostics", &paths::wasm_path("diagnostics").unwrap(), &config)
+    module_filter(shape, "diagnostics", &config)
 }
 
 /// Envoy with the diagnostics filter (trusting loopback) routing `/` to `c`.
-fn envoy_for(c: Value) -> Envoy {
+fn envoy_for(shape: Shape, c: Value) -> Envoy {
     let name = c["name"].as_str().unwrap().to_string();
-    Envoy::start(&Bootstrap::new().filter(diagnostics(TRUSTING)).route(route("/", &name)).cluster(c).build()).unwrap()
+    Envoy::start(&Bootstrap::new().filter(diagnostics(shape, TRUSTING)).route(route("/", &name)).cluster(c).build())
+        .unwrap()
 }
 
 fn diagnosis(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (http::Response, BTreeMap<String, String>) {
@@ -38,10 +39,9 @@ fn assert_cause(d: &BTreeMap<String, String>, cause: &str, flags: &str) {
     assert!(!d["hint"].is_empty());
 }
 
-#[test]
-fn connection_refused() {
+fn connection_refused(shape: Shape) {
     let port = backend::closed_port().unwrap();
-    let envoy = envoy_for(cluster("backend", port));
+    let envoy = envoy_for(shape, cluster("backend", port));
     let (r, d) = diagnosis(envoy.main().unwrap(), "/", &[]);
     assert_eq!(r.status, 503);
     assert_cause(&d, "connection_refused", "UF");
@@ -52,26 +52,24 @@ fn connection_refused() {
     assert_eq!(counted, Some(1), "the cause counter counts the failure once");
 }
 
-#[test]
-fn connect_timeout() {
+fn connect_timeout(shape: Shape) {
     let hole = Blackhole::start().unwrap();
     let mut c = cluster("backend", hole.addr());
     c["connect_timeout"] = json!("0.25s");
-    let envoy = envoy_for(c);
+    let envoy = envoy_for(shape, c);
     let (r, d) = diagnosis(envoy.main().unwrap(), "/", &[]);
     assert_eq!(r.status, 503);
     assert_cause(&d, "connect_timeout", "UF");
 }
 
-#[test]
-fn no_healthy_upstream_when_health_checks_fail() {
+fn no_healthy_upstream_when_health_checks_fail(shape: Shape) {
     let b = Backend::ok().unwrap();
     b.set_healthy(false);
     let mut c = cluster("backend", b.addr());
     c["health_checks"] = json!([{"timeout": "0.5s", "interval": "0.2s", "unhealthy_threshold": 1,
         "healthy_threshold": 1, "http_health_check": {"path": "/healthz"}}]);
     c["common_lb_config"] = json!({"healthy_panic_threshold": {"value": 0}});
-    let envoy = envoy_for(c);
+    let envoy = envoy_for(shape, c);
     let addr = envoy.main().unwrap();
     let mut last = None;
     for _ in 0..50 {
@@ -88,52 +86,48 @@ fn no_healthy_upstream_when_health_checks_fail() {
     panic!("never saw no_healthy_upstream: {last:?}");
 }
 
-#[test]
-fn no_healthy_upstream_with_zero_endpoints() {
+fn no_healthy_upstream_with_zero_endpoints(shape: Shape) {
     let mut c = cluster("backend", "127.0.0.1:1".parse().unwrap());
     c["load_assignment"]["endpoints"] = json!([]);
-    let envoy = envoy_for(c);
+    let envoy = envoy_for(shape, c);
     let (r, d) = diagnosis(envoy.main().unwrap(), "/", &[]);
     assert_eq!(r.status, 503);
     assert_cause(&d, "no_healthy_upstream", "UH");
 }
 
-#[test]
-fn upstream_timeout() {
+fn upstream_timeout(shape: Shape) {
     let b = Backend::start(Behavior::Hang).unwrap();
     let mut r = route("/", "backend");
     r["route"]["timeout"] = json!("0.3s");
-    let cfg = Bootstrap::new().filter(diagnostics(TRUSTING)).route(r).cluster(cluster("backend", b.addr())).build();
+    let cfg =
+        Bootstrap::new().filter(diagnostics(shape, TRUSTING)).route(r).cluster(cluster("backend", b.addr())).build();
     let envoy = Envoy::start(&cfg).unwrap();
     let (resp, d) = diagnosis(envoy.main().unwrap(), "/", &[]);
     assert_eq!(resp.status, 504);
     assert_cause(&d, "upstream_timeout", "UT");
 }
 
-#[test]
-fn upstream_reset_before_headers() {
+fn upstream_reset_before_headers(shape: Shape) {
     let b = Backend::start(Behavior::ResetBeforeHeaders).unwrap();
-    let envoy = envoy_for(cluster("backend", b.addr()));
+    let envoy = envoy_for(shape, cluster("backend", b.addr()));
     let (r, d) = diagnosis(envoy.main().unwrap(), "/", &[]);
     assert_eq!(r.status, 503);
     assert_cause(&d, "upstream_connection_terminated", "UC");
 }
 
-#[test]
-fn upstream_closes_before_headers() {
+fn upstream_closes_before_headers(shape: Shape) {
     let b = Backend::start(Behavior::CloseBeforeHeaders).unwrap();
-    let envoy = envoy_for(cluster("backend", b.addr()));
+    let envoy = envoy_for(shape, cluster("backend", b.addr()));
     let (r, d) = diagnosis(envoy.main().unwrap(), "/", &[]);
     assert_eq!(r.status, 503);
     assert_cause(&d, "upstream_connection_terminated", "UC");
 }
 
-#[test]
-fn upstream_reset_mid_response_is_counted_at_log_time() {
+fn upstream_reset_mid_response_is_counted_at_log_time(shape: Shape) {
     // The 200 headers have left before the reset, so the client cannot get a header; the filter
     // still classifies the final outcome when the stream is logged.
     let b = Backend::start(Behavior::ResetMidResponse).unwrap();
-    let envoy = envoy_for(cluster("backend", b.addr()));
+    let envoy = envoy_for(shape, cluster("backend", b.addr()));
     let r = http::get(envoy.main().unwrap(), "/", &[]).unwrap();
     assert_eq!(r.status, 200);
     assert!(r.truncated, "the body was cut: {r:?}");
@@ -149,13 +143,13 @@ fn upstream_reset_mid_response_is_counted_at_log_time() {
     assert_eq!(counted, [("upstream_guard.diagnosis.upstream_reset".to_string(), 1)], "log:\n{}", envoy.log());
 }
 
-#[test]
-fn retries_exhausted() {
+fn retries_exhausted(shape: Shape) {
     let b = Backend::start(Behavior::Status(503)).unwrap();
     let mut r = route("/", "backend");
     r["route"]["retry_policy"] = json!({"retry_on": "5xx", "num_retries": 2,
         "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.02s"}});
-    let cfg = Bootstrap::new().filter(diagnostics(TRUSTING)).route(r).cluster(cluster("backend", b.addr())).build();
+    let cfg =
+        Bootstrap::new().filter(diagnostics(shape, TRUSTING)).route(r).cluster(cluster("backend", b.addr())).build();
     let envoy = Envoy::start(&cfg).unwrap();
     let (resp, d) = diagnosis(envoy.main().unwrap(), "/", &[]);
     assert_eq!(resp.status, 503);
@@ -164,13 +158,12 @@ fn retries_exhausted() {
     assert_eq!(b.requests(), 3);
 }
 
-#[test]
-fn upstream_overflow() {
+fn upstream_overflow(shape: Shape) {
     let b = Backend::start(Behavior::Delay(Duration::from_millis(1500), 200)).unwrap();
     let mut c = cluster("backend", b.addr());
     c["circuit_breakers"] =
         json!({"thresholds": [{"max_connections": 1, "max_pending_requests": 1, "max_requests": 1}]});
-    let envoy = envoy_for(c);
+    let envoy = envoy_for(shape, c);
     let addr = envoy.main().unwrap();
     let handles: Vec<_> = (0..4).map(|_| std::thread::spawn(move || http::get(addr, "/", &[]).unwrap())).collect();
     let responses: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
@@ -183,11 +176,10 @@ fn upstream_overflow() {
     assert!(responses.iter().any(|r| r.status == 200), "the first request still went through");
 }
 
-#[test]
-fn no_route() {
+fn no_route(shape: Shape) {
     let b = Backend::ok().unwrap();
     let cfg = Bootstrap::new()
-        .filter(diagnostics(TRUSTING))
+        .filter(diagnostics(shape, TRUSTING))
         .route(route("/app", "backend"))
         .cluster(cluster("backend", b.addr()))
         .build();
@@ -197,11 +189,11 @@ fn no_route() {
     assert_cause(&d, "no_route", "NR");
 }
 
-#[test]
-fn cluster_not_found() {
+fn cluster_not_found(shape: Shape) {
     let b = Backend::ok().unwrap();
     let r = json!({"match": {"prefix": "/"}, "route": {"cluster_header": "x-target"}});
-    let cfg = Bootstrap::new().filter(diagnostics(TRUSTING)).route(r).cluster(cluster("backend", b.addr())).build();
+    let cfg =
+        Bootstrap::new().filter(diagnostics(shape, TRUSTING)).route(r).cluster(cluster("backend", b.addr())).build();
     let envoy = Envoy::start(&cfg).unwrap();
     let addr = envoy.main().unwrap();
     let (resp, d) = diagnosis(addr, "/", &[("x-target", "missing")]);
@@ -224,39 +216,35 @@ fn tls_cluster(addr: SocketAddr, trusted_pem: &str) -> Value {
     c
 }
 
-#[test]
-fn tls_handshake_failed_on_untrusted_self_signed_certificate() {
+fn tls_handshake_failed_on_untrusted_self_signed_certificate(shape: Shape) {
     let b = Backend::tls(Behavior::Status(200), Cert::SelfSigned).unwrap();
-    let envoy = envoy_for(tls_cluster(b.addr(), &backend::unrelated_ca_pem().unwrap()));
+    let envoy = envoy_for(shape, tls_cluster(b.addr(), &backend::unrelated_ca_pem().unwrap()));
     let (r, d) = diagnosis(envoy.main().unwrap(), "/", &[]);
     assert_eq!(r.status, 503);
     assert_cause(&d, "tls_handshake_failed", "UF");
     assert!(d["details"].contains("CERTIFICATE_VERIFY_FAILED"), "{d:?}");
 }
 
-#[test]
-fn tls_handshake_failed_on_expired_certificate() {
+fn tls_handshake_failed_on_expired_certificate(shape: Shape) {
     let b = Backend::tls(Behavior::Status(200), Cert::Expired).unwrap();
     let pem = b.cert_pem().unwrap().to_string();
-    let envoy = envoy_for(tls_cluster(b.addr(), &pem));
+    let envoy = envoy_for(shape, tls_cluster(b.addr(), &pem));
     let (r, d) = diagnosis(envoy.main().unwrap(), "/", &[]);
     assert_eq!(r.status, 503);
     assert_cause(&d, "tls_handshake_failed", "UF");
 }
 
-#[test]
-fn tls_with_a_trusted_valid_certificate_passes() {
+fn tls_with_a_trusted_valid_certificate_passes(shape: Shape) {
     let b = Backend::tls(Behavior::Status(200), Cert::SelfSigned).unwrap();
     let pem = b.cert_pem().unwrap().to_string();
-    let envoy = envoy_for(tls_cluster(b.addr(), &pem));
+    let envoy = envoy_for(shape, tls_cluster(b.addr(), &pem));
     let r = http::get(envoy.main().unwrap(), "/", &[]).unwrap();
     assert_eq!(r.status, 200, "control: the TLS backend itself works when trusted");
 }
 
-#[test]
-fn plain_503_from_the_upstream() {
+fn plain_503_from_the_upstream(shape: Shape) {
     let b = Backend::start(Behavior::Status(503)).unwrap();
-    let envoy = envoy_for(cluster("backend", b.addr()));
+    let envoy = envoy_for(shape, cluster("backend", b.addr()));
     let (r, d) = diagnosis(envoy.main().unwrap(), "/", &[]);
     assert_eq!(r.status, 503);
     assert_cause(&d, "upstream_error_response", "-");
@@ -264,16 +252,15 @@ fn plain_503_from_the_upstream() {
     assert_eq!(r.text(), "backend says 503\n", "the upstream's body is untouched");
 }
 
-#[test]
-fn success_gets_no_header_with_on_errors_and_cause_none_with_always() {
+fn success_gets_no_header_with_on_errors_and_cause_none_with_always(shape: Shape) {
     let b = Backend::ok().unwrap();
-    let envoy = envoy_for(cluster("backend", b.addr()));
+    let envoy = envoy_for(shape, cluster("backend", b.addr()));
     let r = http::get(envoy.main().unwrap(), "/", &[]).unwrap();
     assert_eq!(r.status, 200);
     assert!(r.header("x-upstream-diagnosis").is_none(), "{r:?}");
 
     let cfg = Bootstrap::new()
-        .filter(diagnostics(r#"{"on": "always", "header": "x-diag"}"#))
+        .filter(diagnostics(shape, r#"{"on": "always", "header": "x-diag"}"#))
         .route(route("/", "backend"))
         .cluster(cluster("backend", b.addr()))
         .build();
@@ -283,11 +270,11 @@ fn success_gets_no_header_with_on_errors_and_cause_none_with_always() {
     assert_cause(&d, "none", "-");
 }
 
-#[test]
-fn untrusted_client_sees_no_address_and_debug_token_unlocks_it() {
+fn untrusted_client_sees_no_address_and_debug_token_unlocks_it(shape: Shape) {
     let port = backend::closed_port().unwrap();
     let cfg = Bootstrap::new()
         .filter(diagnostics(
+            shape,
             r#"{"trusted_cidrs": ["10.0.0.0/8"], "debug_header": "x-upstream-debug", "debug_token": "s3cret"}"#,
         ))
         .route(route("/", "backend"))
@@ -309,13 +296,12 @@ fn untrusted_client_sees_no_address_and_debug_token_unlocks_it() {
     assert_eq!(d["cluster"], "backend");
 }
 
-#[test]
-fn debug_token_is_not_forwarded_upstream() {
+fn debug_token_is_not_forwarded_upstream(shape: Shape) {
     // A backend that echoes nothing cannot show it, so route to Envoy's own admin? No: check the
     // filter removes the header by asking a backend that fails when it sees it.
     let b = Backend::ok().unwrap();
     let cfg = Bootstrap::new()
-        .filter(diagnostics(r#"{"debug_header": "x-upstream-debug", "debug_token": "s3cret", "on": "always"}"#))
+        .filter(diagnostics(shape, r#"{"debug_header": "x-upstream-debug", "debug_token": "s3cret", "on": "always"}"#))
         .filter(json!({
             "name": "envoy.filters.http.header_to_metadata",
             "typed_config": {
@@ -334,12 +320,11 @@ fn debug_token_is_not_forwarded_upstream() {
     assert_eq!(r.status, 200, "filters after diagnostics never saw the token");
 }
 
-#[test]
-fn json_body_replaces_local_reply_body_when_client_accepts_json() {
+fn json_body_replaces_local_reply_body_when_client_accepts_json(shape: Shape) {
     let port = backend::closed_port().unwrap();
     let b = Backend::start(Behavior::Status(503)).unwrap();
     let cfg = Bootstrap::new()
-        .filter(diagnostics(r#"{"trusted_cidrs": ["127.0.0.1/32"], "json_body": true}"#))
+        .filter(diagnostics(shape, r#"{"trusted_cidrs": ["127.0.0.1/32"], "json_body": true}"#))
         .route(route("/down", "down"))
         .route(route("/", "backend"))
         .cluster(cluster("down", port))
@@ -364,16 +349,15 @@ fn json_body_replaces_local_reply_body_when_client_accepts_json() {
     assert_eq!(upstream.text(), "backend says 503\n", "the upstream's own body is never replaced");
 }
 
-#[test]
-fn invalid_config_is_refused_by_envoy_with_the_field_named() {
+fn invalid_config_is_refused_by_envoy_with_the_field_named(shape: Shape) {
     let b = Backend::ok().unwrap();
     for (config, field) in [
         (r#"{"trusted_cidrs": ["10.0.0.0/33"]}"#, "trusted_cidrs[0]"),
-        (r#"{"header": ""}"#, "`header`"),
+        (r#"{"header": ""}"#, "header`"),
         (r#"{"hedaer": "x"}"#, "unknown field `hedaer`"),
     ] {
         let cfg = Bootstrap::new()
-            .filter(diagnostics(config))
+            .filter(diagnostics(shape, config))
             .route(route("/", "backend"))
             .cluster(cluster("backend", b.addr()))
             .build();
@@ -381,8 +365,11 @@ fn invalid_config_is_refused_by_envoy_with_the_field_named() {
         assert!(log.contains("invalid plugin configuration") && log.contains(field), "{field}:\n{log}");
     }
     // Not even JSON.
-    let mut f = diagnostics("{}");
-    f["typed_config"]["config"]["configuration"]["value"] = json!("{not json");
+    let mut f = diagnostics(shape, "{}");
+    match shape {
+        Shape::Wasm => f["typed_config"]["config"]["configuration"]["value"] = json!("{not json"),
+        Shape::Native => f["typed_config"]["filter_config"]["value"] = json!("{not json"),
+    }
     let cfg = Bootstrap::new().filter(f).route(route("/", "backend")).cluster(cluster("backend", b.addr())).build();
     let log = envoy::expect_refused(&cfg).unwrap();
     assert!(log.contains("invalid plugin configuration"), "{log}");
@@ -394,3 +381,27 @@ fn example_config_passes_envoy_validate() {
     let out = envoy::validate(&example).unwrap();
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
+
+test_harness::both_shapes!(
+    connection_refused,
+    connect_timeout,
+    no_healthy_upstream_when_health_checks_fail,
+    no_healthy_upstream_with_zero_endpoints,
+    upstream_timeout,
+    upstream_reset_before_headers,
+    upstream_closes_before_headers,
+    upstream_reset_mid_response_is_counted_at_log_time,
+    retries_exhausted,
+    upstream_overflow,
+    no_route,
+    cluster_not_found,
+    tls_handshake_failed_on_untrusted_self_signed_certificate,
+    tls_handshake_failed_on_expired_certificate,
+    tls_with_a_trusted_valid_certificate_passes,
+    plain_503_from_the_upstream,
+    success_gets_no_header_with_on_errors_and_cause_none_with_always,
+    untrusted_client_sees_no_address_and_debug_token_unlocks_it,
+    debug_token_is_not_forwarded_upstream,
+    json_body_replaces_local_reply_body_when_client_accepts_json,
+    invalid_config_is_refused_by_envoy_with_the_field_named,
+);

@@ -7,28 +7,30 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use test_harness::backend::{Backend, Behavior, Blackhole};
-use test_harness::bootstrap::{cluster, file_lds, route, wasm_filter, write_lds, Bootstrap};
+use test_harness::bootstrap::{cluster, file_lds, module_filter, route, write_lds, Bootstrap, Shape};
 use test_harness::envoy::Envoy;
-use test_harness::{eventually, http, parse_diagnosis, paths};
+use test_harness::{eventually, http, parse_diagnosis};
 
 fn stat(envoy: &Envoy, name: &str) -> u64 {
     envoy.stat(name).unwrap().unwrap_or(0)
 }
 
-fn module(name: &str, config: &Value) -> Value {
-    wasm_filter(name, &paths::wasm_path(name).unwrap(), config)
+fn module(shape: Shape, name: &str, config: &Value) -> Value {
+    module_filter(shape, name, config)
 }
 
 /// The listener of `bootstrap` with its wasm filter's configuration replaced.
-fn with_config(listener: &Value, config: &Value) -> Value {
+fn with_config(shape: Shape, listener: &Value, config: &Value) -> Value {
     let mut l = listener.clone();
     let filters = &mut l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"];
-    filters[0]["typed_config"]["config"]["configuration"]["value"] = json!(config.to_string());
+    match shape {
+        Shape::Wasm => filters[0]["typed_config"]["config"]["configuration"]["value"] = json!(config.to_string()),
+        Shape::Native => filters[0]["typed_config"]["filter_config"]["value"] = json!(config.to_string()),
+    }
     l
 }
 
-#[test]
-fn a_bad_plugin_config_over_lds_is_refused_while_the_old_one_serves_and_state_survives_a_good_one() {
+fn a_bad_plugin_config_over_lds_is_refused_while_the_old_one_serves_and_state_survives_a_good_one(shape: Shape) {
     let ok = Backend::ok().unwrap();
     let flaky = Backend::start(Behavior::Status(503)).unwrap();
     let v1 = json!({
@@ -41,7 +43,7 @@ fn a_bad_plugin_config_over_lds_is_refused_while_the_old_one_serves_and_state_su
     let lds = dir.path().join("listeners.json");
     let (bootstrap, listener) = file_lds(
         Bootstrap::new()
-            .filter(module("upstream_guard", &v1))
+            .filter(module(shape, "upstream_guard", &v1))
             .route(route("/flaky", "flaky"))
             .route(route("/", "ok"))
             .cluster(cluster("ok", ok.addr()))
@@ -66,7 +68,7 @@ fn a_bad_plugin_config_over_lds_is_refused_while_the_old_one_serves_and_state_su
     // Version 2 is bad: refused (NACKed), naming the field; version 1 keeps serving.
     let mut bad = v1.clone();
     bad["rate_limiter"]["rules"][0]["limit"]["per"] = json!("soon");
-    write_lds(&lds, 2, &with_config(&listener, &bad)).unwrap();
+    write_lds(&lds, 2, &with_config(shape, &listener, &bad)).unwrap();
     assert!(
         eventually(Duration::from_secs(10), || stat(&envoy, "listener_manager.lds.update_rejected") == 1),
         "{}",
@@ -83,7 +85,7 @@ fn a_bad_plugin_config_over_lds_is_refused_while_the_old_one_serves_and_state_su
     let mut good = v1.clone();
     good["diagnostics"]["header"] = json!("x-diag-v3");
     good["circuit_breaker"]["open"]["max"] = json!("3h");
-    write_lds(&lds, 3, &with_config(&listener, &good)).unwrap();
+    write_lds(&lds, 3, &with_config(shape, &listener, &good)).unwrap();
     assert!(
         eventually(Duration::from_secs(10), || stat(&envoy, "listener_manager.lds.update_success") > accepted),
         "{}",
@@ -145,10 +147,10 @@ struct PolicyRun {
     second_crash: Option<(usize, Duration)>,
 }
 
-fn trap_under(policy: &str) -> PolicyRun {
+fn trap_under(shape: Shape, policy: &str) -> PolicyRun {
     let config = json!({"diagnostics": {"on": "always"},
                         "rate_limiter": {"rules": [{"name": "all", "key": [{"constant": "k"}], "limit": {"requests": 50, "per": "1h"}}]}});
-    let mut filter = wasm_filter("faulty", &paths::wasm_path("faulty").unwrap(), &config);
+    let mut filter = module_filter(shape, "faulty", &config);
     filter["typed_config"]["config"]["failure_policy"] = json!(policy);
     let cfg = Bootstrap::new()
         .filter(filter)
@@ -186,8 +188,10 @@ fn trap_under(policy: &str) -> PolicyRun {
     PolicyRun { trapped, after, reloads, second_crash }
 }
 
+/// Failure policies are the `.wasm`'s (a dynamic module has none: it never traps, it catches).
 #[test]
 fn what_envoy_does_when_the_filter_traps_under_each_failure_policy() {
+    let shape = Shape::Wasm;
     let mut table = vec![
         "| failure_policy | the request that trapped | the next three requests | VM reloads |".to_string(),
         "|---|---|---|---:|".to_string(),
@@ -195,7 +199,7 @@ fn what_envoy_does_when_the_filter_traps_under_each_failure_policy() {
     let ok = |remaining: &str| Seen { status: 200, filtered: true, remaining: Some(remaining.into()) };
     let mut backoff = None;
     for policy in ["FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD"] {
-        let run = trap_under(policy);
+        let run = trap_under(shape, policy);
         assert_eq!(run.trapped.status, 503, "{policy}: the request that trapped fails");
         match policy {
             "FAIL_CLOSED" => {
@@ -227,8 +231,7 @@ fn what_envoy_does_when_the_filter_traps_under_each_failure_policy() {
     }
 }
 
-#[test]
-fn health_checks_to_missing_or_silent_clusters_stay_bounded() {
+fn health_checks_to_missing_or_silent_clusters_stay_bounded(shape: Shape) {
     let ok = Backend::ok().unwrap();
     let silent = Backend::start(Behavior::Hang).unwrap();
     let hole = Blackhole::start().unwrap();
@@ -241,7 +244,7 @@ fn health_checks_to_missing_or_silent_clusters_stay_bounded() {
     let mut hole_cluster = cluster("hole", hole.addr());
     hole_cluster["connect_timeout"] = json!("0.25s");
     let cfg = Bootstrap::new()
-        .filter(module("upstream_guard", &config))
+        .filter(module(shape, "upstream_guard", &config))
         .route(json!({"match": {"prefix": "/"}, "route": {"cluster_header": "x-upstream-cluster"}}))
         .cluster(cluster("ok", ok.addr()))
         .cluster(cluster("silent", silent.addr()))
@@ -272,3 +275,8 @@ fn health_checks_to_missing_or_silent_clusters_stay_bounded() {
         + envoy.log().matches("cannot send a health check to cluster \"ghost\"").count();
     assert_eq!(warned, 1, "said once, not per interval:\n{}", envoy.log());
 }
+
+test_harness::both_shapes!(
+    a_bad_plugin_config_over_lds_is_refused_while_the_old_one_serves_and_state_survives_a_good_one,
+    health_checks_to_missing_or_silent_clusters_stay_bounded,
+);

@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use serde_json::{json, Value};
 use test_harness::backend::closed_port;
-use test_harness::bootstrap::{http2_cluster, route, wasm_filter, Bootstrap};
+use test_harness::bootstrap::{http2_cluster, module_filter, route, Bootstrap, Shape};
 use test_harness::envoy::Envoy;
 use test_harness::{parse_diagnosis, paths};
 use tonic::{Code, Request, Response, Status};
@@ -62,8 +62,8 @@ fn serve_with<S: RateLimitService>(service: S) -> (tokio::runtime::Runtime, Sock
 }
 
 /// Envoy with upstream_guard.wasm configured by `sections`, routing everything to `cluster`.
-fn envoy(sections: Value, cluster: &str, upstream: SocketAddr) -> Envoy {
-    let module = wasm_filter("upstream_guard", &paths::wasm_path("upstream_guard").unwrap(), &sections);
+fn envoy(shape: Shape, sections: Value, cluster: &str, upstream: SocketAddr) -> Envoy {
+    let module = module_filter(shape, "upstream_guard", &sections);
     let cfg =
         Bootstrap::new().filter(module).route(route("/", cluster)).cluster(http2_cluster(cluster, upstream)).build();
     Envoy::start(&cfg).unwrap()
@@ -98,12 +98,11 @@ fn diagnostics() -> Value {
     json!({"trusted_cidrs": ["127.0.0.1/32"], "json_body": true})
 }
 
-#[test]
-fn a_rate_limited_call_gets_resource_exhausted_with_its_diagnosis() {
+fn a_rate_limited_call_gets_resource_exhausted_with_its_diagnosis(shape: Shape) {
     let (rt, upstream) = serve();
     let rules = json!({"rules": [{"name": "one-per-minute", "key": [{"constant": "all"}],
                                   "limit": {"requests": 1, "per": "1m"}}]});
-    let envoy = envoy(json!({DIAGNOSTICS: diagnostics(), "rate_limiter": rules}), "grpc", upstream);
+    let envoy = envoy(shape, json!({DIAGNOSTICS: diagnostics(), "rate_limiter": rules}), "grpc", upstream);
     let addr = envoy.main().unwrap();
     let ok = call(&rt, addr, &[("accept", "application/json")]).unwrap();
     assert_eq!(ok.overall_code, RlsCode::Ok as i32, "the first call reaches the upstream service");
@@ -119,22 +118,21 @@ fn a_rate_limited_call_gets_resource_exhausted_with_its_diagnosis() {
     assert_eq!(refused.metadata().get("retry-after").unwrap(), "60");
 }
 
-#[test]
-fn the_rate_limiter_grpc_status_is_configurable() {
+fn the_rate_limiter_grpc_status_is_configurable(shape: Shape) {
     let (rt, upstream) = serve();
     let rules = json!({"rules": [{"name": "none", "key": [{"constant": "all"}], "limit": {"requests": 1, "per": "1m"}}],
                        "grpc_status": 14});
-    let envoy = envoy(json!({"rate_limiter": rules}), "grpc", upstream);
+    let envoy = envoy(shape, json!({"rate_limiter": rules}), "grpc", upstream);
     let addr = envoy.main().unwrap();
     call(&rt, addr, &[]).unwrap();
     assert_eq!(call(&rt, addr, &[]).unwrap_err().code(), Code::Unavailable);
 }
 
-#[test]
-fn an_open_circuit_gets_unavailable_with_its_diagnosis() {
+fn an_open_circuit_gets_unavailable_with_its_diagnosis(shape: Shape) {
     let (rt, _upstream) = serve();
     let breaker = json!({"failure": {"consecutive": 1}, "open": {"base": "1m"}});
-    let envoy = envoy(json!({DIAGNOSTICS: diagnostics(), "circuit_breaker": breaker}), "dead", closed_port().unwrap());
+    let envoy =
+        envoy(shape, json!({DIAGNOSTICS: diagnostics(), "circuit_breaker": breaker}), "dead", closed_port().unwrap());
     let addr = envoy.main().unwrap();
 
     // Envoy's own refusal (nothing listens) is diagnosed too: UNAVAILABLE, cause in the metadata.
@@ -154,14 +152,13 @@ fn an_open_circuit_gets_unavailable_with_its_diagnosis() {
     assert_eq!(open.metadata().get("x-upstream-guard-circuit").unwrap(), "open");
 }
 
-#[test]
-fn no_healthy_upstream_gets_unavailable_with_the_reasons() {
+fn no_healthy_upstream_gets_unavailable_with_the_reasons(shape: Shape) {
     let (rt, _upstream) = serve();
     // The reasons name clusters: for clients the health router trusts.
     let router = json!({"upstreams": [{"cluster": "dead"}], "passive": {"consecutive_failures": 1, "ejection": "1m"},
                          "trusted_cidrs": ["127.0.0.1/32"]});
     let sections = json!({DIAGNOSTICS: diagnostics(), "health_router": router});
-    let module = wasm_filter("upstream_guard", &paths::wasm_path("upstream_guard").unwrap(), &sections);
+    let module = module_filter(shape, "upstream_guard", &sections);
     let cfg = Bootstrap::new()
         .filter(module)
         .route(json!({"match": {"prefix": "/"}, "route": {"cluster_header": "x-upstream-cluster"}}))
@@ -179,12 +176,11 @@ fn no_healthy_upstream_gets_unavailable_with_the_reasons() {
     assert_eq!(reasons["upstreams"][0]["cluster"], "dead", "{reasons}");
 }
 
-#[test]
-fn a_backends_trailers_only_failures_are_diagnosed_and_trip_the_breaker() {
+fn a_backends_trailers_only_failures_are_diagnosed_and_trip_the_breaker(shape: Shape) {
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (rt, upstream) = serve_with(Failing(calls.clone()));
     let breaker = json!({"failure": {"consecutive": 4}, "open": {"base": "1m"}});
-    let envoy = envoy(json!({DIAGNOSTICS: diagnostics(), "circuit_breaker": breaker}), "overloaded", upstream);
+    let envoy = envoy(shape, json!({DIAGNOSTICS: diagnostics(), "circuit_breaker": breaker}), "overloaded", upstream);
     let addr = envoy.main().unwrap();
     for i in 0..4 {
         let failed = call(&rt, addr, &[]).unwrap_err();
@@ -244,13 +240,12 @@ fn grpcio_diagnosis(call: &Value) -> std::collections::BTreeMap<String, String> 
     parse_diagnosis(call["metadata"]["x-upstream-diagnosis"].as_str().expect("a diagnosis in the metadata")).unwrap()
 }
 
-#[test]
-fn grpcio_sees_the_documented_status_message_and_metadata_of_each_refusal() {
+fn grpcio_sees_the_documented_status_message_and_metadata_of_each_refusal(shape: Shape) {
     // Rate limited: RESOURCE_EXHAUSTED, the README's message word for word, retry-after.
     let (rt, upstream) = serve();
     let rules = json!({"rules": [{"name": "one-per-minute", "key": [{"constant": "all"}],
                                   "limit": {"requests": 1, "per": "1m"}}]});
-    let limited = envoy(json!({DIAGNOSTICS: diagnostics(), "rate_limiter": rules}), "grpc", upstream);
+    let limited = envoy(shape, json!({DIAGNOSTICS: diagnostics(), "rate_limiter": rules}), "grpc", upstream);
     let calls = grpcio_calls(limited.main().unwrap(), 2);
     assert_eq!(calls[0]["code"], "OK");
     assert_eq!(
@@ -263,7 +258,8 @@ fn grpcio_sees_the_documented_status_message_and_metadata_of_each_refusal() {
 
     // Nothing listens: Envoy's own UNAVAILABLE, diagnosed; then the open circuit's.
     let breaker = json!({"failure": {"consecutive": 1}, "open": {"base": "1m"}});
-    let dead = envoy(json!({DIAGNOSTICS: diagnostics(), "circuit_breaker": breaker}), "dead", closed_port().unwrap());
+    let dead =
+        envoy(shape, json!({DIAGNOSTICS: diagnostics(), "circuit_breaker": breaker}), "dead", closed_port().unwrap());
     let calls = grpcio_calls(dead.main().unwrap(), 2);
     assert_eq!(calls[0]["code"], "UNAVAILABLE");
     assert_eq!(grpcio_diagnosis(&calls[0])["cause"], "connection_refused");
@@ -278,7 +274,7 @@ fn grpcio_sees_the_documented_status_message_and_metadata_of_each_refusal() {
     let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (_rt, upstream) = serve_with(Failing(count.clone()));
     let breaker = json!({"failure": {"consecutive": 4}, "open": {"base": "1m"}});
-    let failing = envoy(json!({DIAGNOSTICS: diagnostics(), "circuit_breaker": breaker}), "overloaded", upstream);
+    let failing = envoy(shape, json!({DIAGNOSTICS: diagnostics(), "circuit_breaker": breaker}), "overloaded", upstream);
     let calls = grpcio_calls(failing.main().unwrap(), 5);
     for c in &calls[..4] {
         assert_eq!((c["code"].as_str(), c["details"].as_str()), (Some("UNAVAILABLE"), Some("backend overloaded")));
@@ -287,3 +283,12 @@ fn grpcio_sees_the_documented_status_message_and_metadata_of_each_refusal() {
     assert_eq!(calls[4]["details"], "circuit open: retry after 60 s", "{:?}", calls[4]);
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 4);
 }
+
+test_harness::both_shapes!(
+    a_rate_limited_call_gets_resource_exhausted_with_its_diagnosis,
+    the_rate_limiter_grpc_status_is_configurable,
+    an_open_circuit_gets_unavailable_with_its_diagnosis,
+    no_healthy_upstream_gets_unavailable_with_the_reasons,
+    a_backends_trailers_only_failures_are_diagnosed_and_trip_the_breaker,
+    grpcio_sees_the_documented_status_message_and_metadata_of_each_refusal,
+);

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use test_harness::backend::{Backend, Behavior};
-use test_harness::bootstrap::{cluster, wasm_filter, Bootstrap};
+use test_harness::bootstrap::{cluster, module_filter, module_name, Bootstrap, Shape};
 use test_harness::envoy::{self, Envoy};
-use test_harness::{eventually, http, parse_diagnosis, paths};
+use test_harness::{eventually, http, parse_diagnosis};
 
-fn router(config: Value) -> Value {
-    wasm_filter("health_router", &paths::wasm_path("health_router").unwrap(), &config)
+fn router(shape: Shape, config: Value) -> Value {
+    module_filter(shape, "health_router", &config)
 }
 
 fn check() -> Value {
@@ -43,11 +43,10 @@ fn start(filters: Vec<Value>, primary: SocketAddr, secondary: SocketAddr) -> Env
     Envoy::start_with(&cfg, 2).unwrap()
 }
 
-#[test]
-fn traffic_fails_over_when_the_primary_dies_and_returns_when_it_recovers() {
+fn traffic_fails_over_when_the_primary_dies_and_returns_when_it_recovers(shape: Shape) {
     let primary = Backend::ok().unwrap();
     let secondary = Backend::ok().unwrap();
-    let envoy = start(vec![router(config(json!({})))], primary.addr(), secondary.addr());
+    let envoy = start(vec![router(shape, config(json!({})))], primary.addr(), secondary.addr());
     let addr = envoy.main().unwrap();
     for _ in 0..10 {
         assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200);
@@ -81,12 +80,11 @@ fn traffic_fails_over_when_the_primary_dies_and_returns_when_it_recovers() {
     assert!(primary.health_checks() > 0);
 }
 
-#[test]
-fn both_down_fails_fast_with_every_upstreams_reason() {
+fn both_down_fails_fast_with_every_upstreams_reason(shape: Shape) {
     let primary = Backend::ok().unwrap();
     let secondary = Backend::ok().unwrap();
-    let diag = wasm_filter("diagnostics", &paths::wasm_path("diagnostics").unwrap(), &json!({}));
-    let envoy = start(vec![diag, router(config(json!({})))], primary.addr(), secondary.addr());
+    let diag = module_filter(shape, "diagnostics", &json!({}));
+    let envoy = start(vec![diag, router(shape, config(json!({})))], primary.addr(), secondary.addr());
     let addr = envoy.main().unwrap();
     primary.set_healthy(false);
     secondary.kill();
@@ -113,12 +111,11 @@ fn both_down_fails_fast_with_every_upstreams_reason() {
     assert_eq!(envoy.stat("upstream_guard.health.primary.healthy").unwrap(), Some(0));
 }
 
-#[test]
-fn passive_failures_eject_the_primary_before_any_active_check_notices() {
+fn passive_failures_eject_the_primary_before_any_active_check_notices(shape: Shape) {
     let primary = Backend::start(Behavior::Status(503)).unwrap();
     let secondary = Backend::ok().unwrap();
     let cfg = config(json!({"passive": {"consecutive_failures": 3, "ejection": "30s"}}));
-    let envoy = start(vec![router(cfg)], primary.addr(), secondary.addr());
+    let envoy = start(vec![router(shape, cfg)], primary.addr(), secondary.addr());
     let addr = envoy.main().unwrap();
     let statuses: Vec<u16> = (0..8).map(|_| http::get(addr, "/", &[]).unwrap().status).collect();
     assert_eq!(statuses, [503, 503, 503, 200, 200, 200, 200, 200], "the health path still passes: passive did it");
@@ -126,11 +123,10 @@ fn passive_failures_eject_the_primary_before_any_active_check_notices() {
     assert_eq!(envoy.stat("upstream_guard.health.primary.ejections").unwrap(), Some(1));
 }
 
-#[test]
-fn clients_cannot_choose_the_upstream() {
+fn clients_cannot_choose_the_upstream(shape: Shape) {
     let primary = Backend::ok().unwrap();
     let secondary = Backend::ok().unwrap();
-    let envoy = start(vec![router(config(json!({})))], primary.addr(), secondary.addr());
+    let envoy = start(vec![router(shape, config(json!({})))], primary.addr(), secondary.addr());
     let addr = envoy.main().unwrap();
     for _ in 0..5 {
         assert_eq!(http::get(addr, "/", &[("x-upstream-cluster", "secondary")]).unwrap().status, 200);
@@ -138,14 +134,13 @@ fn clients_cannot_choose_the_upstream() {
     assert_eq!((primary.requests(), secondary.requests()), (5, 0));
 }
 
-#[test]
-fn status_endpoint_reports_state_to_trusted_clients_and_unknown_clusters_do_not_crash() {
+fn status_endpoint_reports_state_to_trusted_clients_and_unknown_clusters_do_not_crash(shape: Shape) {
     let primary = Backend::ok().unwrap();
     let secondary = Backend::ok().unwrap();
     let cfg = json!({"upstreams": [{"cluster": "primary", "health_check": check()},
                                    {"cluster": "nonexistent", "health_check": check()}],
                      "trusted_cidrs": ["127.0.0.1/32"], "status_path": "/.well-known/upstream-health"});
-    let envoy = start(vec![router(cfg)], primary.addr(), secondary.addr());
+    let envoy = start(vec![router(shape, cfg)], primary.addr(), secondary.addr());
     let addr = envoy.main().unwrap();
     let mut body = Value::Null;
     assert!(eventually(Duration::from_secs(5), || {
@@ -164,33 +159,45 @@ fn status_endpoint_reports_state_to_trusted_clients_and_unknown_clusters_do_not_
     assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200, "traffic still flows to the healthy one");
 }
 
-#[test]
-fn status_endpoint_is_not_answered_for_untrusted_clients() {
+fn status_endpoint_is_not_answered_for_untrusted_clients(shape: Shape) {
     let primary = Backend::ok().unwrap();
     let secondary = Backend::ok().unwrap();
     let cfg = config(json!({"trusted_cidrs": ["10.0.0.0/8"]}));
-    let envoy = start(vec![router(cfg)], primary.addr(), secondary.addr());
+    let envoy = start(vec![router(shape, cfg)], primary.addr(), secondary.addr());
     let r = http::get(envoy.main().unwrap(), "/.well-known/upstream-health", &[]).unwrap();
     assert_ne!(r.header("content-type"), Some("application/json"));
     assert_eq!(primary.requests(), 1, "the request went upstream like any other");
 }
 
-#[test]
-fn invalid_config_is_refused_by_envoy_with_the_field_named() {
+fn invalid_config_is_refused_by_envoy_with_the_field_named(shape: Shape) {
     let b = Backend::ok().unwrap();
     for (cfg, field) in [
-        (json!({"upstreams": []}), "`upstreams`"),
+        (json!({"upstreams": []}), "upstreams`"),
         (
             json!({"upstreams": [{"cluster": "a", "health_check": {"interval": "often"}}]}),
             "upstreams[0].health_check.interval",
         ),
     ] {
         let c = Bootstrap::new()
-            .filter(router(cfg))
+            .filter(router(shape, cfg))
             .route(json!({"match": {"prefix": "/"}, "route": {"cluster": "b"}}))
             .cluster(cluster("b", b.addr()))
             .build();
         let log = envoy::expect_refused(&c).unwrap();
-        assert!(log.contains("health_router: invalid plugin configuration") && log.contains(field), "{field}:\n{log}");
+        let module = module_name(shape, "health_router");
+        assert!(
+            log.contains(&format!("{module}: invalid plugin configuration")) && log.contains(field),
+            "{field}:\n{log}"
+        );
     }
 }
+
+test_harness::both_shapes!(
+    traffic_fails_over_when_the_primary_dies_and_returns_when_it_recovers,
+    both_down_fails_fast_with_every_upstreams_reason,
+    passive_failures_eject_the_primary_before_any_active_check_notices,
+    clients_cannot_choose_the_upstream,
+    status_endpoint_reports_state_to_trusted_clients_and_unknown_clusters_do_not_crash,
+    status_endpoint_is_not_answered_for_untrusted_clients,
+    invalid_config_is_refused_by_envoy_with_the_field_named,
+);

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use test_harness::backend::Backend;
-use test_harness::bootstrap::{cluster, route, wasm_filter, Bootstrap};
+use test_harness::bootstrap::{cluster, module_filter, route, Bootstrap, Shape};
 use test_harness::envoy::Envoy;
-use test_harness::{http, paths};
+use test_harness::http;
 
 struct Row {
     policy: &'static str,
@@ -49,11 +49,11 @@ fn rows() -> Vec<Row> {
     ]
 }
 
-fn run(module: &str, config: &Value, row: &Row) {
+fn run(shape: Shape, module: &str, config: &Value, row: &Row) {
     let backend = Backend::ok().unwrap();
     let cfg = Bootstrap::new()
         .edge()
-        .filter(wasm_filter(module, &paths::wasm_path(module).unwrap(), config))
+        .filter(module_filter(shape, module, config))
         .route(route("/", "backend"))
         .cluster(cluster("backend", backend.addr()))
         .build();
@@ -72,16 +72,19 @@ fn run(module: &str, config: &Value, row: &Row) {
     assert!(!log.contains("panicked") && !log.contains("RuntimeError"), "{what}: {log}");
 }
 
-#[test]
-fn hostile_header_bytes_never_disable_a_single_policy_filter() {
+fn hostile_header_bytes_never_disable_a_single_policy_filter(shape: Shape) {
     for row in rows() {
-        run(row.policy, &row.config, &row);
+        run(shape, row.policy, &row.config, &row);
     }
 }
 
-#[test]
-fn hostile_header_bytes_never_disable_the_combined_module() {
+fn hostile_header_bytes_never_disable_the_combined_module(shape: Shape) {
     for row in rows() {
-        run("upstream_guard", &json!({ row.policy: row.config }), &row);
+        run(shape, "upstream_guard", &json!({ row.policy: row.config }), &row);
     }
 }
+
+test_harness::both_shapes!(
+    hostile_header_bytes_never_disable_a_single_policy_filter,
+    hostile_header_bytes_never_disable_the_combined_module,
+);

@@ -8,10 +8,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use test_harness::bootstrap::{buffer_filter, cluster, llm_route, wasm_filter, Bootstrap};
+use test_harness::bootstrap::{buffer_filter, cluster, llm_route, module_filter, Bootstrap, Shape};
 use test_harness::envoy::Envoy;
 use test_harness::llm_backend::{gateway_example, FakeLlm, LlmReply};
-use test_harness::{http, parse_diagnosis, paths};
+use test_harness::{http, parse_diagnosis};
 
 const CHAT: &str = "/v1/chat/completions";
 
@@ -31,10 +31,10 @@ fn llm_section(extra: Value) -> Value {
 
 /// Envoy (2 workers) with the suite (diagnostics, loopback trusted, and the llm section), the
 /// buffer filter after it, and a route per provider on the filter state the stage sets.
-fn start(llm: Value, a: &FakeLlm, b: &FakeLlm) -> Envoy {
+fn start(shape: Shape, llm: Value, a: &FakeLlm, b: &FakeLlm) -> Envoy {
     let suite = json!({"diagnostics": {"trusted_cidrs": ["127.0.0.1/32"]}, "llm": llm});
     let cfg = Bootstrap::new()
-        .filter(wasm_filter("upstream_guard", &paths::wasm_path("upstream_guard").unwrap(), &suite))
+        .filter(module_filter(shape, "upstream_guard", &suite))
         .filter(buffer_filter(1 << 20))
         .route(llm_route("/v1/", "provider_a"))
         .route(llm_route("/v1/", "provider_b"))
@@ -45,8 +45,7 @@ fn start(llm: Value, a: &FakeLlm, b: &FakeLlm) -> Envoy {
     Envoy::start_with(&cfg, 2).unwrap()
 }
 
-#[test]
-fn another_stages_refusal_on_an_llm_path_speaks_the_openai_error_shape() {
+fn another_stages_refusal_on_an_llm_path_speaks_the_openai_error_shape(shape: Shape) {
     let a = FakeLlm::start("a", LlmReply::json(5, 7)).unwrap();
     let b = FakeLlm::start("b", LlmReply::json(5, 7)).unwrap();
     let suite = json!({
@@ -56,7 +55,7 @@ fn another_stages_refusal_on_an_llm_path_speaks_the_openai_error_shape() {
         "llm": llm_section(json!({})),
     });
     let cfg = Bootstrap::new()
-        .filter(wasm_filter("upstream_guard", &paths::wasm_path("upstream_guard").unwrap(), &suite))
+        .filter(module_filter(shape, "upstream_guard", &suite))
         .filter(buffer_filter(1 << 20))
         .route(llm_route("/v1/", "provider_a"))
         .route(llm_route("/v1/", "provider_b"))
@@ -92,12 +91,11 @@ fn diagnosis(r: &http::Response) -> std::collections::BTreeMap<String, String> {
     parse_diagnosis(r.header("x-upstream-diagnosis").expect("a diagnosis")).unwrap()
 }
 
-#[test]
-fn routes_by_model_and_fails_over_with_the_providers_model_name() {
+fn routes_by_model_and_fails_over_with_the_providers_model_name(shape: Shape) {
     let a = FakeLlm::start("a", LlmReply::json(5, 7)).unwrap();
     let b = FakeLlm::start("b", LlmReply::json(5, 7)).unwrap();
     // Without the demotion of a provider that just failed, only the ejection moves the model.
-    let envoy = start(llm_section(json!({"demote_failed": "0s"})), &a, &b);
+    let envoy = start(shape, llm_section(json!({"demote_failed": "0s"})), &a, &b);
     let addr = envoy.main().unwrap();
 
     let r = http::post(addr, CHAT, &[("content-type", "application/json")], &chat("gpt-4o")).unwrap();
@@ -130,11 +128,10 @@ fn routes_by_model_and_fails_over_with_the_providers_model_name() {
     assert_eq!(envoy.stat("upstream_guard.llm.model.gpt-4o.tokens").unwrap(), Some(12 * 4));
 }
 
-#[test]
-fn an_unknown_model_or_a_bad_body_is_a_clear_client_error() {
+fn an_unknown_model_or_a_bad_body_is_a_clear_client_error(shape: Shape) {
     let a = FakeLlm::start("a", LlmReply::json(1, 1)).unwrap();
     let b = FakeLlm::start("b", LlmReply::json(1, 1)).unwrap();
-    let envoy = start(llm_section(json!({})), &a, &b);
+    let envoy = start(shape, llm_section(json!({})), &a, &b);
     let addr = envoy.main().unwrap();
     let r = http::post(addr, CHAT, &[], &chat("gpt-5")).unwrap();
     assert_eq!(r.status, 404);
@@ -170,11 +167,10 @@ fn until_back(addr: std::net::SocketAddr, backend: &str, limit: Duration) -> Opt
     None
 }
 
-#[test]
-fn a_providers_429_pauses_it_for_the_time_it_asks_without_counting_a_failure() {
+fn a_providers_429_pauses_it_for_the_time_it_asks_without_counting_a_failure(shape: Shape) {
     let a = FakeLlm::start("a", LlmReply::json(1, 1)).unwrap();
     let b = FakeLlm::start("b", LlmReply::json(1, 1)).unwrap();
-    let envoy = start(llm_section(json!({})), &a, &b);
+    let envoy = start(shape, llm_section(json!({})), &a, &b);
     let addr = envoy.main().unwrap();
     for (headers, pause) in [
         (vec![("retry-after", "2")], Duration::from_secs(2)),
@@ -208,11 +204,10 @@ fn a_providers_429_pauses_it_for_the_time_it_asks_without_counting_a_failure() {
     assert_eq!(envoy.stat("upstream_guard.diagnosis.upstream_rate_limited").unwrap(), Some(3));
 }
 
-#[test]
-fn every_provider_out_is_model_unavailable_with_each_reason() {
+fn every_provider_out_is_model_unavailable_with_each_reason(shape: Shape) {
     let a = FakeLlm::start("a", LlmReply::rate_limited(&[("retry-after", "30")])).unwrap();
     let b = FakeLlm::start("b", LlmReply::status(529)).unwrap();
-    let envoy = start(llm_section(json!({"trusted_cidrs": ["127.0.0.1/32"]})), &a, &b);
+    let envoy = start(shape, llm_section(json!({"trusted_cidrs": ["127.0.0.1/32"]})), &a, &b);
     let addr = envoy.main().unwrap();
     let r = http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap();
     assert_eq!((r.status, r.header("retry-after")), (429, Some("0")), "b is still available");
@@ -237,12 +232,11 @@ fn every_provider_out_is_model_unavailable_with_each_reason() {
     assert_eq!(envoy.stat("upstream_guard.llm.model.small.requests").unwrap(), Some(0));
 }
 
-#[test]
-fn an_untrusted_client_is_told_the_model_is_unavailable_without_the_providers() {
+fn an_untrusted_client_is_told_the_model_is_unavailable_without_the_providers(shape: Shape) {
     // Nobody trusted: the loopback client is like any other.
     let a = FakeLlm::start("a", LlmReply::status(529)).unwrap();
     let b = FakeLlm::start("b", LlmReply::status(529)).unwrap();
-    let envoy = start(llm_section(json!({"passive": {"consecutive_failures": 1, "ejection": "30s"}})), &a, &b);
+    let envoy = start(shape, llm_section(json!({"passive": {"consecutive_failures": 1, "ejection": "30s"}})), &a, &b);
     let addr = envoy.main().unwrap();
     let _ = http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap();
     let _ = http::post(addr, CHAT, &[], &chat("gpt-4o")).unwrap();
@@ -278,11 +272,10 @@ fn spend_the_budget(addr: std::net::SocketAddr, body: &[u8]) {
     assert_eq!(other.status, 200, "another key has its own budget");
 }
 
-#[test]
-fn a_token_budget_is_exact_across_workers_with_json_answers() {
+fn a_token_budget_is_exact_across_workers_with_json_answers(shape: Shape) {
     let a = FakeLlm::start("a", LlmReply::json(10, 20)).unwrap();
     let b = FakeLlm::start("b", LlmReply::json(10, 20)).unwrap();
-    let envoy = start(llm_section(budget(100)), &a, &b);
+    let envoy = start(shape, llm_section(budget(100)), &a, &b);
     let addr = envoy.main().unwrap();
     spend_the_budget(addr, &chat("gpt-4o"));
     assert_eq!(envoy.stat("upstream_guard.llm.budget.per-key.charged_tokens").unwrap(), Some(150));
@@ -290,12 +283,11 @@ fn a_token_budget_is_exact_across_workers_with_json_answers() {
     assert_eq!(a.tokens_reported(), 150);
 }
 
-#[test]
-fn a_token_budget_is_exact_across_workers_with_streamed_answers() {
+fn a_token_budget_is_exact_across_workers_with_streamed_answers(shape: Shape) {
     let stream = LlmReply::stream(3, Duration::from_millis(5), 10, 20);
     let a = FakeLlm::start("a", stream.clone()).unwrap();
     let b = FakeLlm::start("b", stream).unwrap();
-    let envoy = start(llm_section(budget(100)), &a, &b);
+    let envoy = start(shape, llm_section(budget(100)), &a, &b);
     let addr = envoy.main().unwrap();
     let body = json!({"model": "gpt-4o", "stream": true, "messages": []}).to_string().into_bytes();
     spend_the_budget(addr, &body);
@@ -305,11 +297,10 @@ fn a_token_budget_is_exact_across_workers_with_streamed_answers() {
     assert_eq!(a.tokens_reported(), 150);
 }
 
-#[test]
-fn concurrent_charges_are_all_counted() {
+fn concurrent_charges_are_all_counted(shape: Shape) {
     let a = FakeLlm::start("a", LlmReply::stream(2, Duration::from_millis(20), 7, 4)).unwrap();
     let b = FakeLlm::start("b", LlmReply::json(7, 4)).unwrap();
-    let envoy = start(llm_section(budget(1_000_000)), &a, &b);
+    let envoy = start(shape, llm_section(budget(1_000_000)), &a, &b);
     let addr = envoy.main().unwrap();
     let body = json!({"model": "gpt-4o", "stream": true}).to_string().into_bytes();
     let handles: Vec<_> = (0..40)
@@ -343,15 +334,14 @@ fn concurrent_streams(addr: std::net::SocketAddr, key: &'static str, body: Value
     statuses.iter().filter(|s| **s == 200).count()
 }
 
-#[test]
-fn concurrent_requests_of_one_key_cannot_overrun_its_budget() {
+fn concurrent_requests_of_one_key_cannot_overrun_its_budget(shape: Shape) {
     // Streams of about 600 ms, 30 tokens each, and a budget of 100: twelve requests sent at
     // once overlap. Admission reserves each request's estimate, so the charge stays within
     // the budget plus the last admitted request's reservation.
     let stream = LlmReply::stream(3, Duration::from_millis(200), 10, 20);
     let a = FakeLlm::start("a", stream.clone()).unwrap();
     let b = FakeLlm::start("b", stream).unwrap();
-    let envoy = start(llm_section(budget(100)), &a, &b);
+    let envoy = start(shape, llm_section(budget(100)), &a, &b);
     let addr = envoy.main().unwrap();
     // Capped by the client (max_tokens 40): 100, 60, 20 admit; -20 refuses.
     let capped = concurrent_streams(addr, "capped", json!({"model": "gpt-4o", "stream": true, "max_tokens": 40}), 12);
@@ -374,18 +364,17 @@ fn concurrent_requests_of_one_key_cannot_overrun_its_budget() {
     let a2 = FakeLlm::start("a", LlmReply::stream(3, Duration::from_millis(200), 10, 20)).unwrap();
     let mut off = budget(100);
     off["reserve_tokens"] = json!(0);
-    let envoy = start(llm_section(off), &a2, &b);
+    let envoy = start(shape, llm_section(off), &a2, &b);
     let all = concurrent_streams(envoy.main().unwrap(), "k", json!({"model": "gpt-4o", "stream": true}), 12);
     assert_eq!(all, 12, "every request passed a balance with room for three");
 }
 
-#[test]
-fn a_streamed_answer_is_not_held_back() {
+fn a_streamed_answer_is_not_held_back(shape: Shape) {
     // The backend sends its first chunk at once, then waits a second before the next.
     let stream = LlmReply::stream(2, Duration::from_secs(1), 3, 4);
     let a = FakeLlm::start("a", stream.clone()).unwrap();
     let b = FakeLlm::start("b", stream).unwrap();
-    let envoy = start(llm_section(budget(1000)), &a, &b);
+    let envoy = start(shape, llm_section(budget(1000)), &a, &b);
     let addr = envoy.main().unwrap();
     let body = json!({"model": "gpt-4o", "stream": true}).to_string().into_bytes();
     for _ in 0..3 {
@@ -469,3 +458,17 @@ fn the_llm_gateway_example_runs_as_its_readme_says() {
     http::get(primary.addr(), "/fake/reply?status=200", &[]).unwrap();
     assert_eq!(http::get(addr, "/v1/models", &[]).unwrap().header("x-backend"), Some("primary"));
 }
+
+test_harness::both_shapes!(
+    another_stages_refusal_on_an_llm_path_speaks_the_openai_error_shape,
+    routes_by_model_and_fails_over_with_the_providers_model_name,
+    an_unknown_model_or_a_bad_body_is_a_clear_client_error,
+    a_providers_429_pauses_it_for_the_time_it_asks_without_counting_a_failure,
+    every_provider_out_is_model_unavailable_with_each_reason,
+    an_untrusted_client_is_told_the_model_is_unavailable_without_the_providers,
+    a_token_budget_is_exact_across_workers_with_json_answers,
+    a_token_budget_is_exact_across_workers_with_streamed_answers,
+    concurrent_charges_are_all_counted,
+    concurrent_requests_of_one_key_cannot_overrun_its_budget,
+    a_streamed_answer_is_not_held_back,
+);

@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use test_harness::backend::Backend;
-use test_harness::bootstrap::{cluster, route, wasm_filter, Bootstrap};
+use test_harness::bootstrap::{cluster, module_filter, route, Bootstrap, Shape};
 use test_harness::envoy::{self, Envoy};
-use test_harness::{http, parse_diagnosis, paths};
+use test_harness::{http, parse_diagnosis};
 
-fn limiter(config: Value) -> Value {
-    wasm_filter("rate_limiter", &paths::wasm_path("rate_limiter").unwrap(), &config)
+fn limiter(shape: Shape, config: Value) -> Value {
+    module_filter(shape, "rate_limiter", &config)
 }
 
 fn envoy_with(filters: Vec<Value>, backend: &Backend, concurrency: u32) -> Envoy {
@@ -49,11 +49,11 @@ fn hammer(addr: SocketAddr, threads: u64, total: u64, headers: &'static [(&'stat
     (ok.load(Ordering::SeqCst), limited.load(Ordering::SeqCst))
 }
 
-fn exact_under_load(algorithm: &str) {
+fn exact_under_load(shape: Shape, algorithm: &str) {
     let b = Backend::ok().unwrap();
     let cfg = json!({"rules": [{"name": "global", "key": [{"constant": "all"}], "algorithm": algorithm,
         "limit": {"requests": 500, "per": "24h"}}]});
-    let envoy = envoy_with(vec![limiter(cfg)], &b, 2);
+    let envoy = envoy_with(vec![limiter(shape, cfg)], &b, 2);
     let (admitted, limited) = hammer(envoy.main().unwrap(), 20, 2000, &[]);
     println!("{algorithm}: admitted {admitted}, limited {limited} of 2000 (limit 500, 2 workers)");
     assert_eq!(admitted + limited, 2000);
@@ -62,22 +62,19 @@ fn exact_under_load(algorithm: &str) {
     assert_eq!(envoy.stat("upstream_guard.ratelimit.global.limited").unwrap(), Some(limited));
 }
 
-#[test]
-fn token_bucket_is_exact_across_two_workers_under_concurrent_load() {
-    exact_under_load("token_bucket");
+fn token_bucket_is_exact_across_two_workers_under_concurrent_load(shape: Shape) {
+    exact_under_load(shape, "token_bucket");
 }
 
-#[test]
-fn sliding_window_is_exact_across_two_workers_under_concurrent_load() {
-    exact_under_load("sliding_window");
+fn sliding_window_is_exact_across_two_workers_under_concurrent_load(shape: Shape) {
+    exact_under_load(shape, "sliding_window");
 }
 
-#[test]
-fn refused_requests_carry_retry_after_and_ratelimit_fields_and_are_diagnosed() {
+fn refused_requests_carry_retry_after_and_ratelimit_fields_and_are_diagnosed(shape: Shape) {
     let b = Backend::ok().unwrap();
-    let diag = wasm_filter("diagnostics", &paths::wasm_path("diagnostics").unwrap(), &json!({}));
+    let diag = module_filter(shape, "diagnostics", &json!({}));
     let cfg = json!({"rules": [{"name": "per-client", "limit": {"requests": 2, "per": "10s"}}]});
-    let envoy = envoy_with(vec![diag, limiter(cfg)], &b, 1);
+    let envoy = envoy_with(vec![diag, limiter(shape, cfg)], &b, 1);
     let addr = envoy.main().unwrap();
 
     let first = http::get(addr, "/", &[]).unwrap();
@@ -98,12 +95,11 @@ fn refused_requests_carry_retry_after_and_ratelimit_fields_and_are_diagnosed() {
     assert_eq!(b.requests(), 2);
 }
 
-#[test]
-fn spoofed_left_most_forwarded_for_does_not_dodge_the_limit() {
+fn spoofed_left_most_forwarded_for_does_not_dodge_the_limit(shape: Shape) {
     let b = Backend::ok().unwrap();
     let cfg = json!({"rules": [{"name": "per-client", "limit": {"requests": 3, "per": "1h"}}],
                      "client_ip": {"trusted_hops": 1}});
-    let envoy = envoy_with(vec![limiter(cfg)], &b, 1);
+    let envoy = envoy_with(vec![limiter(shape, cfg)], &b, 1);
     let addr = envoy.main().unwrap();
     let mut admitted = 0;
     for i in 0..10 {
@@ -119,11 +115,10 @@ fn spoofed_left_most_forwarded_for_does_not_dodge_the_limit() {
     assert_eq!(garbage.status, 200, "an unparsable entry falls back to the peer address, a bucket of its own");
 }
 
-#[test]
-fn shadow_mode_passes_everything_and_counts_would_be_refusals() {
+fn shadow_mode_passes_everything_and_counts_would_be_refusals(shape: Shape) {
     let b = Backend::ok().unwrap();
     let cfg = json!({"rules": [{"name": "trial", "limit": {"requests": 1, "per": "1h"}}], "mode": "shadow"});
-    let envoy = envoy_with(vec![limiter(cfg)], &b, 1);
+    let envoy = envoy_with(vec![limiter(shape, cfg)], &b, 1);
     let addr = envoy.main().unwrap();
     for _ in 0..10 {
         assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200);
@@ -133,12 +128,11 @@ fn shadow_mode_passes_everything_and_counts_would_be_refusals() {
     assert_eq!(envoy.stat("upstream_guard.ratelimit.trial.limited").unwrap(), Some(0));
 }
 
-#[test]
-fn requests_matching_no_rule_pass_unlimited() {
+fn requests_matching_no_rule_pass_unlimited(shape: Shape) {
     let b = Backend::ok().unwrap();
     let cfg =
         json!({"rules": [{"name": "api", "match": {"path_prefix": "/api"}, "limit": {"requests": 1, "per": "1h"}}]});
-    let envoy = envoy_with(vec![limiter(cfg)], &b, 1);
+    let envoy = envoy_with(vec![limiter(shape, cfg)], &b, 1);
     let addr = envoy.main().unwrap();
     for _ in 0..5 {
         let r = http::get(addr, "/web", &[]).unwrap();
@@ -149,8 +143,7 @@ fn requests_matching_no_rule_pass_unlimited() {
     assert_eq!(http::get(addr, "/api/b", &[]).unwrap().status, 429);
 }
 
-#[test]
-fn invalid_config_is_refused_by_envoy_with_the_field_named() {
+fn invalid_config_is_refused_by_envoy_with_the_field_named(shape: Shape) {
     let b = Backend::ok().unwrap();
     for (cfg, field) in [
         (json!({"rules": [{"name": "a", "limit": {"requests": 0, "per": "1s"}}]}), "rules[0].limit.requests"),
@@ -162,11 +155,26 @@ fn invalid_config_is_refused_by_envoy_with_the_field_named() {
         (json!({"rules": [{"name": "a", "limit": {"requests": 5, "per": "1s"}}], "burst": 3}), "unknown field `burst`"),
     ] {
         let c = Bootstrap::new()
-            .filter(limiter(cfg))
+            .filter(limiter(shape, cfg))
             .route(route("/", "backend"))
             .cluster(cluster("backend", b.addr()))
             .build();
         let log = envoy::expect_refused(&c).unwrap();
-        assert!(log.contains("rate_limiter: invalid plugin configuration") && log.contains(field), "{field}:\n{log}");
+        // The dynamic module carries every stage: its log names the module and the section.
+        let module = if shape == Shape::Wasm { "rate_limiter" } else { "upstream_guard" };
+        assert!(
+            log.contains(&format!("{module}: invalid plugin configuration")) && log.contains(field),
+            "{field}:\n{log}"
+        );
     }
 }
+
+test_harness::both_shapes!(
+    token_bucket_is_exact_across_two_workers_under_concurrent_load,
+    sliding_window_is_exact_across_two_workers_under_concurrent_load,
+    refused_requests_carry_retry_after_and_ratelimit_fields_and_are_diagnosed,
+    spoofed_left_most_forwarded_for_does_not_dodge_the_limit,
+    shadow_mode_passes_everything_and_counts_would_be_refusals,
+    requests_matching_no_rule_pass_unlimited,
+    invalid_config_is_refused_by_envoy_with_the_field_named,
+);

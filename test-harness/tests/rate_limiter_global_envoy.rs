@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use test_harness::backend::Backend;
-use test_harness::bootstrap::{cluster, http2_cluster, route, wasm_filter, Bootstrap};
+use test_harness::bootstrap::{cluster, http2_cluster, module_filter, route, Bootstrap, Shape};
 use test_harness::envoy::Envoy;
 use test_harness::redis::Redis;
 use test_harness::{http, parse_diagnosis, paths};
@@ -57,9 +57,9 @@ fn envoy(filter: Value, backend: &Backend, rls: SocketAddr) -> Envoy {
 }
 
 /// `upstream_guard.wasm` with diagnostics (so refusals say why) and these rate limiter rules.
-fn combined(rules: Vec<Value>) -> Value {
+fn combined(shape: Shape, rules: Vec<Value>) -> Value {
     let cfg = json!({"diagnostics": {"trusted_cidrs": ["127.0.0.1/32"]}, "rate_limiter": {"rules": rules}});
-    wasm_filter("upstream_guard", &paths::wasm_path("upstream_guard").unwrap(), &cfg)
+    module_filter(shape, "upstream_guard", &cfg)
 }
 
 fn get(addr: SocketAddr, path: &str, tenant: &str) -> http::Response {
@@ -86,8 +86,7 @@ fn stat(envoy: &Envoy, name: &str) -> u64 {
     envoy.stat(name).unwrap().unwrap_or(0)
 }
 
-#[test]
-fn two_envoys_share_one_budget_exactly() {
+fn two_envoys_share_one_budget_exactly(shape: Shape) {
     let _serial = serial();
     const LIMIT: u64 = 1000;
     const CLIENTS: u64 = 16;
@@ -96,7 +95,7 @@ fn two_envoys_share_one_budget_exactly() {
     let backend = Backend::ok().unwrap();
     // on_service_error deny: a late or failed check shows up as a 503, never as an extra admission.
     let cfg = json!({"rules": [rule("tenant", "/", "deny", 3, json!({"timeout": "5s"}))]});
-    let filter = wasm_filter("rate_limiter", &paths::wasm_path("rate_limiter").unwrap(), &cfg);
+    let filter = module_filter(shape, "rate_limiter", &cfg);
     let envoys = [envoy(filter.clone(), &backend, rls.addr()), envoy(filter, &backend, rls.addr())];
     let addrs = [envoys[0].main().unwrap(), envoys[1].main().unwrap()];
 
@@ -161,14 +160,14 @@ enum Outage {
     ServiceSlow,
 }
 
-fn outage(kind: Outage) {
+fn outage(shape: Shape, kind: Outage) {
     let _serial = serial();
     let mut redis = Redis::start().unwrap();
     let rls = RlsServer::start(&redis.url(), &[LimitSpec::new("edge", 5, 3600).any("tenant")]).unwrap();
     rls.set_storage_timeout(Duration::from_millis(300));
     let backend = Backend::ok().unwrap();
     let rules = MODES.iter().map(|m| rule(m, &format!("/{m}"), m, 3, json!({"cache_over_limit": "60s"}))).collect();
-    let envoy = envoy(combined(rules), &backend, rls.addr());
+    let envoy = envoy(combined(shape, rules), &backend, rls.addr());
     let addr = envoy.main().unwrap();
 
     // The service answers: 5 per tenant, whatever the mode.
@@ -263,19 +262,16 @@ fn histogram(statuses: &[u16]) -> Vec<(u16, usize)> {
     out
 }
 
-#[test]
-fn when_the_service_stops_each_mode_behaves_as_documented() {
-    outage(Outage::ServiceStops);
+fn when_the_service_stops_each_mode_behaves_as_documented(shape: Shape) {
+    outage(shape, Outage::ServiceStops);
 }
 
-#[test]
-fn when_redis_dies_each_mode_behaves_as_documented() {
-    outage(Outage::RedisDies);
+fn when_redis_dies_each_mode_behaves_as_documented(shape: Shape) {
+    outage(shape, Outage::RedisDies);
 }
 
-#[test]
-fn a_service_slower_than_the_timeout_takes_the_fallback() {
-    outage(Outage::ServiceSlow);
+fn a_service_slower_than_the_timeout_takes_the_fallback(shape: Shape) {
+    outage(shape, Outage::ServiceSlow);
 }
 
 /// Sends a POST whose body follows the headers after `gap`, and returns the status line's code.
@@ -298,8 +294,7 @@ fn post_with_late_body(addr: SocketAddr, tenant: &str, gap: Duration) -> u16 {
     text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no answer: {text:?}"))
 }
 
-#[test]
-fn a_body_sent_while_the_request_waits_never_slips_through() {
+fn a_body_sent_while_the_request_waits_never_slips_through(shape: Shape) {
     let _serial = serial();
     let redis = Redis::start().unwrap();
     let limits = [
@@ -310,7 +305,7 @@ fn a_body_sent_while_the_request_waits_never_slips_through() {
     let backend = Backend::ok().unwrap();
     // No pre-check: every request waits for the service.
     let cfg = json!({"rules": [rule("tenant", "/", "deny", 100, json!({"cache_over_limit": "0s"}))]});
-    let filter = wasm_filter("rate_limiter", &paths::wasm_path("rate_limiter").unwrap(), &cfg);
+    let filter = module_filter(shape, "rate_limiter", &cfg);
     let envoy = envoy(filter, &backend, rls.addr());
     let addr = envoy.main().unwrap();
     // The service takes 500 ms; the body arrives 150 ms after the headers, while the request waits.
@@ -361,3 +356,11 @@ fn the_example_runs_against_the_test_service() {
     assert!(r.header("ratelimit").unwrap().starts_with(r#""per-client";r="#), "{:?}", r.headers);
     assert_eq!(rls.stats().errors, 0);
 }
+
+test_harness::both_shapes!(
+    two_envoys_share_one_budget_exactly,
+    when_the_service_stops_each_mode_behaves_as_documented,
+    when_redis_dies_each_mode_behaves_as_documented,
+    a_service_slower_than_the_timeout_takes_the_fallback,
+    a_body_sent_while_the_request_waits_never_slips_through,
+);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use test_harness::backend::{self, Backend, Behavior, Blackhole, Cert};
-use test_harness::bootstrap::{cluster, wasm_filter, Bootstrap};
+use test_harness::bootstrap::{cluster, module_filter, Bootstrap, Shape};
 use test_harness::envoy::Envoy;
 use test_harness::host::{Host, HostError};
 use test_harness::{eventually, http, parse_diagnosis, paths};
@@ -19,8 +19,8 @@ use test_harness::{eventually, http, parse_diagnosis, paths};
 const TOKEN: &str = "s3cret-Token-42";
 const UNTRUSTED_KEYS: &[&str] = &["cause", "flags", "hint"];
 
-fn module(config: &Value) -> Value {
-    wasm_filter("upstream_guard", &paths::wasm_path("upstream_guard").unwrap(), config)
+fn module(shape: Shape, config: &Value) -> Value {
+    module_filter(shape, "upstream_guard", config)
 }
 
 fn named_route(name: &str, prefix: &str, cluster: &str) -> Value {
@@ -67,8 +67,7 @@ struct Fault {
     headers: &'static [(&'static str, &'static str)],
 }
 
-#[test]
-fn no_response_to_an_untrusted_client_shows_an_address_cluster_route_or_details_over_the_fault_matrix() {
+fn no_response_to_an_untrusted_client_shows_an_address_cluster_route_or_details_over_the_fault_matrix(shape: Shape) {
     let ok = Backend::ok().unwrap();
     let failing = Backend::start(Behavior::Status(503)).unwrap();
     let flaky = Backend::start(Behavior::Status(503)).unwrap();
@@ -102,7 +101,7 @@ fn no_response_to_an_untrusted_client_shows_an_address_cluster_route_or_details_
         "circuit_breaker": {"failure": {"consecutive": 1000}, "open": {"base": "1h", "max": "1h"},
                             "clusters": {"internal-flaky-c7": {"failure": {"consecutive": 1}}}},
     });
-    let mut b = Bootstrap::new().filter(module(&config));
+    let mut b = Bootstrap::new().filter(module(shape, &config));
     for (name, prefix, c) in [
         ("refused", "/refused", "internal-refused-c7"),
         ("timeout", "/connect-timeout", "internal-timeout-c7"),
@@ -273,8 +272,7 @@ fn no_response_to_an_untrusted_client_shows_an_address_cluster_route_or_details_
     );
 }
 
-#[test]
-fn fail_fast_reasons_and_the_status_endpoint_are_for_trusted_clients_only() {
+fn fail_fast_reasons_and_the_status_endpoint_are_for_trusted_clients_only(shape: Shape) {
     let dead_a = backend::closed_port().unwrap();
     let dead_b = backend::closed_port().unwrap();
     let hc = json!({"path": "/healthz", "interval": "100ms", "timeout": "100ms", "unhealthy_threshold": 1});
@@ -284,7 +282,7 @@ fn fail_fast_reasons_and_the_status_endpoint_are_for_trusted_clients_only() {
                           "status_path": "/.well-known/upstream-health", "trusted_cidrs": ["10.0.0.0/8"]},
     });
     let cfg = Bootstrap::new()
-        .filter(module(&config))
+        .filter(module(shape, &config))
         .route(json!({"name": "route-router-r9", "match": {"prefix": "/"}, "route": {"cluster_header": "x-upstream-cluster"}}))
         .cluster(cluster("internal-a-c7", dead_a))
         .cluster(cluster("internal-b-c7", dead_b))
@@ -306,14 +304,13 @@ fn fail_fast_reasons_and_the_status_endpoint_are_for_trusted_clients_only() {
     }
 }
 
-#[test]
-fn hostile_cluster_and_route_names_cannot_break_the_diagnosis_or_the_json_body() {
+fn hostile_cluster_and_route_names_cannot_break_the_diagnosis_or_the_json_body(shape: Shape) {
     let port = backend::closed_port().unwrap();
     let hostile_cluster = "evil\", upstream=\"10.9.9.9:1\", x=\"\\";
     let hostile_route = "r\\\", cause=none, a=\"b;c,d";
     let config = json!({"diagnostics": {"json_body": true, "debug_header": "x-upstream-debug", "debug_token": TOKEN}});
     let cfg = Bootstrap::new()
-        .filter(module(&config))
+        .filter(module(shape, &config))
         .route(json!({"name": hostile_route, "match": {"prefix": "/"}, "route": {"cluster": hostile_cluster}}))
         .cluster(cluster(hostile_cluster, port))
         .build();
@@ -333,8 +330,7 @@ fn hostile_cluster_and_route_names_cannot_break_the_diagnosis_or_the_json_body()
     check_untrusted("hostile names", &untrusted, &[hostile_cluster.to_string(), "10.9.9.9".to_string()].into());
 }
 
-#[test]
-fn the_debug_token_never_appears_in_any_log_line() {
+fn the_debug_token_never_appears_in_any_log_line(shape: Shape) {
     // Envoy logs the filter at trace level (its own components at info: Envoy's http:debug lines
     // print every request header, the token included, whatever any filter does).
     let port = backend::closed_port().unwrap();
@@ -345,13 +341,13 @@ fn the_debug_token_never_appears_in_any_log_line() {
         "circuit_breaker": {"failure": {"consecutive": 2}},
     });
     let cfg = Bootstrap::new()
-        .filter(module(&config))
+        .filter(module(shape, &config))
         .route(json!({"match": {"prefix": "/down"}, "route": {"cluster": "down"}}))
         .route(json!({"match": {"prefix": "/"}, "route": {"cluster": "failing"}}))
         .cluster(cluster("down", port))
         .cluster(cluster("failing", failing.addr()))
         .build();
-    let envoy = Envoy::start_logging(&cfg, 2, "info", "wasm:trace").unwrap();
+    let envoy = Envoy::start_logging(&cfg, 2, "info", "wasm:trace,dynamic_modules:trace").unwrap();
     let addr = envoy.main().unwrap();
     for path in ["/", "/down", "/down"] {
         for token in [TOKEN, "s3cret-Token-4", "wrong"] {
@@ -361,7 +357,8 @@ fn the_debug_token_never_appears_in_any_log_line() {
         }
     }
     let log = envoy.log();
-    assert!(log.contains("[trace][wasm]") || log.contains("[debug][wasm]"), "the filter logged at low levels:\n{log}");
+    let low = ["[trace][wasm]", "[debug][wasm]", "[trace][dynamic_modules]", "[debug][dynamic_modules]"];
+    assert!(low.iter().any(|l| log.contains(l)), "the filter logged at low levels:\n{log}");
     assert!(
         !log.contains(TOKEN),
         "the token was logged:\n{}",
@@ -392,18 +389,21 @@ fn hcm(cfg: &mut Value) -> &mut Value {
     &mut cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
 }
 
-fn limited_by_client(trusted_hops: u32) -> (Envoy, Backend) {
-    behind_one_balancer(json!({"rate_limiter": {
+fn limited_by_client(shape: Shape, trusted_hops: u32) -> (Envoy, Backend) {
+    behind_one_balancer(
+        shape,
+        json!({"rate_limiter": {
         "rules": [{"name": "per-client", "key": ["client_ip"], "limit": {"requests": 2, "per": "1h"}}],
-        "client_ip": {"trusted_hops": trusted_hops}}}))
+        "client_ip": {"trusted_hops": trusted_hops}}}),
+    )
 }
 
 /// The combined module with `config`, in an Envoy with one trusted proxy (a load balancer that
 /// appends the client's address) in front.
-fn behind_one_balancer(config: Value) -> (Envoy, Backend) {
+fn behind_one_balancer(shape: Shape, config: Value) -> (Envoy, Backend) {
     let ok = Backend::ok().unwrap();
     let mut cfg = Bootstrap::new()
-        .filter(module(&config))
+        .filter(module(shape, &config))
         .route(json!({"match": {"prefix": "/"}, "route": {"cluster": "ok"}}))
         .cluster(cluster("ok", ok.addr()))
         .build();
@@ -416,11 +416,10 @@ fn admitted(addr: SocketAddr, forwarded_for: &str) -> bool {
     http::get(addr, "/", &[("x-forwarded-for", forwarded_for)]).unwrap().status == 200
 }
 
-#[test]
-fn a_spoofed_forwarded_for_moves_no_limit() {
+fn a_spoofed_forwarded_for_moves_no_limit(shape: Shape) {
     // use_remote_address: true makes Envoy append its peer (the load balancer) to the header, so
     // the balancer's entry for the client is the second from the right: trusted_hops = 1 + 1.
-    let (envoy, _ok) = limited_by_client(2);
+    let (envoy, _ok) = limited_by_client(shape, 2);
     let addr = envoy.main().unwrap();
     let spoofed = (0..10).filter(|i| admitted(addr, &format!("192.0.2.{i}, 10.1.2.3"))).count();
     assert_eq!(spoofed, 2, "whatever the client writes to the left, its limit is its own");
@@ -429,11 +428,10 @@ fn a_spoofed_forwarded_for_moves_no_limit() {
     assert_eq!(envoy.stat("upstream_guard.ratelimit.client_ip_from_header").unwrap(), Some(0));
 }
 
-#[test]
-fn with_envoys_own_entry_not_counted_every_client_shares_one_bucket() {
+fn with_envoys_own_entry_not_counted_every_client_shares_one_bucket(shape: Shape) {
     // The mistake the README warns about: trusted_hops = xff_num_trusted_hops keys on the entry
     // Envoy appended itself (its peer), so every client behind the balancer shares one bucket.
-    let (envoy, _ok) = limited_by_client(1);
+    let (envoy, _ok) = limited_by_client(shape, 1);
     let addr = envoy.main().unwrap();
     assert!(admitted(addr, "10.1.2.3") && admitted(addr, "10.1.2.4"));
     assert!(!admitted(addr, "10.1.2.5"), "a third client is refused: they all count as one");
@@ -483,28 +481,24 @@ fn aimed_tenants_cannot_drain_a_victim(filter: Value) {
 const PER_TENANT: &str = r#"{"rules": [{"name": "per-tenant", "key": [{"header": "x-tenant"}],
                                         "limit": {"requests": 2, "per": "1h"}}], "max_keys": 1000}"#;
 
-#[test]
-fn tenants_aimed_at_a_victims_bucket_leave_its_limit_whole_in_the_rate_limiter_module() {
+fn tenants_aimed_at_a_victims_bucket_leave_its_limit_whole_in_the_rate_limiter_module(shape: Shape) {
     let config: Value = serde_json::from_str(PER_TENANT).unwrap();
-    aimed_tenants_cannot_drain_a_victim(wasm_filter(
-        "rate_limiter",
-        &paths::wasm_path("rate_limiter").unwrap(),
-        &config,
-    ));
+    aimed_tenants_cannot_drain_a_victim(module_filter(shape, "rate_limiter", &config));
 }
 
-#[test]
-fn tenants_aimed_at_a_victims_bucket_leave_its_limit_whole_in_the_combined_module() {
+fn tenants_aimed_at_a_victims_bucket_leave_its_limit_whole_in_the_combined_module(shape: Shape) {
     let config: Value = serde_json::from_str(PER_TENANT).unwrap();
-    aimed_tenants_cannot_drain_a_victim(module(&json!({ "rate_limiter": config })));
+    aimed_tenants_cannot_drain_a_victim(module(shape, &json!({ "rate_limiter": config })));
 }
 
-#[test]
-fn ipv6_addresses_of_one_slash_64_share_one_limit() {
+fn ipv6_addresses_of_one_slash_64_share_one_limit(shape: Shape) {
     // The balancer's entry for the client is second from the right (Envoy appends the balancer's).
-    let (envoy, _ok) = behind_one_balancer(json!({"rate_limiter": {
+    let (envoy, _ok) = behind_one_balancer(
+        shape,
+        json!({"rate_limiter": {
         "rules": [{"name": "per-client", "key": ["client_ip"], "limit": {"requests": 5, "per": "1h"}}],
-        "client_ip": {"trusted_hops": 2}}}));
+        "client_ip": {"trusted_hops": 2}}}),
+    );
     let addr = envoy.main().unwrap();
     // One host's addresses: SLAAC-like and privacy-like interface identifiers of one /64.
     let host: Vec<String> = (0..20u32)
@@ -517,13 +511,12 @@ fn ipv6_addresses_of_one_slash_64_share_one_limit() {
     assert!(admitted_of("192.0.2.7") && admitted_of("192.0.2.8"), "IPv4 clients are keyed by address");
 }
 
-#[test]
-fn non_ascii_names_come_out_percent_encoded_and_decode_back() {
+fn non_ascii_names_come_out_percent_encoded_and_decode_back(shape: Shape) {
     let port = backend::closed_port().unwrap();
     let name = "bäckend-日本-100%";
     let config = json!({"diagnostics": {"json_body": true, "debug_header": "x-upstream-debug", "debug_token": TOKEN}});
     let cfg = Bootstrap::new()
-        .filter(module(&config))
+        .filter(module(shape, &config))
         .route(json!({"name": name, "match": {"prefix": "/"}, "route": {"cluster": name}}))
         .cluster(cluster(name, port))
         .build();
@@ -549,3 +542,16 @@ fn non_ascii_names_come_out_percent_encoded_and_decode_back() {
     }
     assert_eq!(String::from_utf8(decoded).unwrap(), name);
 }
+
+test_harness::both_shapes!(
+    no_response_to_an_untrusted_client_shows_an_address_cluster_route_or_details_over_the_fault_matrix,
+    fail_fast_reasons_and_the_status_endpoint_are_for_trusted_clients_only,
+    hostile_cluster_and_route_names_cannot_break_the_diagnosis_or_the_json_body,
+    the_debug_token_never_appears_in_any_log_line,
+    a_spoofed_forwarded_for_moves_no_limit,
+    with_envoys_own_entry_not_counted_every_client_shares_one_bucket,
+    tenants_aimed_at_a_victims_bucket_leave_its_limit_whole_in_the_rate_limiter_module,
+    tenants_aimed_at_a_victims_bucket_leave_its_limit_whole_in_the_combined_module,
+    ipv6_addresses_of_one_slash_64_share_one_limit,
+    non_ascii_names_come_out_percent_encoded_and_decode_back,
+);

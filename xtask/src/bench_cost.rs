@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use test_harness::bootstrap::{cluster, route, wasm_filter, Bootstrap};
+use test_harness::bootstrap::{cluster, dynamic_module_filter, route, wasm_filter, Bootstrap};
 use test_harness::envoy::{Envoy, Launch};
 use test_harness::{http, paths};
 
@@ -104,6 +104,23 @@ fn rows() -> Result<Vec<Row>, BenchError> {
         out.push(row(
             &format!("upstream_guard.wasm, {p} only"),
             vec![filter("ug", "upstream_guard", &one)?],
+            p == "health_router",
+        ));
+    }
+    // The native shape: the same stages and configurations in the dynamic module.
+    out.push(row(
+        "libupstream_guard.so (dynamic module), all four stages",
+        vec![dynamic_module_filter(
+            "ug",
+            &json!({"diagnostics": diag_config(), "rate_limiter": rl_config(),
+            "health_router": hr_config(), "circuit_breaker": cb_config()}),
+        )],
+        true,
+    ));
+    for p in POLICIES {
+        out.push(row(
+            &format!("libupstream_guard.so, {p} only"),
+            vec![dynamic_module_filter("ug", &json!({ p: section(p) }))],
             p == "health_router",
         ));
     }
@@ -237,6 +254,15 @@ fn instructions_per_request(cfg: &Value, n: u32) -> Result<f64, BenchError> {
     control(&["-i", "off"])?;
     let total = dumped_total(dir.path())?;
     drop(envoy);
+    // `UG_CALLGRIND_KEEP=<dir>`: keep the dumps, for `callgrind_annotate` (where the
+    // instructions go).
+    if let Some(keep) = std::env::var_os("UG_CALLGRIND_KEEP") {
+        let keep = PathBuf::from(keep);
+        let _ = std::fs::create_dir_all(&keep);
+        for e in std::fs::read_dir(dir.path()).map_err(err)?.flatten() {
+            let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+        }
+    }
     Ok(total as f64 / f64::from(n))
 }
 
@@ -359,11 +385,22 @@ pub fn run(plan: &Plan) -> Result<Value, BenchError> {
 
 /// Only the instructions per request of every row (`bench --instructions`): callgrind counts
 /// what Envoy executes, so the figures hold whatever else the machine is doing.
-pub fn instructions(plan: &Plan) -> Result<Value, BenchError> {
+///
+/// `only`: rows whose name contains one of these `|`-separated words (passthrough and the floor,
+/// the baselines, always run).
+pub fn instructions(plan: &Plan, only: Option<&str>) -> Result<Value, BenchError> {
     let backend =
         Envoy::start_launch(&backend_config(), &Launch { concurrency: 1, ..Launch::default() }).map_err(err)?;
     let backend_addr = backend.main().map_err(err)?;
-    let rows = rows()?;
+    let mut rows = rows()?;
+    if let Some(only) = only {
+        let words: Vec<&str> = only.split('|').collect();
+        let mut i = 0;
+        rows.retain(|r| {
+            i += 1;
+            i <= 2 || words.iter().any(|w| r.name.contains(w))
+        });
+    }
     let mut counts = Vec::new();
     for r in &rows {
         let n = instructions_per_request(&config(r, backend_addr), plan.callgrind_requests)?;
@@ -393,6 +430,7 @@ fn memory_at_four_workers(backend: SocketAddr) -> Result<Value, BenchError> {
         "floor: empty SDK filter",
         "four single-policy filters chained",
         "upstream_guard.wasm, all four stages",
+        "libupstream_guard.so (dynamic module), all four stages",
     ];
     println!("Envoy resident memory two seconds after start, --concurrency 4");
     println!("| configuration | RSS MiB | vs floor MiB |");

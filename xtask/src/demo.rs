@@ -1,5 +1,6 @@
 //! `cargo xtask demo`: runs `envoy-examples/upstream_guard/envoy.yaml` (all four policies in one
-//! module; `--chain` runs `envoy-examples/chain/envoy.yaml`, the same policies as four filters) on
+//! module; `--chain` runs `envoy-examples/chain/envoy.yaml`, the same policies as four filters;
+//! `--native` runs `envoy-examples/native/envoy.yaml`, the dynamic module) on
 //! ephemeral loopback ports, with demo backends in place of its primary, secondary and flaky
 //! clusters, and prints a short scripted tour as curl lines with what came back.
 
@@ -27,6 +28,8 @@ pub enum Example {
     Module,
     /// `envoy-examples/chain/`: four single-policy filters.
     Chain,
+    /// `envoy-examples/native/`: `libupstream_guard.so`, the same stages as a dynamic module.
+    Native,
 }
 
 impl Example {
@@ -34,6 +37,7 @@ impl Example {
         match self {
             Example::Module => "upstream_guard",
             Example::Chain => "chain",
+            Example::Native => "native",
         }
     }
 }
@@ -86,7 +90,11 @@ pub fn run(example: Example, serve: bool) -> Result {
          {}: diagnostics -> rate_limiter -> health_router -> circuit_breaker -> router\n",
         example.dir(),
         envoy.admin(),
-        if example == Example::Module { "upstream_guard.wasm, stages" } else { "filters" }
+        match example {
+            Example::Module => "upstream_guard.wasm, stages",
+            Example::Native => "libupstream_guard.so (dynamic module), stages",
+            Example::Chain => "filters",
+        }
     );
 
     show(addr, "a normal request: the health router sends it to the primary", "/api", &[])?;

@@ -54,6 +54,8 @@ fn main() -> ExitCode {
         Some("demo") => setup().and_then(|()| build()).and_then(|()| {
             let example = if args.iter().any(|a| a == "--chain") {
                 xtask::demo::Example::Chain
+            } else if args.iter().any(|a| a == "--native") {
+                xtask::demo::Example::Native
             } else {
                 xtask::demo::Example::Module
             };
@@ -99,7 +101,9 @@ fn main() -> ExitCode {
             })
         }
         Some("bench") if args.iter().any(|a| a == "--instructions") => setup().and_then(|()| build()).and_then(|()| {
-            xtask::bench_cost::instructions(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
+            xtask::bench_cost::instructions(&xtask::bench::Plan::full(), flag(&args, "--rows"))
+                .map(drop)
+                .map_err(|e| TaskError(e.0))
         }),
         Some("bench") if args.iter().any(|a| a == "--global") => setup().and_then(|()| build()).and_then(|()| {
             xtask::bench::global_rate_limit(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
@@ -152,7 +156,7 @@ usage: cargo xtask <command>
           upstream_guard.wasm with all four stages in Envoy (2 workers) under steady load for N
           minutes (default 10; `test` runs 2): RSS, VM memory, shared-data keys and errors
           sampled to target/soak/soak.csv and soak.png; fails on growth, traps or unexpected 5xx
-  bench [--smoke | --harness | --global | --llm | --instructions]
+  bench [--smoke | --harness | --global | --llm | --instructions [--rows 'a|b']]
           throughput and latency in real Envoy (passthrough, each filter, the chain, native
           equivalents), breaker latency, failover vs native, global rate limits vs local and
           native, harness ns/round and load times; prints tables and writes
@@ -359,6 +363,23 @@ fn build() -> Result {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         eprintln!("  {} ({} KiB)", path.display(), size / 1024);
     }
+    build_native()
+}
+
+/// The dynamic module: `target/native/release/libupstream_guard_native.so`, shipped as
+/// `target/native/libupstream_guard.so` (the name Envoy derives from `name: upstream_guard`).
+/// Built with the `native` profile: as release, but a panic unwinds to the hook that catches it
+/// instead of aborting Envoy.
+fn build_native() -> Result {
+    let mut cmd = cargo();
+    cmd.args(["build", "--profile", "native", "-p", "upstream_guard_dynamic_module"]);
+    run(&mut cmd)?;
+    let built = paths::target_dir().join("native").join("libupstream_guard_native.so");
+    let shipped = paths::native_module_dir().join("libupstream_guard.so");
+    std::fs::copy(&built, &shipped)
+        .map_err(|e| TaskError(format!("copying {} to {}: {e}", built.display(), shipped.display())))?;
+    let size = std::fs::metadata(&shipped).map(|m| m.len()).unwrap_or(0);
+    eprintln!("  {} ({} KiB)", shipped.display(), size / 1024);
     Ok(())
 }
 

@@ -22,6 +22,11 @@ fn the_module_limits_breaks_fails_over_and_explains() {
 }
 
 #[test]
+fn the_dynamic_module_limits_breaks_fails_over_and_explains() {
+    tour(Example::Native);
+}
+
+#[test]
 fn the_chain_limits_breaks_fails_over_and_explains() {
     tour(Example::Chain);
 }

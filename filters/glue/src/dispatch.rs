@@ -109,6 +109,13 @@ impl<P: Pipeline> Vm<P> {
     }
 }
 
+impl<P: Pipeline> Vm<P> {
+    /// True when root context `id` is configured in this VM.
+    pub fn has_root(&self, id: u32) -> bool {
+        self.roots.contains_key(&id)
+    }
+}
+
 /// The VM of a module, as `export_filter!` declares it.
 pub type VmKey<P> = &'static LocalKey<RefCell<Vm<P>>>;
 
@@ -379,7 +386,7 @@ pub fn grpc_close<P: Pipeline>(vm: VmKey<P>, root_id: u32, token: u32, status: u
 }
 
 /// Hands an answer to the stage (and stream) that waits for it, then moves the request on.
-fn deliver<P: Pipeline>(vm: VmKey<P>, root_id: u32, event: &Event<'_>) {
+pub fn deliver<P: Pipeline>(vm: VmKey<P>, root_id: u32, event: &Event<'_>) {
     let Event::Grpc { token, .. } = *event;
     let Some(root) = root(vm, root_id) else { return };
     let Some((stage, stream)) = root.pipeline.grpc_owner(token) else { return };

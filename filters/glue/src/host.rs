@@ -14,6 +14,17 @@ use std::cell::Cell;
 use crate::abi::{self, BufferType, MapType, Status};
 use crate::pairs;
 
+/// Off wasm, answers from the installed [`crate::native::Host`] when there is one (and falls
+/// through to the native stand-ins otherwise); in a `.wasm`, nothing.
+macro_rules! native {
+    (|$h:ident| $call:expr) => {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(r) = crate::native::with(|$h| $call) {
+            return r;
+        }
+    };
+}
+
 /// Takes ownership of a buffer the host filled through `proxy_on_memory_allocate`.
 fn take(ptr: *mut u8, len: usize) -> Vec<u8> {
     if ptr.is_null() || len == 0 {
@@ -60,6 +71,13 @@ thread_local! {
 /// Reads the host's log level (Envoy's `wasm` logger) so that [`enabled`] can skip formatting.
 /// A host without the call keeps the previous level.
 pub fn refresh_log_level() {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(level) = crate::native::with(|h| h.log_level()) {
+        if let Some(level) = level {
+            LOG_LEVEL.with(|l| l.set(level));
+        }
+        return;
+    }
     let mut level = 0u32;
     // SAFETY: `level` is a live u32 the host writes.
     if Status::check(unsafe { abi::proxy_get_log_level(&mut level) }).is_ok() {
@@ -76,6 +94,7 @@ pub fn enabled(level: Level) -> bool {
 /// Logs `message` at `level` (dropped when the host's level is higher, or the call fails).
 pub fn log(level: Level, message: &str) {
     if enabled(level) {
+        native!(|h| h.log(level, message));
         // SAFETY: the pointer and length describe `message`, alive for the call.
         let _ = unsafe { abi::proxy_log(level as u32, message.as_ptr(), message.len()) };
     }
@@ -91,6 +110,7 @@ pub fn log_with(level: Level, f: impl FnOnce() -> String) {
 /// The host's wall clock in nanoseconds since the Unix epoch; 0 on a host that cannot tell (every
 /// limit then behaves as if no time passed, which errs on the strict side).
 pub fn now() -> u64 {
+    native!(|h| h.now());
     let mut t = 0u64;
     // SAFETY: `t` is a live u64 the host writes.
     match Status::check(unsafe { abi::proxy_get_current_time_nanoseconds(&mut t) }) {
@@ -101,12 +121,14 @@ pub fn now() -> u64 {
 
 /// Asks for `on_tick` every `ms` milliseconds (0 stops it).
 pub fn set_tick_period(ms: u32) -> Result<(), Status> {
+    native!(|h| h.set_tick_period(ms));
     // SAFETY: no pointers.
     Status::check(unsafe { abi::proxy_set_tick_period_milliseconds(ms) })
 }
 
 /// One header's value (the first, if repeated), as bytes.
 pub fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
+    native!(|h| h.header(map, name));
     let (mut ptr, mut len) = (std::ptr::null_mut(), 0usize);
     // SAFETY: `name` is alive for the call; the return slots are live locals.
     let r = unsafe { abi::proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut ptr, &mut len) };
@@ -117,6 +139,7 @@ pub fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
 /// The whole header map, serialized (parse with [`pairs::Pairs`]): one host call for any number
 /// of headers.
 pub fn header_map(map: MapType) -> Option<Vec<u8>> {
+    native!(|h| h.header_map(map));
     let (mut ptr, mut len) = (std::ptr::null_mut(), 0usize);
     // SAFETY: the return slots are live locals.
     let r = unsafe { abi::proxy_get_header_map_pairs(map as u32, &mut ptr, &mut len) };
@@ -126,6 +149,7 @@ pub fn header_map(map: MapType) -> Option<Vec<u8>> {
 
 /// Sets (replaces) a header.
 pub fn set_header(map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
+    native!(|h| h.set_header(map, name, value));
     // SAFETY: both slices are alive for the call.
     Status::check(unsafe {
         abi::proxy_replace_header_map_value(map as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len())
@@ -134,12 +158,14 @@ pub fn set_header(map: MapType, name: &str, value: &[u8]) -> Result<(), Status> 
 
 /// Removes a header.
 pub fn remove_header(map: MapType, name: &str) -> Result<(), Status> {
+    native!(|h| h.remove_header(map, name));
     // SAFETY: `name` is alive for the call.
     Status::check(unsafe { abi::proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
 }
 
 /// A property, by its path with segments joined by NUL (`b"response\0code"`).
 pub fn property(path: &[u8]) -> Option<Vec<u8>> {
+    native!(|h| h.property(path));
     let (mut ptr, mut len) = (std::ptr::null_mut(), 0usize);
     // SAFETY: `path` is alive for the call; the return slots are live locals.
     let r = unsafe { abi::proxy_get_property(path.as_ptr(), path.len(), &mut ptr, &mut len) };
@@ -149,6 +175,7 @@ pub fn property(path: &[u8]) -> Option<Vec<u8>> {
 
 /// Sets a property (Envoy: filter state `wasm.<path>`, readable by the access log).
 pub fn set_property(path: &[u8], value: &[u8]) -> Result<(), Status> {
+    native!(|h| h.set_property(path, value));
     // SAFETY: both slices are alive for the call.
     Status::check(unsafe { abi::proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
 }
@@ -156,6 +183,7 @@ pub fn set_property(path: &[u8], value: &[u8]) -> Result<(), Status> {
 /// A shared-data value and its CAS number; `Ok(None)` when the key does not exist. An empty
 /// value costs no allocation (the host returns no data), which [`crate::shared::Epoch`] uses.
 pub fn shared_get(key: &[u8]) -> Result<Option<(Vec<u8>, u32)>, Status> {
+    native!(|h| h.shared_get(key));
     let (mut ptr, mut len, mut cas) = (std::ptr::null_mut(), 0usize, 0u32);
     // SAFETY: `key` is alive for the call; the return slots are live locals.
     let r = unsafe { abi::proxy_get_shared_data(key.as_ptr(), key.len(), &mut ptr, &mut len, &mut cas) };
@@ -168,12 +196,14 @@ pub fn shared_get(key: &[u8]) -> Result<Option<(Vec<u8>, u32)>, Status> {
 
 /// Writes a shared-data value if its CAS number is still `cas` (0: unconditionally).
 pub fn shared_set(key: &[u8], value: &[u8], cas: u32) -> Result<(), Status> {
+    native!(|h| h.shared_set(key, value, cas));
     // SAFETY: both slices are alive for the call.
     Status::check(unsafe { abi::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) })
 }
 
 /// Up to `max` bytes of a buffer from `start`.
 pub fn buffer(kind: BufferType, start: usize, max: usize) -> Option<Vec<u8>> {
+    native!(|h| h.buffer(kind, start, max));
     let (mut ptr, mut len) = (std::ptr::null_mut(), 0usize);
     // SAFETY: the return slots are live locals.
     let r = unsafe { abi::proxy_get_buffer_bytes(kind as u32, start, max, &mut ptr, &mut len) };
@@ -183,6 +213,7 @@ pub fn buffer(kind: BufferType, start: usize, max: usize) -> Option<Vec<u8>> {
 
 /// How many bytes a buffer holds now (`None` when the host cannot tell).
 pub fn buffer_len(kind: BufferType) -> Option<usize> {
+    native!(|h| h.buffer_len(kind));
     let (mut len, mut flags) = (0usize, 0u32);
     // SAFETY: the return slots are live locals.
     Status::check(unsafe { abi::proxy_get_buffer_status(kind as u32, &mut len, &mut flags) }).ok()?;
@@ -191,6 +222,7 @@ pub fn buffer_len(kind: BufferType) -> Option<usize> {
 
 /// Replaces `size` bytes of a buffer at `start` with `data`.
 pub fn set_buffer(kind: BufferType, start: usize, size: usize, data: &[u8]) -> Result<(), Status> {
+    native!(|h| h.set_buffer(kind, start, size, data));
     // SAFETY: `data` is alive for the call.
     Status::check(unsafe { abi::proxy_set_buffer_bytes(kind as u32, start, size, data.as_ptr(), data.len()) })
 }
@@ -205,6 +237,7 @@ pub fn send_local_response(
     headers: &[(&str, &[u8])],
     grpc_status: Option<u32>,
 ) -> Result<(), Status> {
+    native!(|h| h.send_local_response(status, details, body, headers, grpc_status));
     let headers = pairs::encode(headers.iter().map(|(k, v)| (k.as_bytes(), *v)));
     let grpc = grpc_status.and_then(|g| i32::try_from(g).ok()).unwrap_or(-1);
     // SAFETY: every pointer/length pair points into a slice alive for the call; the host copies.
@@ -224,18 +257,21 @@ pub fn send_local_response(
 
 /// Resumes the paused request (after an asynchronous decision).
 pub fn continue_request() -> Result<(), Status> {
+    native!(|h| h.continue_request());
     // SAFETY: no pointers.
     Status::check(unsafe { abi::proxy_continue_stream(0) })
 }
 
 /// Makes `context` the one later calls act on (after a root-level callback about a stream).
 pub fn set_effective_context(context: u32) -> Result<(), Status> {
+    native!(|h| h.set_effective_context(context));
     // SAFETY: no pointers.
     Status::check(unsafe { abi::proxy_set_effective_context(context) })
 }
 
 /// An HTTP callout to an Envoy cluster; returns its token.
 pub fn http_call(cluster: &str, headers: &[(&[u8], &[u8])], body: &[u8], timeout_ms: u32) -> Result<u32, Status> {
+    native!(|h| h.http_call(cluster, headers, body, timeout_ms));
     let headers = pairs::encode(headers.iter().copied());
     let trailers = pairs::encode(std::iter::empty());
     let mut token = 0u32;
@@ -266,6 +302,7 @@ pub fn grpc_call(
     message: &[u8],
     timeout_ms: u32,
 ) -> Result<u32, Status> {
+    native!(|h| h.grpc_call(service, service_name, method, metadata, message, timeout_ms));
     let metadata = pairs::encode(metadata.iter().copied());
     let mut token = 0u32;
     // SAFETY: every pointer/length pair points into a live slice; `token` is a live local.
@@ -290,12 +327,14 @@ pub fn grpc_call(
 
 /// Cancels a gRPC call.
 pub fn grpc_cancel(token: u32) -> Result<(), Status> {
+    native!(|h| h.grpc_cancel(token));
     // SAFETY: no pointers.
     Status::check(unsafe { abi::proxy_grpc_cancel(token) })
 }
 
 /// The status code and message of the last gRPC call that closed.
 pub fn grpc_status() -> (u32, Vec<u8>) {
+    native!(|h| h.grpc_status());
     let (mut code, mut ptr, mut len) = (0u32, std::ptr::null_mut(), 0usize);
     // SAFETY: the return slots are live locals.
     match Status::check(unsafe { abi::proxy_get_status(&mut code, &mut ptr, &mut len) }) {
@@ -306,6 +345,7 @@ pub fn grpc_status() -> (u32, Vec<u8>) {
 
 /// Calls a host foreign function; its result bytes (empty when it returns none).
 pub fn foreign(name: &str, args: &[u8]) -> Result<Vec<u8>, Status> {
+    native!(|h| h.foreign(name, args));
     let (mut ptr, mut len) = (std::ptr::null_mut(), 0usize);
     // SAFETY: both slices are alive for the call; the return slots are live locals.
     Status::check(unsafe {
@@ -323,6 +363,7 @@ pub enum MetricKind {
 
 /// Defines a metric; its id.
 pub fn define_metric(kind: MetricKind, name: &str) -> Result<u32, Status> {
+    native!(|h| h.define_metric(kind, name));
     let mut id = 0u32;
     // SAFETY: `name` is alive; `id` is a live local.
     Status::check(unsafe { abi::proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) })?;
@@ -331,12 +372,14 @@ pub fn define_metric(kind: MetricKind, name: &str) -> Result<u32, Status> {
 
 /// Adds to a counter.
 pub fn increment_metric(id: u32, by: i64) -> Result<(), Status> {
+    native!(|h| h.increment_metric(id, by));
     // SAFETY: no pointers.
     Status::check(unsafe { abi::proxy_increment_metric(id, by) })
 }
 
 /// Sets a gauge.
 pub fn record_metric(id: u32, value: u64) -> Result<(), Status> {
+    native!(|h| h.record_metric(id, value));
     // SAFETY: no pointers.
     Status::check(unsafe { abi::proxy_record_metric(id, value) })
 }

@@ -11,7 +11,9 @@
 //! - [`stage`]: the [`stage::Stage`] trait and pipelines of stages;
 //! - [`dispatch`]: the exports, only those a module needs ([`export_filter!`]);
 //! - [`shared`]: the compare-and-swap loop and version-checked snapshots of shared data;
-//! - [`metrics`]: counters and gauges.
+//! - [`metrics`]: counters and gauges;
+//! - `native` (off wasm): the same host calls as a [`native::Host`] trait, implemented by the
+//!   Envoy dynamic module and by test fakes.
 //!
 //! The proxy-wasm Rust SDK is deliberately not used by the filters: its `String` getters unwrap
 //! a UTF-8 conversion of bytes the client controls, several of its hostcalls panic on statuses
@@ -22,6 +24,8 @@ pub mod abi;
 pub mod dispatch;
 pub mod host;
 pub mod metrics;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
 pub mod pairs;
 pub mod shared;
 pub mod stage;

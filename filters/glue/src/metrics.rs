@@ -97,6 +97,10 @@ pub fn segment(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
 }
 
+/// The segment a family's template names carry where a member's name goes (no member name
+/// can hold braces: [`segment`] replaces them).
+pub const FAMILY_SLOT: &str = "{cluster}";
+
 /// A set of metrics per name (a cluster), defined on first use. The names come from Envoy's own
 /// configuration (routed clusters), so the family is as bounded as that.
 #[derive(Debug)]
@@ -108,6 +112,12 @@ pub struct Family<M: Copy> {
 impl<M: Copy> Family<M> {
     /// A family whose members `define` creates from the (already safe) name segment.
     pub fn new(define: fn(&str) -> M) -> Family<M> {
+        // A host that defines metrics only at configure time (Envoy's dynamic modules) learns
+        // the family's names now, with [`FAMILY_SLOT`] where the member's name goes.
+        #[cfg(not(target_arch = "wasm32"))]
+        if crate::native::with(|_| ()).is_some() {
+            let _ = define(FAMILY_SLOT);
+        }
         Family { define, by_name: RefCell::new(HashMap::new()) }
     }
 
