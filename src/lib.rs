@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod schema;
 pub mod sfv;
 pub mod slots;
+pub mod stages;
 pub mod suite;
 
 /// `response.code_details` strings that upstream-guard's own filters pass with their local replies,
@@ -30,6 +31,9 @@ pub mod suite;
 pub mod details {
     /// The circuit breaker rejected the request because the upstream's circuit is open.
     pub const CIRCUIT_OPEN: &str = "upstream_guard.circuit_open";
+    /// The circuit breaker rejected the request because the upstream's circuit opened on slow
+    /// calls (`failure.slow`): it answers, but too late.
+    pub const UPSTREAM_SLOW: &str = "upstream_guard.upstream_slow";
     /// The rate limiter rejected the request.
     pub const RATE_LIMITED: &str = "upstream_guard.rate_limited";
     /// A global rate limit rule with `on_service_error: deny` refused the request because its

@@ -41,16 +41,24 @@ pub const CIDR: &str = concat!(
 /// A path: starts with `/`.
 pub const PATH: &str = r"^/";
 
-/// Every schema: (file stem, schema). The file is `envoy-examples/schemas/<stem>.schema.json`;
-/// the stem is the module name (`upstream_guard` is the combined module).
+/// Every schema: (file stem, schema), for each module of [`crate::stages::modules`]. The file is
+/// `envoy-examples/schemas/<stem>.schema.json`; the stem is the module name (`upstream_guard` is
+/// the combined module).
 pub fn all() -> Vec<(&'static str, Value)> {
-    vec![
-        ("upstream_guard", root::<SuiteJson>()),
-        ("diagnostics", root::<DiagnosticsJson>()),
-        ("rate_limiter", root::<RateLimitJson>()),
-        ("health_router", root::<HealthJson>()),
-        ("circuit_breaker", root::<BreakerJson>()),
-    ]
+    crate::stages::modules().into_iter().filter_map(|m| Some((m, of(m)?))).collect()
+}
+
+/// The schema of module `name`'s configuration (the combined module, or one stage's section).
+pub fn of(name: &str) -> Option<Value> {
+    Some(match name {
+        crate::stages::COMBINED => root::<SuiteJson>(),
+        "diagnostics" => root::<DiagnosticsJson>(),
+        "rate_limiter" => root::<RateLimitJson>(),
+        "llm" => root::<crate::llm::LlmJson>(),
+        "health_router" => root::<HealthJson>(),
+        "circuit_breaker" => root::<BreakerJson>(),
+        _ => return None,
+    })
 }
 
 /// The schema of one module's configuration (JSON Schema draft 2020-12), with the `$schema`
@@ -91,4 +99,28 @@ pub fn file_text(schema: &Value) -> String {
     let mut text = serde_json::to_string_pretty(schema).unwrap_or_default();
     text.push('\n');
     text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_stage_and_module_has_a_schema() {
+        for stage in crate::stages::STAGES {
+            assert!(super::of(stage.section).is_some(), "no schema for stage {}", stage.section);
+        }
+        let stems: Vec<&str> = super::all().into_iter().map(|(m, _)| m).collect();
+        assert_eq!(stems, crate::stages::modules());
+        let combined = super::of(crate::stages::COMBINED).unwrap();
+        let mut sections: Vec<&str> = combined["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "$schema")
+            .collect();
+        sections.sort_unstable();
+        let mut stages: Vec<&str> = crate::stages::STAGES.iter().map(|s| s.section).collect();
+        stages.sort_unstable();
+        assert_eq!(sections, stages, "the combined configuration's sections are the stages");
+    }
 }

@@ -76,25 +76,21 @@ impl SuiteConfig {
         })
     }
 
-    /// The names of the stages that are on, in pipeline order.
+    /// The names of the stages that are on, in pipeline order ([`crate::stages::STAGES`]).
     pub fn stages(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if self.diagnostics.is_some() {
-            out.push("diagnostics");
+        crate::stages::STAGES.iter().map(|s| s.section).filter(|s| self.is_on(s)).collect()
+    }
+
+    /// Whether the stage of section `section` is configured.
+    fn is_on(&self, section: &str) -> bool {
+        match section {
+            "diagnostics" => self.diagnostics.is_some(),
+            "rate_limiter" => self.rate_limiter.is_some(),
+            "llm" => self.llm.is_some(),
+            "health_router" => self.health_router.is_some(),
+            "circuit_breaker" => self.circuit_breaker.is_some(),
+            _ => false,
         }
-        if self.rate_limiter.is_some() {
-            out.push("rate_limiter");
-        }
-        if self.llm.is_some() {
-            out.push("llm");
-        }
-        if self.health_router.is_some() {
-            out.push("health_router");
-        }
-        if self.circuit_breaker.is_some() {
-            out.push("circuit_breaker");
-        }
-        out
     }
 }
 

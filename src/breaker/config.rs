@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::policy::{FailurePolicy, Policy, RatioPolicy, MAX_PROBES};
+use super::policy::{FailurePolicy, Policy, RatioPolicy, SlowPolicy, MAX_PROBES};
 use crate::config::{duration, ConfigError};
 
 /// Trip on the failure ratio over a sliding window.
@@ -21,6 +21,29 @@ struct RatioJson {
     #[serde(default)]
     min_requests: Option<u32>,
     /// The sliding window.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "10s"), pattern(crate::schema::DURATION)))]
+    #[serde(default)]
+    window: Option<String>,
+}
+
+/// Trip on the share of slow calls over a sliding window: calls the upstream answered, but
+/// later than `after`, measured from the request to the response headers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+struct SlowJson {
+    /// A call whose response headers come later than this after the request is slow.
+    #[cfg_attr(feature = "schema", schemars(pattern(crate::schema::DURATION)))]
+    after: String,
+    /// Share of slow calls that trips the circuit, in (0, 1].
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 0.5), range(max = 1.0), extend("exclusiveMinimum" = 0)))]
+    #[serde(default)]
+    threshold: Option<f64>,
+    /// Calls in the window before the share counts.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 10), range(min = 1)))]
+    #[serde(default)]
+    min_requests: Option<u32>,
+    /// The sliding window; the breaker keeps one, so with `ratio` set this is `ratio.window`.
     #[cfg_attr(feature = "schema", schemars(extend("default" = "10s"), pattern(crate::schema::DURATION)))]
     #[serde(default)]
     window: Option<String>,
@@ -46,6 +69,9 @@ struct FailureJson {
     /// Trip on the failure ratio over a sliding window (default: off).
     #[serde(default)]
     ratio: Option<RatioJson>,
+    /// Trip on the share of slow calls over a sliding window (default: off).
+    #[serde(default)]
+    slow: Option<SlowJson>,
 }
 
 /// How long a circuit stays open: `base × multiplier^(trips since the last close)`, at most
@@ -228,6 +254,10 @@ fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy,
             })
         }
     };
+    let slow = match over.failure.slow.clone().or_else(|| base.failure.slow.clone()) {
+        None => None,
+        Some(sj) => Some(slow_policy(&f, &sj, ratio.as_ref())?),
+    };
     let pick = |o: &Option<String>, b: &Option<String>| o.clone().or_else(|| b.clone());
     let open_base_ns =
         duration(&f("open.base"), pick(&over.open.base, &base.open.base).as_deref(), 5_000_000_000, false)?;
@@ -267,7 +297,7 @@ fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy,
         false,
     )?;
     Ok(Policy {
-        failure: FailurePolicy { statuses, consecutive, ratio },
+        failure: FailurePolicy { statuses, consecutive, ratio, slow },
         open_base_ns,
         open_max_ns,
         multiplier,
@@ -275,6 +305,38 @@ fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy,
         successes_to_close,
         probe_timeout_ns,
     })
+}
+
+/// Validates `failure.slow`; `ratio` is the failure ratio's policy, whose window it shares.
+fn slow_policy(
+    f: &dyn Fn(&str) -> String,
+    s: &SlowJson,
+    ratio: Option<&RatioPolicy>,
+) -> Result<SlowPolicy, ConfigError> {
+    let after_ns = duration(&f("failure.slow.after"), Some(&s.after), 0, false)?;
+    let threshold = s.threshold.unwrap_or(0.5);
+    if !(threshold > 0.0 && threshold <= 1.0) {
+        return Err(ConfigError::new(
+            f("failure.slow.threshold"),
+            format!("{} is outside (0, 1]", crate::config::number_text(threshold)),
+            "use a share of slow calls such as 0.5 (the default)",
+        ));
+    }
+    let min_requests = s.min_requests.unwrap_or(10);
+    if min_requests == 0 {
+        return Err(ConfigError::new(f("failure.slow.min_requests"), "is 0", "use 1 or more (default 10)"));
+    }
+    let default_window = ratio.map_or(10_000_000_000, |r| r.window_ns);
+    let window_ns = duration(&f("failure.slow.window"), s.window.as_deref(), default_window, false)?;
+    if ratio.is_some_and(|r| r.window_ns != window_ns) {
+        return Err(ConfigError::new(
+            f("failure.slow.window"),
+            "differs from failure.ratio.window",
+            "leave failure.slow.window out (it then is failure.ratio.window) or give both the same duration: \
+             the breaker keeps one sliding window",
+        ));
+    }
+    Ok(SlowPolicy { after_ns, threshold, min_requests, window_ns })
 }
 
 impl BreakerJson {
@@ -416,5 +478,35 @@ mod tests {
             let e = BreakerConfig::from_json(json.as_bytes()).unwrap_err();
             assert_eq!(e.field, field, "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn slow_calls_are_validated_and_share_the_ratio_window() {
+        let ok = BreakerConfig::from_json(br#"{"failure": {"slow": {"after": "2s"}}}"#).unwrap();
+        let slow = ok.default_policy().failure.slow.clone().unwrap();
+        assert_eq!(
+            (slow.after_ns, slow.threshold, slow.min_requests, slow.window_ns),
+            (2_000_000_000, 0.5, 10, 10_000_000_000)
+        );
+        let shared = BreakerConfig::from_json(
+            br#"{"failure": {"ratio": {"threshold": 0.5, "window": "30s"}, "slow": {"after": "2s"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(shared.default_policy().failure.slow.as_ref().map(|s| s.window_ns), Some(30_000_000_000));
+        let err = BreakerConfig::from_json(
+            br#"{"failure": {"ratio": {"threshold": 0.5, "window": "30s"}, "slow": {"after": "2s", "window": "5s"}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "failure.slow.window");
+        assert!(err.fix.contains("one sliding window"), "{err}");
+        let err = BreakerConfig::from_json(br#"{"failure": {"slow": {"after": "2s", "threshold": 0}}}"#).unwrap_err();
+        assert_eq!(err.field, "failure.slow.threshold");
+        let err = BreakerConfig::from_json(br#"{"failure": {"slow": {}}}"#).unwrap_err();
+        assert!(err.to_string().contains("after"), "{err}");
+        let per_cluster =
+            BreakerConfig::from_json(br#"{"clusters": {"payments": {"failure": {"slow": {"after": "300ms"}}}}}"#)
+                .unwrap();
+        assert_eq!(per_cluster.policy("payments").failure.slow.as_ref().map(|s| s.after_ns), Some(300_000_000));
+        assert!(per_cluster.policy("other").failure.slow.is_none());
     }
 }

@@ -40,6 +40,19 @@ pub struct Transition {
     pub to: Phase,
 }
 
+impl Transition {
+    /// What the response that moved the circuit did, for its access-log line: `tripped` (closed
+    /// to open), `reopened` (a probe failed), `half_opened`, `closed`.
+    pub fn decision(self) -> &'static str {
+        match (self.from, self.to) {
+            (Phase::HalfOpen, Phase::Open) => "reopened",
+            (_, Phase::Open) => "tripped",
+            (_, Phase::Closed) => "closed",
+            (_, Phase::HalfOpen) => "half_opened",
+        }
+    }
+}
+
 /// The verdict at request time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -51,11 +64,32 @@ pub enum Admission {
     Reject { retry_after_ns: u64 },
 }
 
-/// How a response turned out, already classified.
+impl Admission {
+    /// The verdict, and the phase to report, when the breaker's shared state could not be
+    /// updated (compare-and-swap lost every retry, or the store failed) on a circuit that is not
+    /// closed: a probe slot could not be taken, so the request is refused as by a full half-open
+    /// circuit, with a retry a second away. Closed circuits never get here: admitting through a
+    /// closed circuit writes nothing.
+    pub const CONTENDED: (Admission, Phase) = (Admission::Reject { retry_after_ns: 1_000_000_000 }, Phase::HalfOpen);
+}
+
+/// How a response turned out, already classified ([`crate::diagnose::judge`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Success,
     Failure,
+    /// Answered, but later than `failure.slow.after`.
+    Slow,
+}
+
+/// Why a circuit last opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TripCause {
+    /// Failures: a run of them, their ratio, or a failed probe.
+    #[default]
+    Failures,
+    /// Slow calls: their share of the window, or a slow probe.
+    Slow,
 }
 
 /// One breaker's whole state.
@@ -64,10 +98,13 @@ pub struct Breaker {
     pub phase: Phase,
     /// Consecutive failures while closed.
     pub consecutive: u32,
-    /// Ratio window: start of the current fixed window, its totals, and the previous window's.
+    /// Ratio window: start of the current fixed window, its totals (calls, failures, slow
+    /// calls), and the previous window's.
     pub window_start: u64,
-    pub window: [u32; 2],
-    pub prev_window: [u32; 2],
+    pub window: [u32; 3],
+    pub prev_window: [u32; 3],
+    /// Why the circuit last opened (what a refusal explains).
+    pub cause: TripCause,
     /// When the circuit may move from open to half-open.
     pub open_until: u64,
     /// Trips since the last clean close: the open time grows with it.
@@ -88,8 +125,9 @@ impl Default for Breaker {
             phase: Phase::Closed,
             consecutive: 0,
             window_start: 0,
-            window: [0, 0],
-            prev_window: [0, 0],
+            window: [0; 3],
+            prev_window: [0; 3],
+            cause: TripCause::Failures,
             open_until: 0,
             trips: 0,
             probe_successes: 0,
@@ -106,15 +144,16 @@ impl Breaker {
         self.seen
     }
 
-    fn open(&mut self, policy: &Policy, now: u64) -> Transition {
+    fn open(&mut self, policy: &Policy, now: u64, cause: TripCause) -> Transition {
         let from = self.phase;
+        self.cause = cause;
         let open_ns = policy.open_time_ns(self.trips);
         self.phase = Phase::Open;
         self.open_until = now.saturating_add(open_ns);
         self.trips = self.trips.saturating_add(1);
         self.consecutive = 0;
-        self.window = [0, 0];
-        self.prev_window = [0, 0];
+        self.window = [0; 3];
+        self.prev_window = [0; 3];
         self.probes.clear();
         self.probe_successes = 0;
         Transition { from, to: Phase::Open }
@@ -162,7 +201,8 @@ impl Breaker {
                 let i = self.probes.iter().position(|(p, _)| *p == id)?;
                 self.probes.swap_remove(i);
                 match outcome {
-                    Outcome::Failure => Some(self.open(policy, now)),
+                    Outcome::Failure => Some(self.open(policy, now, TripCause::Failures)),
+                    Outcome::Slow => Some(self.open(policy, now, TripCause::Slow)),
                     Outcome::Success => {
                         self.probe_successes += 1;
                         if self.probe_successes >= policy.successes_to_close {
@@ -176,19 +216,31 @@ impl Breaker {
             }
             Phase::Closed => {
                 let failed = outcome == Outcome::Failure;
+                let slow = outcome == Outcome::Slow;
+                // A slow answer is an answer: it ends a run of failures.
                 self.consecutive = if failed { self.consecutive.saturating_add(1) } else { 0 };
-                let tripped_ratio = match &policy.failure.ratio {
-                    Some(r) => {
-                        self.roll_window(r.window_ns, now);
-                        self.window[0] = self.window[0].saturating_add(1);
-                        self.window[1] = self.window[1].saturating_add(u32::from(failed));
-                        let (total, failures) = self.window_estimate(r.window_ns, now);
+                let (mut tripped_ratio, mut tripped_slow) = (false, false);
+                if let Some(w) = policy.failure.window_ns() {
+                    self.roll_window(w, now);
+                    self.window[0] = self.window[0].saturating_add(1);
+                    self.window[1] = self.window[1].saturating_add(u32::from(failed));
+                    self.window[2] = self.window[2].saturating_add(u32::from(slow));
+                    let [total, failures, slows] = self.window_estimate(w, now);
+                    tripped_ratio = policy.failure.ratio.as_ref().is_some_and(|r| {
                         failed && total >= u64::from(r.min_requests) && failures as f64 >= r.threshold * total as f64
-                    }
-                    None => false,
-                };
+                    });
+                    tripped_slow = policy.failure.slow.as_ref().is_some_and(|s| {
+                        slow && total >= u64::from(s.min_requests) && slows as f64 >= s.threshold * total as f64
+                    });
+                }
                 let tripped_run = policy.failure.consecutive.is_some_and(|n| self.consecutive >= n);
-                (tripped_run || tripped_ratio).then(|| self.open(policy, now))
+                if tripped_run || tripped_ratio {
+                    Some(self.open(policy, now, TripCause::Failures))
+                } else if tripped_slow {
+                    Some(self.open(policy, now, TripCause::Slow))
+                } else {
+                    None
+                }
             }
         }
     }
@@ -197,19 +249,19 @@ impl Breaker {
         let w = w.max(1);
         let aligned = now - now % w;
         if aligned != self.window_start {
-            self.prev_window = if aligned == self.window_start.saturating_add(w) { self.window } else { [0, 0] };
-            self.window = [0, 0];
+            self.prev_window = if aligned == self.window_start.saturating_add(w) { self.window } else { [0; 3] };
+            self.window = [0; 3];
             self.window_start = aligned;
         }
     }
 
-    /// (requests, failures) over the sliding window: this window plus the previous one weighted
-    /// by how much of it still overlaps.
-    fn window_estimate(&self, w: u64, now: u64) -> (u64, u64) {
+    /// [calls, failures, slow calls] over the sliding window: this window plus the previous one
+    /// weighted by how much of it still overlaps.
+    fn window_estimate(&self, w: u64, now: u64) -> [u64; 3] {
         let w = u128::from(w.max(1));
         let left = w - u128::from(now.saturating_sub(self.window_start)).min(w);
         let weigh = |prev: u32| (u128::from(prev) * left / w) as u64;
-        (u64::from(self.window[0]) + weigh(self.prev_window[0]), u64::from(self.window[1]) + weigh(self.prev_window[1]))
+        [0, 1, 2].map(|i| u64::from(self.window[i]) + weigh(self.prev_window[i]))
     }
 
     /// Forgets probe `id` without an outcome (its client went away before the response): the
@@ -224,11 +276,11 @@ impl Breaker {
     /// no probe out, and the ratio window empty or expired. Its slot may then pass to another key
     /// ([`crate::slots`]).
     pub fn at_rest(&self, policy: &Policy, now: u64) -> bool {
-        let window_clear = match &policy.failure.ratio {
+        let window_clear = match policy.failure.window_ns() {
             None => true,
-            Some(r) => {
-                (self.window == [0, 0] && self.prev_window == [0, 0])
-                    || now.max(self.seen) >= self.window_start.saturating_add(r.window_ns.saturating_mul(2))
+            Some(w) => {
+                (self.window == [0; 3] && self.prev_window == [0; 3])
+                    || now.max(self.seen) >= self.window_start.saturating_add(w.saturating_mul(2))
             }
         };
         self.phase == Phase::Closed && self.consecutive == 0 && self.probes.is_empty() && window_clear
@@ -239,12 +291,21 @@ impl Breaker {
         Breaker { seen: other.seen, ..self.clone() } == *other
     }
 
-    /// Serialises for shared data: fixed little-endian fields, then the probes.
+    /// Serialises for shared data: fixed little-endian fields, then the probes. Format 2 adds
+    /// the slow-call counts and the trip cause to format 1, which [`Breaker::decode`] still
+    /// reads (a state another version of the module wrote into the same Envoy's shared data).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + 12 * self.probes.len());
-        out.push(1); // format version
+        let mut out = Vec::with_capacity(72 + 12 * self.probes.len());
+        out.push(2); // format version
         out.push(self.phase.gauge() as u8);
-        for v in [self.consecutive, self.window[0], self.window[1], self.prev_window[0], self.prev_window[1]] {
+        out.push(match self.cause {
+            TripCause::Failures => 0,
+            TripCause::Slow => 1,
+        });
+        for v in [self.consecutive, self.window[0], self.window[1], self.window[2]] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in self.prev_window {
             out.extend_from_slice(&v.to_le_bytes());
         }
         for v in [self.window_start, self.open_until, self.seen] {
@@ -264,7 +325,8 @@ impl Breaker {
     /// Parses [`Breaker::encode`]'s output; `None` for anything else.
     pub fn decode(bytes: &[u8]) -> Option<Breaker> {
         let mut r = Reader(bytes);
-        if r.u8()? != 1 {
+        let version = r.u8()?;
+        if version != 1 && version != 2 {
             return None;
         }
         let phase = match r.u8()? {
@@ -273,9 +335,18 @@ impl Breaker {
             2 => Phase::HalfOpen,
             _ => return None,
         };
+        let cause = match (version, if version == 2 { r.u8()? } else { 0 }) {
+            (_, 0) => TripCause::Failures,
+            (_, 1) => TripCause::Slow,
+            _ => return None,
+        };
         let consecutive = r.u32()?;
-        let window = [r.u32()?, r.u32()?];
-        let prev_window = [r.u32()?, r.u32()?];
+        let (window, prev_window) = if version == 2 {
+            ([r.u32()?, r.u32()?, r.u32()?], [r.u32()?, r.u32()?, r.u32()?])
+        } else {
+            let (a, b, c, d) = (r.u32()?, r.u32()?, r.u32()?, r.u32()?);
+            ([a, b, 0], [c, d, 0])
+        };
         let (window_start, open_until, seen) = (r.u64()?, r.u64()?, r.u64()?);
         let (trips, probe_successes, next_probe) = (r.u32()?, r.u32()?, r.u32()?);
         let n = usize::from(r.u8()?);
@@ -292,6 +363,7 @@ impl Breaker {
             window_start,
             window,
             prev_window,
+            cause,
             open_until,
             trips,
             probe_successes,
@@ -488,5 +560,74 @@ mod tests {
         let mut bad = b.encode();
         bad.push(0);
         assert_eq!(Breaker::decode(&bad), None);
+    }
+
+    #[test]
+    fn a_transition_names_what_the_response_did() {
+        let t = |from, to| Transition { from, to }.decision();
+        assert_eq!(t(Phase::Closed, Phase::Open), "tripped");
+        assert_eq!(t(Phase::HalfOpen, Phase::Open), "reopened");
+        assert_eq!(t(Phase::HalfOpen, Phase::Closed), "closed");
+        assert_eq!(t(Phase::Open, Phase::HalfOpen), "half_opened");
+    }
+
+    const SLOW: &str = r#"{"failure": {"consecutive": 100, "slow": {"after": "1s", "threshold": 0.5, "min_requests": 4, "window": "10s"}}}"#;
+
+    #[test]
+    fn the_share_of_slow_calls_trips_the_circuit_after_min_requests_and_says_why() {
+        let p = policy(SLOW);
+        let mut b = Breaker::default();
+        assert_eq!(b.record(&p, S, Outcome::Slow, None), None);
+        assert_eq!(b.record(&p, S, Outcome::Success, None), None);
+        assert_eq!(b.record(&p, S, Outcome::Slow, None), None, "3 calls: under min_requests");
+        let t = b.record(&p, S, Outcome::Slow, None);
+        assert_eq!(t, Some(Transition { from: Phase::Closed, to: Phase::Open }), "3 of 4 slow");
+        assert_eq!(b.cause, TripCause::Slow);
+        // A slow probe re-opens it; failures open it for failures.
+        let (_, _) = b.admit(&p, 100 * S);
+        let probe = b.probes[0].0;
+        assert_eq!(b.record(&p, 100 * S, Outcome::Slow, Some(probe)).map(|t| t.to), Some(Phase::Open));
+        assert_eq!(b.cause, TripCause::Slow);
+    }
+
+    #[test]
+    fn fast_answers_keep_the_slow_share_under_the_threshold() {
+        let p = policy(SLOW);
+        let mut b = Breaker::default();
+        for i in 0..40 {
+            let o = if i % 3 == 2 { Outcome::Slow } else { Outcome::Success };
+            assert_eq!(b.record(&p, S + i * 1_000_000, o, None), None, "a third slow is under half");
+        }
+        assert_eq!(b.phase, Phase::Closed);
+    }
+
+    #[test]
+    fn slow_calls_end_a_run_of_failures_and_failures_trip_for_failures() {
+        let p = policy(r#"{"failure": {"consecutive": 2, "slow": {"after": "1s", "min_requests": 100}}}"#);
+        let mut b = Breaker::default();
+        b.record(&p, S, Outcome::Failure, None);
+        b.record(&p, S, Outcome::Slow, None);
+        assert_eq!(b.record(&p, S, Outcome::Failure, None), None, "the slow answer ended the run");
+        assert_eq!(b.record(&p, S, Outcome::Failure, None).map(|t| t.to), Some(Phase::Open));
+        assert_eq!(b.cause, TripCause::Failures);
+    }
+
+    #[test]
+    fn a_state_in_the_previous_format_still_decodes() {
+        let mut v1 = vec![1u8, 0];
+        for v in [2u32, 7, 3, 5, 1] {
+            v1.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [10u64, 0, 11] {
+            v1.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [0u32, 0, 1] {
+            v1.extend_from_slice(&v.to_le_bytes());
+        }
+        v1.push(0);
+        let b = Breaker::decode(&v1).expect("format 1 decodes");
+        assert_eq!((b.consecutive, b.window, b.prev_window, b.cause), (2, [7, 3, 0], [5, 1, 0], TripCause::Failures));
+        let slow_open = Breaker { cause: TripCause::Slow, window: [4, 1, 3], ..b };
+        assert_eq!(Breaker::decode(&slow_open.encode()), Some(slow_open));
     }
 }

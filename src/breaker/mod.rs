@@ -12,5 +12,5 @@ mod machine;
 mod policy;
 
 pub use config::{BreakerConfig, BreakerJson};
-pub use machine::{Admission, Breaker, Outcome, Phase, Transition};
-pub use policy::{FailurePolicy, Policy, RatioPolicy, MAX_PROBES};
+pub use machine::{Admission, Breaker, Outcome, Phase, Transition, TripCause};
+pub use policy::{FailurePolicy, Policy, RatioPolicy, SlowPolicy, MAX_PROBES};

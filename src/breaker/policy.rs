@@ -2,7 +2,8 @@
 //! stays open and how it probes. Resolved from the configuration (with per-cluster overrides);
 //! the state machine only reads it.
 
-use crate::diagnose::{upstream_failed, Observation};
+use super::machine::Outcome;
+use crate::diagnose::{judge, Judgement, Observation};
 
 /// Most probes a breaker tracks at once (bounds the stored value).
 pub const MAX_PROBES: usize = 64;
@@ -15,12 +16,31 @@ pub struct RatioPolicy {
     pub window_ns: u64,
 }
 
+/// Slow-call tripping: calls answered later than `after_ns` (to the response headers) are slow;
+/// the circuit trips when their share of the window reaches `threshold`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlowPolicy {
+    pub after_ns: u64,
+    pub threshold: f64,
+    pub min_requests: u32,
+    /// The breaker's one sliding window (the failure ratio's when both are set).
+    pub window_ns: u64,
+}
+
 /// What counts as a failure, and when failures trip the circuit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailurePolicy {
     pub statuses: Vec<u16>,
     pub consecutive: Option<u32>,
     pub ratio: Option<RatioPolicy>,
+    pub slow: Option<SlowPolicy>,
+}
+
+impl FailurePolicy {
+    /// The sliding window, when a ratio or the slow-call share is counted over one.
+    pub fn window_ns(&self) -> Option<u64> {
+        self.ratio.as_ref().map(|r| r.window_ns).or(self.slow.as_ref().map(|s| s.window_ns))
+    }
 }
 
 /// Everything one breaker needs.
@@ -49,6 +69,17 @@ impl Policy {
     /// Classification, by the one classifier the diagnosis and passive health detection use too
     /// ([`crate::diagnose::upstream_failed`]) with this policy's failure statuses.
     pub fn is_failure(&self, observation: &Observation<'_>) -> bool {
-        upstream_failed(observation, &self.failure.statuses)
+        crate::diagnose::upstream_failed(observation, &self.failure.statuses)
+    }
+
+    /// How a response went ([`crate::diagnose::judge`]): failed, slow (with `elapsed_ns` from the
+    /// request to the response headers, when slow calls are counted), or fine.
+    pub fn outcome(&self, observation: &Observation<'_>, elapsed_ns: Option<u64>) -> Outcome {
+        let slow_after = self.failure.slow.as_ref().map(|s| s.after_ns);
+        match judge(observation, &self.failure.statuses, elapsed_ns, slow_after) {
+            Judgement::Failed => Outcome::Failure,
+            Judgement::Slow => Outcome::Slow,
+            Judgement::Fine => Outcome::Success,
+        }
     }
 }

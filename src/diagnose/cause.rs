@@ -72,6 +72,8 @@ pub enum Cause {
     DownstreamDisconnected,
     UpstreamErrorResponse,
     CircuitOpen,
+    /// The upstream answers, but too late: its circuit opened on the share of slow calls.
+    UpstreamSlow,
     ProtocolError,
     Unauthorized,
     FaultInjected,
@@ -90,7 +92,7 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in the order the README's table lists them.
-    pub const ALL: [Cause; 28] = [
+    pub const ALL: [Cause; 29] = [
         Cause::ConnectionRefused,
         Cause::ConnectTimeout,
         Cause::TlsHandshakeFailed,
@@ -109,6 +111,7 @@ impl Cause {
         Cause::DownstreamDisconnected,
         Cause::UpstreamErrorResponse,
         Cause::CircuitOpen,
+        Cause::UpstreamSlow,
         Cause::ProtocolError,
         Cause::Unauthorized,
         Cause::FaultInjected,
@@ -142,6 +145,7 @@ impl Cause {
             Cause::DownstreamDisconnected => "downstream_disconnected",
             Cause::UpstreamErrorResponse => "upstream_error_response",
             Cause::CircuitOpen => "circuit_open",
+            Cause::UpstreamSlow => "upstream_slow",
             Cause::ProtocolError => "protocol_error",
             Cause::Unauthorized => "unauthorized",
             Cause::FaultInjected => "fault_injected",
@@ -207,6 +211,9 @@ impl Cause {
             }
             Cause::CircuitOpen => {
                 "the upstream kept failing, so its circuit is open and requests are refused without trying it: fix the upstream; probing resumes after Retry-After"
+            }
+            Cause::UpstreamSlow => {
+                "the upstream still answers but too late (slower than the breaker's failure.slow.after for failure.slow.threshold of recent calls), so its circuit is open: check the backend's saturation (CPU, connection pools, queues) before it falls over; probing resumes after Retry-After"
             }
             Cause::ProtocolError => {
                 "a peer broke the HTTP protocol (malformed message or wrong HTTP version): check codec settings on both sides"
@@ -275,6 +282,39 @@ pub fn upstream_failed(obs: &Observation<'_>, statuses: &[u16]) -> bool {
         || obs.effective_status().is_some_and(|s| statuses.contains(&s))
 }
 
+/// How one call to the upstream went, by the one classifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judgement {
+    /// The upstream failed it ([`upstream_failed`]).
+    Failed,
+    /// The upstream answered, but later than the slow-call threshold.
+    Slow,
+    /// Neither.
+    Fine,
+}
+
+/// Judges one response: [`upstream_failed`] with `statuses` first (a failure that was also late
+/// is a failure); else slow when `elapsed_ns`, the time from the request to the response
+/// headers, reached `slow_after_ns`. The time to the response headers, not to the end of the
+/// response: it is how long the upstream took to answer, where the end of a streamed answer (a
+/// download, server-sent events, an LLM's tokens) is as late as the client's reading makes it.
+/// A local reply of upstream-guard's own is never slow: the request did not reach the upstream.
+pub fn judge(
+    obs: &Observation<'_>,
+    statuses: &[u16],
+    elapsed_ns: Option<u64>,
+    slow_after_ns: Option<u64>,
+) -> Judgement {
+    if upstream_failed(obs, statuses) {
+        return Judgement::Failed;
+    }
+    let ours = obs.details.starts_with(details::PREFIX);
+    match (elapsed_ns, slow_after_ns) {
+        (Some(e), Some(after)) if !ours && e >= after => Judgement::Slow,
+        _ => Judgement::Fine,
+    }
+}
+
 /// True when the response is worth explaining under `on: errors`: a failure flag, a status of
 /// 500 or more, or a local reply of one of upstream-guard's own filters.
 pub fn is_error(obs: &Observation<'_>) -> bool {
@@ -307,6 +347,7 @@ pub fn classify(obs: &Observation<'_>) -> Cause {
 fn own_local_reply(details: &str) -> Option<Cause> {
     match details {
         details::CIRCUIT_OPEN => Some(Cause::CircuitOpen),
+        details::UPSTREAM_SLOW => Some(Cause::UpstreamSlow),
         details::RATE_LIMITED => Some(Cause::RateLimited),
         details::RATE_LIMIT_SERVICE_UNAVAILABLE => Some(Cause::RateLimitServiceUnavailable),
         details::NO_HEALTHY_UPSTREAM => Some(Cause::NoHealthyUpstream),
@@ -593,5 +634,21 @@ mod tests {
         assert_eq!(classify(&grpc(0)), Cause::None);
         assert_eq!(grpc_to_http(8), 429);
         assert_eq!(grpc_to_http(99), 500);
+    }
+
+    #[test]
+    fn a_late_answer_is_slow_a_late_failure_is_a_failure_and_our_replies_are_neither() {
+        let ok = Observation { status: Some(200), details: "via_upstream", ..Observation::default() };
+        let failed = Observation { status: Some(503), details: "via_upstream", ..Observation::default() };
+        let ours = Observation { status: Some(503), details: details::CIRCUIT_OPEN, ..Observation::default() };
+        let s = [500, 502, 503, 504];
+        assert_eq!(judge(&ok, &s, Some(2_000), Some(1_000)), Judgement::Slow);
+        assert_eq!(judge(&ok, &s, Some(999), Some(1_000)), Judgement::Fine);
+        assert_eq!(judge(&ok, &s, None, Some(1_000)), Judgement::Fine, "no time measured: not slow");
+        assert_eq!(judge(&ok, &s, Some(2_000), None), Judgement::Fine, "no threshold: never slow");
+        assert_eq!(judge(&failed, &s, Some(2_000), Some(1_000)), Judgement::Failed);
+        assert_eq!(judge(&ours, &s, Some(2_000), Some(1_000)), Judgement::Fine);
+        let slow_reply = Observation { status: Some(503), details: details::UPSTREAM_SLOW, ..Observation::default() };
+        assert_eq!(classify(&slow_reply), Cause::UpstreamSlow);
     }
 }

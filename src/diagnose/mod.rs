@@ -9,7 +9,7 @@ mod config;
 mod flags;
 mod report;
 
-pub use cause::{classify, is_error, upstream_failed, Cause, Observation};
+pub use cause::{classify, is_error, judge, upstream_failed, Cause, Judgement, Observation};
 pub use config::{DiagnosticsConfig, DiagnosticsJson, Expose, When};
 pub use flags::{Flag, ResponseFlags};
 pub use report::Report;

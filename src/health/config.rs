@@ -207,6 +207,14 @@ impl Default for HealthCheck {
 }
 
 impl HealthCheck {
+    /// Whether a check sent at `sent_at` may still be answered at `now`. Envoy answers every
+    /// callout (at the latest when its timeout fires); one unanswered after twice its timeout and a
+    /// second more is forgotten, so a lost answer can never stop an upstream from being checked.
+    pub fn outstanding(check: Option<&HealthCheck>, sent_at: u64, now: u64) -> bool {
+        let timeout = check.map_or(0, |h| h.timeout_ns);
+        now.saturating_sub(sent_at) < timeout.saturating_mul(2).saturating_add(1_000_000_000)
+    }
+
     /// This upstream's fixed offset in `[0, jitter)`, derived from its name: checks of several
     /// upstreams spread out without any randomness (every worker computes the same offset).
     pub fn jitter_for(&self, cluster: &str) -> u64 {

@@ -14,7 +14,7 @@ mod state;
 
 pub use config::{HealthCheck, HealthConfig, HealthJson, NoneHealthy, Passive, Strategy, Upstream};
 pub use lease::Lease;
-pub use select::{select, Candidate};
+pub use select::{choose, route, select, why, Candidate, Pick, Routing};
 pub use state::{CheckResult, Health, HealthTransition};
 
 /// The JSON document of the status endpoint and of the fail-fast reply: every upstream (of

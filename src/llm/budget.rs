@@ -54,6 +54,25 @@ pub enum Admission {
     Refuse { retry_after_ns: u64 },
 }
 
+impl Admission {
+    /// The admission of a budget whose balance could not be read or reserved (its key table full,
+    /// or the store contended): the budget fails open for this request, as if untouched (`tokens`
+    /// remaining, the budget's whole rate), and nothing is reserved.
+    pub fn unmetered(tokens: u64) -> Admission {
+        Admission::Admit { remaining: tokens }
+    }
+
+    /// Combines this budget's admission with those of the budgets before it: `Ok` with the least
+    /// remaining over every admitting budget (what the client is told), or `Err` with the wait of
+    /// the first refusing one (the request is refused; the reservations before it go back).
+    pub fn combine(self, so_far: Option<u64>) -> Result<Option<u64>, u64> {
+        match self {
+            Admission::Admit { remaining } => Ok(Some(so_far.map_or(remaining, |r| r.min(remaining)))),
+            Admission::Refuse { retry_after_ns } => Err(retry_after_ns),
+        }
+    }
+}
+
 /// One key's balance as stored: `tokens` (may be negative) as of time `at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Balance {
@@ -233,5 +252,14 @@ mod tests {
         assert_eq!(b.tokens, 100 - 91);
         assert_eq!(Balance::decode(&b.encode()), Some(b));
         assert_eq!(Balance::decode(b"x"), None);
+    }
+
+    #[test]
+    fn budgets_combine_to_the_least_remaining_and_any_refusal_refuses() {
+        let least = Admission::Admit { remaining: 50 }.combine(None).unwrap();
+        let least = Admission::Admit { remaining: 20 }.combine(least).unwrap();
+        let least = Admission::unmetered(1000).combine(least).unwrap();
+        assert_eq!(least, Some(20));
+        assert_eq!(Admission::Refuse { retry_after_ns: 9 }.combine(least), Err(9));
     }
 }

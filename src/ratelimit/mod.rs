@@ -23,4 +23,4 @@ pub use config::{Apply, ClientIp, Contention, HeaderMatch, Mode, RateLimitConfig
 pub use global::{Answer, Global, GlobalStatus, OnServiceError, OverLimitMemo, ServiceError, Target};
 pub use headers::{policy_field, policy_header, quoted, ratelimit_field, ratelimit_header, retry_after_secs};
 pub use key::{join_key, FixedRequest, KeyPart, RequestView, MISSING, SEPARATOR};
-pub use verdict::Verdict;
+pub use verdict::{Outcome, Verdict};

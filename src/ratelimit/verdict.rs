@@ -1,6 +1,7 @@
 //! Combining the decisions of every rule that applied into one answer for the request.
 
 use super::algorithm::Decision;
+use super::config::Mode;
 
 /// The request's verdict over the rules that applied so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,6 +35,37 @@ impl Verdict {
     }
 }
 
+/// What the rate limiter does with a request once every rule has answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Let it through. `shadow_unavailable`: in shadow mode, the rule whose service could not be
+    /// asked and whose `on_service_error: deny` would have refused it (logged, not enforced).
+    Admit { shadow_unavailable: Option<usize> },
+    /// Refuse it with the rule's 429 and `Retry-After`.
+    Limit { rule: usize, retry_after_ns: u64 },
+    /// Shadow mode: the rule would have refused it; count and log, let it through.
+    ShadowLimit { rule: usize },
+    /// Refuse it because the rule's service could not be asked (`on_service_error: deny`).
+    Unavailable { rule: usize },
+}
+
+impl Verdict {
+    /// The outcome under `mode`, where `denied` is the first rule refused by
+    /// `on_service_error: deny` (its service gave no verdict). A limit outranks an outage: a
+    /// client over a limit learns how long to wait.
+    pub fn outcome(self, mode: Mode, denied: Option<usize>) -> Outcome {
+        match (self, mode) {
+            (Verdict::Refused { rule, .. }, Mode::Shadow) => Outcome::ShadowLimit { rule },
+            (Verdict::Refused { rule, retry_after_ns }, Mode::Enforce) => Outcome::Limit { rule, retry_after_ns },
+            (_, Mode::Shadow) => Outcome::Admit { shadow_unavailable: denied },
+            (_, Mode::Enforce) => match denied {
+                Some(rule) => Outcome::Unavailable { rule },
+                None => Outcome::Admit { shadow_unavailable: None },
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +88,22 @@ mod tests {
             .add(3, Decision::Limited { retry_after_ns: 20 })
             .add(4, OK2);
         assert_eq!(v, Verdict::Refused { rule: 2, retry_after_ns: 30 });
+    }
+
+    #[test]
+    fn shadow_mode_admits_what_enforce_mode_refuses() {
+        let refused = Verdict::Refused { rule: 1, retry_after_ns: 7 };
+        assert_eq!(refused.outcome(Mode::Enforce, None), Outcome::Limit { rule: 1, retry_after_ns: 7 });
+        assert_eq!(refused.outcome(Mode::Shadow, None), Outcome::ShadowLimit { rule: 1 });
+        let admitted = Verdict::Pass.add(0, OK5);
+        assert_eq!(admitted.outcome(Mode::Enforce, Some(2)), Outcome::Unavailable { rule: 2 });
+        assert_eq!(admitted.outcome(Mode::Shadow, Some(2)), Outcome::Admit { shadow_unavailable: Some(2) });
+        assert_eq!(admitted.outcome(Mode::Enforce, None), Outcome::Admit { shadow_unavailable: None });
+    }
+
+    #[test]
+    fn a_limit_outranks_an_unavailable_service() {
+        let refused = Verdict::Refused { rule: 1, retry_after_ns: 7 };
+        assert_eq!(refused.outcome(Mode::Enforce, Some(0)), Outcome::Limit { rule: 1, retry_after_ns: 7 });
     }
 }

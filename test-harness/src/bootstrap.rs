@@ -255,10 +255,6 @@ impl Shape {
     }
 }
 
-/// The stages of the combined module, by configuration section (the single-policy `.wasm` of a
-/// stage has the same name).
-const SECTIONS: [&str; 5] = ["diagnostics", "rate_limiter", "llm", "health_router", "circuit_breaker"];
-
 /// The filter that runs module `name` (`upstream_guard`, or one stage's name such as
 /// `rate_limiter`) in `shape`, configured by `config` (the module's own JSON). The dynamic module
 /// carries every stage in one library: a single stage runs as the combined module with that one
@@ -270,7 +266,8 @@ pub fn module_filter(shape: Shape, name: &str, config: &Value) -> Value {
             Err(e) => panic_free_missing(&e.to_string()),
         },
         Shape::Native => {
-            let suite = if SECTIONS.contains(&name) { json!({ name: config }) } else { config.clone() };
+            let suite =
+                if upstream_guard::stages::find(name).is_some() { json!({ name: config }) } else { config.clone() };
             dynamic_module_filter(name, &suite)
         }
     }

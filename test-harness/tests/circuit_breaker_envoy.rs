@@ -1,5 +1,6 @@
 //! The circuit breaker in real Envoy: a failing backend trips it (fast 503s, diagnosed as
-//! `circuit_open`), recovery closes it, and the state is shared by both workers.
+//! `circuit_open`), a backend that answers 200 but late trips it on slow calls (diagnosed as
+//! `upstream_slow`), recovery closes it, and the state is shared by both workers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
@@ -125,8 +126,46 @@ fn invalid_config_is_refused_by_envoy_with_the_field_named(shape: Shape) {
     }
 }
 
+/// A backend that still answers 200, only 300 ms late, against a 150 ms threshold: after three
+/// slow calls (all of the window, over `min_requests`) the circuit opens, and the refusal is
+/// diagnosed as a slow upstream; once the backend answers at once again, a probe closes it.
+fn late_200s_trip_the_breaker_on_slow_calls_and_the_diagnosis_says_slow(shape: Shape) {
+    let b = Backend::start(Behavior::Delay(Duration::from_millis(300), 200)).unwrap();
+    let cfg = json!({"failure": {"consecutive": 100,
+                                 "slow": {"after": "150ms", "threshold": 0.5, "min_requests": 3, "window": "30s"}},
+                     "open": {"base": "1s"}, "half_open": {"max_probes": 1, "successes_to_close": 1}});
+    let envoy = envoy_with(vec![diagnostics(shape), breaker(shape, cfg)], &b, 2);
+    let addr = envoy.main().unwrap();
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200, "a slow call is still answered");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+    let started = Instant::now();
+    let r = http::get(addr, "/", &[]).unwrap();
+    assert!(started.elapsed() < Duration::from_millis(250), "refused at once, without waiting on the backend");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("x-upstream-guard-circuit"), Some("open"));
+    assert!(r.header("retry-after").is_some());
+    let d = parse_diagnosis(r.header("x-upstream-diagnosis").unwrap()).unwrap();
+    assert_eq!(d["cause"], "upstream_slow", "{d:?}");
+    assert!(String::from_utf8_lossy(&r.body).contains("upstream slow"), "{r:?}");
+    assert_eq!(b.requests(), 3);
+    assert_eq!(envoy.stat("upstream_guard.breaker.backend.slow").unwrap(), Some(3));
+    assert_eq!(envoy.stat("upstream_guard.breaker.backend.failures").unwrap_or(Some(0)).unwrap_or(0), 0);
+    assert_eq!(envoy.stat("upstream_guard.breaker.backend.opened").unwrap(), Some(1));
+    assert!(envoy.log().contains("slow calls: the upstream answers too late"), "{}", envoy.log());
+
+    b.set(Behavior::Status(200));
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200, "a fast probe closes the circuit");
+    assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200);
+    assert_eq!(envoy.stat("upstream_guard.breaker.backend.closed").unwrap(), Some(1));
+}
+
 test_harness::both_shapes!(
     failing_backend_trips_the_breaker_and_recovery_closes_it,
+    late_200s_trip_the_breaker_on_slow_calls_and_the_diagnosis_says_slow,
     a_failed_probe_reopens_for_longer,
     connection_failures_count_and_other_clusters_are_unaffected,
     invalid_config_is_refused_by_envoy_with_the_field_named,

@@ -29,14 +29,7 @@ fn run_validator(examples: &Path) -> Output {
 
 fn check_plugin_config(filter: &str, config: &Value) -> Result<(), String> {
     let bytes = config.to_string().into_bytes();
-    let r = match filter {
-        "diagnostics" => upstream_guard::diagnose::DiagnosticsConfig::from_json(&bytes).map(drop),
-        "rate_limiter" => upstream_guard::ratelimit::RateLimitConfig::from_json(&bytes).map(drop),
-        "circuit_breaker" => upstream_guard::breaker::BreakerConfig::from_json(&bytes).map(drop),
-        "health_router" => upstream_guard::health::HealthConfig::from_json(&bytes).map(drop),
-        "upstream_guard" => upstream_guard::suite::SuiteConfig::from_json(&bytes).map(drop),
-        other => return Err(format!("unknown filter {other}")),
-    };
+    let r = upstream_guard::stages::check_module(filter, &bytes).ok_or_else(|| format!("unknown filter {filter}"))?;
     r.map_err(|e| e.to_string())
 }
 
@@ -114,7 +107,7 @@ fn the_validators_reject_a_broken_manifest() {
 #[test]
 fn every_example_envoy_config_passes_envoy_validate() {
     // The examples load target/wasm32-wasip1/release/*.wasm, which Envoy checks exist.
-    for filter in ["upstream_guard", "diagnostics", "rate_limiter", "circuit_breaker", "health_router"] {
+    for filter in upstream_guard::stages::modules() {
         paths::wasm_path(filter).unwrap_or_else(|e| panic!("{e}"));
     }
     let examples = paths::workspace_root().join("envoy-examples");

@@ -180,8 +180,8 @@ pub fn run(plan: Plan) -> Result<Value, BenchError> {
               "failover": failover, "global_rate_limit": global, "harness": harness, "llm": llm, "wasm_sizes": sizes}))
 }
 
-fn crate_filters() -> [&'static str; 4] {
-    ["diagnostics", "rate_limiter", "circuit_breaker", "health_router"]
+fn crate_filters() -> Vec<&'static str> {
+    upstream_guard::stages::singles().map(|s| s.section).collect()
 }
 
 fn breaker_latency() -> Result<Value, BenchError> {

@@ -54,7 +54,8 @@ fn section(policy: &str) -> Value {
         "diagnostics" => diag_config(),
         "rate_limiter" => rl_config(),
         "health_router" => hr_config(),
-        _ => cb_config(),
+        "circuit_breaker" => cb_config(),
+        _ => json!({}),
     }
 }
 
@@ -73,8 +74,19 @@ fn filter(name: &str, module: &str, config: &Value) -> Result<Value, BenchError>
     Ok(f)
 }
 
+/// The stages that decide at the request headers: every single-policy stage of the core's list
+/// (the llm stage needs a body and a provider, and has rows of its own in the full bench).
+fn header_stages() -> Vec<&'static str> {
+    upstream_guard::stages::singles().map(|s| s.section).collect()
+}
+
+/// Row names other tables refer to.
+const CHAINED: &str = "the single-policy filters chained";
+const ALL_WASM: &str = "upstream_guard.wasm, all header stages";
+const ALL_NATIVE: &str = "libupstream_guard.so (dynamic module), all header stages";
+
 fn rows() -> Result<Vec<Row>, BenchError> {
-    const POLICIES: [&str; 4] = ["diagnostics", "rate_limiter", "health_router", "circuit_breaker"];
+    let policies = header_stages();
     let row = |name: &str, filters: Vec<Value>, header_route: bool| Row {
         name: name.to_string(),
         filters,
@@ -90,16 +102,12 @@ fn rows() -> Result<Vec<Row>, BenchError> {
             false,
         ),
     ];
-    for p in POLICIES {
+    for &p in &policies {
         out.push(row(p, vec![filter(p, p, &section(p))?], p == "health_router"));
     }
-    let all: serde_json::Map<String, Value> = POLICIES.iter().map(|p| (p.to_string(), section(p))).collect();
-    out.push(row(
-        "upstream_guard.wasm, all four stages",
-        vec![filter("ug", "upstream_guard", &Value::Object(all))?],
-        true,
-    ));
-    for p in POLICIES {
+    let all: serde_json::Map<String, Value> = policies.iter().map(|p| (p.to_string(), section(p))).collect();
+    out.push(row(ALL_WASM, vec![filter("ug", "upstream_guard", &Value::Object(all.clone()))?], true));
+    for &p in &policies {
         let one = json!({ p: section(p) });
         out.push(row(
             &format!("upstream_guard.wasm, {p} only"),
@@ -108,27 +116,15 @@ fn rows() -> Result<Vec<Row>, BenchError> {
         ));
     }
     // The native shape: the same stages and configurations in the dynamic module.
-    out.push(row(
-        "libupstream_guard.so (dynamic module), all four stages",
-        vec![dynamic_module_filter(
-            "ug",
-            &json!({"diagnostics": diag_config(), "rate_limiter": rl_config(),
-            "health_router": hr_config(), "circuit_breaker": cb_config()}),
-        )],
-        true,
-    ));
-    for p in POLICIES {
+    out.push(row(ALL_NATIVE, vec![dynamic_module_filter("ug", &Value::Object(all))], true));
+    for &p in &policies {
         out.push(row(
             &format!("libupstream_guard.so, {p} only"),
             vec![dynamic_module_filter("ug", &json!({ p: section(p) }))],
             p == "health_router",
         ));
     }
-    out.push(row(
-        "four single-policy filters chained",
-        POLICIES.iter().map(|p| filter(p, p, &section(p))).collect::<Result<_, _>>()?,
-        true,
-    ));
+    out.push(row(CHAINED, policies.iter().map(|p| filter(p, p, &section(p))).collect::<Result<_, _>>()?, true));
     let native_rl = json!({
         "name": "envoy.filters.http.local_ratelimit",
         "typed_config": {
@@ -425,13 +421,7 @@ pub fn instructions(plan: &Plan, only: Option<&str>) -> Result<Value, BenchError
 /// Envoy's resident memory at `--concurrency 4` (VMs are per worker), two seconds after start.
 fn memory_at_four_workers(backend: SocketAddr) -> Result<Value, BenchError> {
     let all = rows()?;
-    let wanted = [
-        "passthrough",
-        "floor: empty SDK filter",
-        "four single-policy filters chained",
-        "upstream_guard.wasm, all four stages",
-        "libupstream_guard.so (dynamic module), all four stages",
-    ];
+    let wanted = ["passthrough", "floor: empty SDK filter", CHAINED, ALL_WASM, ALL_NATIVE];
     println!("Envoy resident memory two seconds after start, --concurrency 4");
     println!("| configuration | RSS MiB | vs floor MiB |");
     println!("|---|---:|---:|");
@@ -461,7 +451,7 @@ fn memory_at_four_workers(backend: SocketAddr) -> Result<Value, BenchError> {
 /// Sizes of the shipped modules, and the combined module against the largest single one.
 fn module_sizes() -> Value {
     let size = |m: &str| paths::wasm_path(m).ok().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
-    let singles = ["diagnostics", "rate_limiter", "circuit_breaker", "health_router"];
+    let singles = header_stages();
     let largest = singles.iter().map(|m| size(m)).max().unwrap_or(0);
     let combined = size("upstream_guard");
     println!("Module sizes (release, wasm32-wasip1)");

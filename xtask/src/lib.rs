@@ -1,9 +1,10 @@
 //! Library side of `cargo xtask`: OCI packaging and pushing, so that tests can drive them
 //! directly.
 
-/// Every module that ships, each with its image and manifests: `upstream_guard` (all four
-/// stages in one module) and each policy alone.
-pub const FILTERS: &[&str] = &["upstream_guard", "diagnostics", "rate_limiter", "circuit_breaker", "health_router"];
+/// Every module that ships, each with its image and manifests: `upstream_guard` (every stage in
+/// one module) and each single-policy stage alone, from the core's one list of stages
+/// ([`upstream_guard::stages`]).
+pub static FILTERS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(upstream_guard::stages::modules);
 
 pub mod bench;
 pub mod bench_cost;

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use test_harness::bootstrap::Shape;
 use test_harness::paths;
 
 // Every module that ships; each builds `target/wasm32-wasip1/release/<name>.wasm`.
@@ -85,7 +86,8 @@ fn main() -> ExitCode {
         }),
         Some("soak") => soak_minutes(&args[1..]).and_then(|minutes| {
             setup_target().and_then(|()| setup_envoy()).and_then(|()| build())?;
-            soak(minutes)
+            let shape = if args.iter().any(|a| a == "--native") { Shape::Native } else { Shape::Wasm };
+            soak(minutes, shape)
         }),
         Some("bench") if args.iter().any(|a| a == "--llm") => setup_target().and_then(|()| build()).and_then(|()| {
             let plan = if args.iter().any(|a| a == "--smoke") {
@@ -152,10 +154,11 @@ usage: cargo xtask <command>
           regenerate envoy-examples/istio/ and envoy-examples/envoy-gateway/ pinned to the
           digests of the images built from this checkout (default ghcr.io/upstream-guard)
   schemas regenerate envoy-examples/schemas/<module>.schema.json from the configuration types
-  soak [--minutes N]
-          upstream_guard.wasm with all four stages in Envoy (2 workers) under steady load for N
-          minutes (default 10; `test` runs 2): RSS, VM memory, shared-data keys and errors
-          sampled to target/soak/soak.csv and soak.png; fails on growth, traps or unexpected 5xx
+  soak [--minutes N] [--native]
+          upstream_guard.wasm (or libupstream_guard.so) with its header stages in Envoy (2 workers)
+          under steady load for N minutes (default 10; `test` runs 2 for each shape): RSS, VM
+          memory, shared-data keys and errors sampled to target/soak/<shape>/soak.csv and soak.png;
+          fails on growth, traps, panics or unexpected 5xx
   bench [--smoke | --harness | --global | --llm | --instructions [--rows 'a|b']]
           throughput and latency in real Envoy (passthrough, each filter, the chain, native
           equivalents), breaker latency, failover vs native, global rate limits vs local and
@@ -358,7 +361,7 @@ fn build() -> Result {
         cmd.args(["-p", package_of(f)]);
     }
     run(&mut cmd)?;
-    for f in FILTERS {
+    for f in FILTERS.iter() {
         let path = paths::wasm_path(f).map_err(|e| TaskError(e.to_string()))?;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         eprintln!("  {} ({} KiB)", path.display(), size / 1024);
@@ -505,7 +508,7 @@ fn manifests(args: &[String]) -> Result {
         let path = routes.join("backend.yaml");
         std::fs::write(&path, platform.route_manifest()).map_err(|e| TaskError(format!("{}: {e}", path.display())))?;
         println!("{}", path.display());
-        for filter in FILTERS {
+        for filter in FILTERS.iter() {
             let image = image_of(filter, &[])?;
             let digest = image.manifest_digest();
             let url = format!("oci://{registry}/{filter}:{tag}");
@@ -544,7 +547,7 @@ fn lint() -> Result {
     let mut wasm = cargo();
     wasm.args(["clippy", "--target", WASM_TARGET, "-p", "upstream_guard", "-p", "upstream_guard_glue"]);
     wasm.args(["-p", "upstream_guard_stages"]);
-    for f in FILTERS {
+    for f in FILTERS.iter() {
         wasm.args(["-p", package_of(f)]);
     }
     wasm.args(["--", "-D", "warnings"]);
@@ -563,9 +566,11 @@ fn test() -> Result {
     let adapters = cargo_test(&mut adapter_tests, &mut totals);
     let wasm32 = core_on_wasm32(&mut totals);
     println!("total: {} passed, {} failed", totals.passed, totals.failed);
-    // Last, on a machine the tests no longer load: two minutes of steady load in real Envoy.
-    let soaked = soak(2.0);
-    host.and(adapters).and(wasm32).and(soaked)
+    // Last, on a machine the tests no longer load: two minutes of steady load in real Envoy, for
+    // each shape.
+    let soaked = soak(2.0, Shape::Wasm);
+    let soaked_native = soak(2.0, Shape::Native);
+    host.and(adapters).and(wasm32).and(soaked).and(soaked_native)
 }
 
 /// `--minutes N` (default 10).
@@ -581,9 +586,11 @@ fn soak_minutes(args: &[String]) -> Result<f64> {
 }
 
 /// Runs the soak and says whether it passed.
-fn soak(minutes: f64) -> Result {
-    let out = paths::target_dir().join("soak");
-    let outcome = xtask::soak::run(&xtask::soak::Plan::minutes(minutes), &out).map_err(|e| TaskError(e.0))?;
+fn soak(minutes: f64, shape: Shape) -> Result {
+    let out = paths::target_dir().join("soak").join(shape.name());
+    let plan = xtask::soak::Plan { shape, ..xtask::soak::Plan::minutes(minutes) };
+    println!("soak: the {} shape", shape.name());
+    let outcome = xtask::soak::run(&plan, &out).map_err(|e| TaskError(e.0))?;
     let last = outcome.samples.last().cloned().unwrap_or_default();
     let at = |minute: f64| {
         outcome.samples.iter().rfind(|s| s.t <= minute * 60.0).map(|s| s.rss_kib as f64 / 1024.0).unwrap_or(0.0)

@@ -11,12 +11,11 @@ use test_harness::platform::Platform;
 pub fn filter_meta(filter: &str, platform: Platform) -> (Value, i32) {
     match filter {
         "upstream_guard" => {
-            let section = |f: &str| filter_meta(f, platform).0;
-            (
-                json!({"diagnostics": section("diagnostics"), "rate_limiter": section("rate_limiter"),
-                       "health_router": section("health_router"), "circuit_breaker": section("circuit_breaker")}),
-                40,
-            )
+            // A section per single-policy stage of the core's list, each that module's own.
+            let sections: serde_json::Map<String, Value> = upstream_guard::stages::singles()
+                .map(|s| (s.section.to_string(), filter_meta(s.section, platform).0))
+                .collect();
+            (Value::Object(sections), 40)
         }
         "diagnostics" => (json!({"trusted_cidrs": ["10.0.0.0/8"], "json_body": true}), 40),
         "rate_limiter" => (
@@ -30,7 +29,8 @@ pub fn filter_meta(filter: &str, platform: Platform) -> (Value, i32) {
                 "passive": {"consecutive_failures": 3, "ejection": "10s"}}),
             20,
         ),
-        _ => (json!({"failure": {"consecutive": 5}, "open": {"base": "5s", "max": "60s"}}), 10),
+        "circuit_breaker" => (json!({"failure": {"consecutive": 5}, "open": {"base": "5s", "max": "60s"}}), 10),
+        _ => (json!({}), 0),
     }
 }
 
@@ -114,7 +114,7 @@ mod tests {
             let dir = examples.join(platform.dir());
             let routes = std::fs::read_to_string(dir.join("routes/backend.yaml")).unwrap();
             assert_eq!(routes, platform.route_manifest(), "{}: run `cargo xtask manifests`", platform.dir());
-            for filter in crate::FILTERS {
+            for filter in crate::FILTERS.iter() {
                 let path = dir.join(format!("{filter}.yaml"));
                 let shipped = std::fs::read_to_string(&path).unwrap();
                 let render = match platform {

@@ -1,5 +1,6 @@
-//! `cargo xtask soak --minutes N`: `upstream_guard.wasm` with its four traffic stages (no `llm`) in real Envoy
-//! (`--concurrency 2`) under steady load for N minutes, watching for leaks and faults.
+//! `cargo xtask soak --minutes N [--native]`: `upstream_guard.wasm` (or, with `--native`,
+//! `libupstream_guard.so`) with its header stages (no `llm`) in real Envoy (`--concurrency 2`)
+//! under steady load for N minutes, watching for leaks and faults.
 //!
 //! A slow leak or a rare trap does not show in a test that sends a few hundred requests: this
 //! runs long enough for memory to settle, with 100,000 distinct client addresses (trusted
@@ -8,7 +9,8 @@
 //! and the circuit breaker opens and closes). Every few seconds it samples Envoy's RSS, the Wasm
 //! VMs' linear memory (`upstream_guard.vm.memory_bytes`), the shared-data keys the module created
 //! (`upstream_guard.shared_data.keys_created`) and the error counts, and writes them to
-//! `target/soak/soak.csv` and `target/soak/soak.png`.
+//! `target/soak/<shape>/soak.csv` and `soak.png`. The dynamic module has no VM: its memory is
+//! Envoy's RSS alone, and its store counts keys the same way.
 //!
 //! Pass: the last minute's average RSS within 5 % of the second minute's, keys within the
 //! configured bound, no trap or panic in Envoy's log, no unexpected 5xx (a 5xx is expected only
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use test_harness::backend::{Backend, Behavior};
-use test_harness::bootstrap::{cluster, wasm_filter, Bootstrap};
+use test_harness::bootstrap::{cluster, module_filter, Bootstrap, Shape};
 use test_harness::envoy::Envoy;
 use test_harness::{http, paths};
 
@@ -48,6 +50,8 @@ pub struct Plan {
     pub every: Duration,
     /// The primary backend's cycle: healthy this long, then failing this long.
     pub cycle: (Duration, Duration),
+    /// Which shape of the module runs.
+    pub shape: Shape,
 }
 
 impl Plan {
@@ -61,6 +65,7 @@ impl Plan {
             max_keys: 50_000,
             every: Duration::from_secs(5),
             cycle: (Duration::from_secs(20), Duration::from_secs(10)),
+            shape: Shape::Wasm,
         }
     }
 }
@@ -196,9 +201,13 @@ fn module_config(plan: &Plan) -> Value {
 }
 
 fn bootstrap(plan: &Plan, primary: SocketAddr, secondary: SocketAddr) -> Result<Value, SoakError> {
-    let wasm = paths::wasm_path("upstream_guard").map_err(|e| SoakError(e.to_string()))?;
+    match plan.shape {
+        Shape::Wasm => paths::wasm_path("upstream_guard").map(drop),
+        Shape::Native => paths::native_module_path().map(drop),
+    }
+    .map_err(|e| SoakError(e.to_string()))?;
     let mut cfg = Bootstrap::new()
-        .filter(wasm_filter("upstream_guard", &wasm, &module_config(plan)))
+        .filter(module_filter(plan.shape, "upstream_guard", &module_config(plan)))
         .route(json!({"match": {"prefix": "/"}, "route": {"cluster_header": "x-upstream-cluster"}}))
         .cluster(cluster("primary", primary))
         .cluster(cluster("secondary", secondary))
@@ -320,7 +329,9 @@ fn faults(log: &str) -> Vec<String> {
             l.contains("panicked")
                 || l.contains("trap")
                 || l.contains("function: proxy_")
-                || ((l.contains("[error]") || l.contains("[critical]")) && l.contains("wasm"))
+                || l.contains("module_panics")
+                || ((l.contains("[error]") || l.contains("[critical]"))
+                    && (l.contains("wasm") || l.contains("dynamic_modules")))
         })
         .take(20)
         .map(|l| l.chars().take(300).collect())

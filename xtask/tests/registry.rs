@@ -76,7 +76,7 @@ fn skopeo(args: &[&str]) -> Vec<u8> {
 #[test]
 fn every_filter_round_trips_through_a_real_registry_byte_identical() {
     let reg = Registry::start(false);
-    for filter in FILTERS {
+    for filter in FILTERS.iter() {
         let wasm = std::fs::read(paths::wasm_path(filter).unwrap()).unwrap();
         let image = oci::build_image(&wasm, Variant::Compat, &ann(filter)).unwrap();
         let reference: Reference = format!("{}/upstream-guard/{filter}:test", reg.addr).parse().unwrap();

@@ -157,6 +157,8 @@ pub fn configure<P: Pipeline>(vm: VmKey<P>, root_id: u32, size: usize) -> u32 {
     if let Some(ms) = pipeline.tick_ms() {
         let _ = host::set_tick_period(ms);
     }
+    // Defined now: the dynamic module can define metrics only while a configuration is created.
+    crate::shared::define_metrics();
     let root = Root {
         name,
         plan: ReadPlan::for_headers(&reads),

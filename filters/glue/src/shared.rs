@@ -29,6 +29,16 @@ thread_local! {
     static CREATED: Cell<Option<Counter>> = const { Cell::new(None) };
 }
 
+/// Defines [`KEYS_CREATED`] ahead of the first key (at configure time), as hosts that fix their
+/// metrics when a configuration is created need.
+pub fn define_metrics() {
+    CREATED.with(|c| {
+        if c.get().is_none() {
+            c.set(Some(Counter::define(KEYS_CREATED)));
+        }
+    });
+}
+
 /// Counts one key created (the write that created it won, so each key counts once over all
 /// workers: a second creator's write is refused and it retries on the first one's value).
 fn count_created() {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use upstream_guard::access_log::{key, Fields};
-use upstream_guard::breaker::{Admission, Breaker, BreakerConfig, Outcome, Phase, Policy, Transition};
+use upstream_guard::breaker::{Admission, Breaker, BreakerConfig, Outcome, Phase, Policy, Transition, TripCause};
 use upstream_guard::details;
 use upstream_guard::hash::Secret;
 use upstream_guard::ratelimit::retry_after_secs;
@@ -32,6 +32,8 @@ struct ClusterMetrics {
     closed: Counter,
     rejected: Counter,
     failures: Counter,
+    /// Responses the upstream sent later than `failure.slow.after` (and did not fail).
+    slow: Counter,
     contention: Counter,
     /// Requests and responses of a `key_header` value that found every slot it may use held by
     /// other values' live breakers: admitted and not recorded.
@@ -47,6 +49,7 @@ fn define(segment: &str) -> ClusterMetrics {
         closed: Counter::define(&format!("{base}.closed")),
         rejected: Counter::define(&format!("{base}.rejected")),
         failures: Counter::define(&format!("{base}.failures")),
+        slow: Counter::define(&format!("{base}.slow")),
         contention: Counter::define(&format!("{base}.contention")),
         table_full: Counter::define(&format!("{base}.table_full")),
     }
@@ -128,8 +131,9 @@ impl CircuitBreaker {
         })
     }
 
-    /// Logs and counts a transition once (only the worker whose update caused it sees it).
-    fn report(&self, cluster: &str, t: Transition) {
+    /// Logs and counts a transition once (only the worker whose update caused it sees it);
+    /// `slow`: it opened on the share of slow calls.
+    fn report(&self, cluster: &str, t: Transition, slow: bool) {
         let m = self.metrics.get(cluster);
         m.state.set(t.to.gauge());
         match t.to {
@@ -138,7 +142,8 @@ impl CircuitBreaker {
             Phase::Closed => m.closed.inc(),
         }
         let level = if t.to == Phase::Open { Level::Warn } else { Level::Info };
-        host::log_with(level, || format!("circuit_breaker: {cluster}: {} -> {}", t.from.name(), t.to.name()));
+        let why = if slow { " (slow calls: the upstream answers too late)" } else { "" };
+        host::log_with(level, || format!("circuit_breaker: {cluster}: {} -> {}{why}", t.from.name(), t.to.name()));
     }
 
     /// Applies `f` to the target's breaker with compare-and-swap; writes (and bumps the version)
@@ -202,6 +207,8 @@ pub struct BreakerStream {
     target: Option<Target>,
     probe: Option<u32>,
     recorded: bool,
+    /// When the request went on (host clock), where slow calls are counted.
+    sent_at: Option<u64>,
 }
 
 impl Stage for CircuitBreaker {
@@ -232,6 +239,11 @@ impl Stage for CircuitBreaker {
                 self.target(cluster, Some(&value))
             }
         };
+        let policy = self.policy(&target.cluster);
+        if policy.failure.slow.is_some() {
+            // The module times the call itself: from here to the response headers.
+            st.sent_at = Some(cx.now());
+        }
         // Fast path: a closed (or never used) circuit needs no write.
         let epoch = cx.epoch();
         if self.idle(epoch, &target).0 {
@@ -239,31 +251,30 @@ impl Stage for CircuitBreaker {
             return Flow::Continue;
         }
         let now = cx.now();
-        let policy = self.policy(&target.cluster);
         let outcome = self.update(&target, now, |b| {
             let (admission, transition) = b.admit(policy, now);
-            (admission, transition, b.phase)
+            (admission, transition, (b.phase, b.cause))
         });
         let cluster = target.cluster.clone();
-        let (admission, transition, phase) = match outcome {
+        let (admission, transition, (phase, cause)) = match outcome {
             Ok(Owned::Done(v)) => v,
             // Unreachable in practice (idle found no breaker of its own for this key, so admit
             // sees a closed one and writes nothing); admitted like a closed circuit.
             Ok(Owned::Full) => {
                 self.metrics.get(&cluster).table_full.inc();
-                (Admission::Allow, None, Phase::Closed)
+                (Admission::Allow, None, (Phase::Closed, TripCause::Failures))
             }
             Err(e) => {
                 self.metrics.get(&cluster).contention.inc();
                 if let UpdateError::Host(s) = e {
                     host::log(Level::Warn, &format!("circuit_breaker: shared data unavailable ({s:?})"));
                 }
-                // Could not take a probe slot: treat as a full half-open circuit.
-                (Admission::Reject { retry_after_ns: 1_000_000_000 }, None, Phase::HalfOpen)
+                let (admission, phase) = Admission::CONTENDED;
+                (admission, None, (phase, TripCause::Failures))
             }
         };
         if let Some(t) = transition {
-            self.report(&cluster, t);
+            self.report(&cluster, t, false);
         }
         match admission {
             Admission::Allow => {
@@ -279,16 +290,19 @@ impl Stage for CircuitBreaker {
             }
             Admission::Reject { retry_after_ns } => {
                 self.metrics.get(&cluster).rejected.inc();
+                let slow = cause == TripCause::Slow;
                 let fields =
                     Fields::new().add("cluster", &cluster).add("state", phase.name()).add("decision", "refused");
-                cx.publish(key::CIRCUIT_BREAKER, &fields);
+                cx.publish(key::CIRCUIT_BREAKER, &if slow { fields.add("cause", "slow") } else { fields });
                 let retry_after = retry_after_secs(retry_after_ns).to_string();
                 // The body never names the cluster: any client may receive it, and cluster names
                 // are internal (the diagnostics stage shows them to trusted clients).
+                let (details, why) =
+                    if slow { (details::UPSTREAM_SLOW, " (upstream slow)") } else { (details::CIRCUIT_OPEN, "") };
                 let mut reply = LocalReply::text(
                     self.config.status,
-                    details::CIRCUIT_OPEN,
-                    format!("circuit {}: retry after {retry_after} s\n", phase.name()),
+                    details,
+                    format!("circuit {}{why}: retry after {retry_after} s\n", phase.name()),
                 )
                 .header("retry-after", retry_after.as_bytes())
                 .header("x-upstream-guard-circuit", phase.name());
@@ -305,35 +319,35 @@ impl Stage for CircuitBreaker {
             return;
         }
         let policy = self.policy(&target.cluster);
+        let elapsed = st.sent_at.map(|at| cx.now().saturating_sub(at));
         let obs = cx.observation();
-        let outcome = if policy.is_failure(&obs.view()) { Outcome::Failure } else { Outcome::Success };
+        let outcome = policy.outcome(&obs.view(), elapsed);
         st.recorded = true;
         let probe = st.probe;
         // A success on a closed circuit with nothing counted changes nothing: no write, and (with
         // the local copy current) no read of the state itself.
-        if outcome == Outcome::Success && probe.is_none() && policy.failure.ratio.is_none() {
+        if outcome == Outcome::Success && probe.is_none() && policy.failure.window_ns().is_none() {
             let epoch = cx.epoch();
             if self.idle(epoch, &target).1 {
                 return;
             }
         }
-        if outcome == Outcome::Failure {
-            self.metrics.get(&target.cluster).failures.inc();
+        match outcome {
+            Outcome::Failure => self.metrics.get(&target.cluster).failures.inc(),
+            Outcome::Slow => self.metrics.get(&target.cluster).slow.inc(),
+            Outcome::Success => {}
         }
         let now = cx.now();
-        match self.update(&target, now, |b| b.record(policy, now, outcome, probe)) {
-            Ok(Owned::Done(Some(t))) => {
+        match self.update(&target, now, |b| b.record(policy, now, outcome, probe).map(|t| (t, b.cause))) {
+            Ok(Owned::Done(Some((t, cause)))) => {
                 // The response that moved the circuit says so in its access log line.
-                let decision = match (t.from, t.to) {
-                    (Phase::HalfOpen, Phase::Open) => "reopened",
-                    (_, Phase::Open) => "tripped",
-                    (_, Phase::Closed) => "closed",
-                    (_, Phase::HalfOpen) => "half_opened",
-                };
-                let fields =
-                    Fields::new().add("cluster", &target.cluster).add("state", t.to.name()).add("decision", decision);
-                cx.publish(key::CIRCUIT_BREAKER, &fields);
-                self.report(&target.cluster, t)
+                let fields = Fields::new()
+                    .add("cluster", &target.cluster)
+                    .add("state", t.to.name())
+                    .add("decision", t.decision());
+                let slow = t.to == Phase::Open && cause == TripCause::Slow;
+                cx.publish(key::CIRCUIT_BREAKER, &if slow { fields.add("cause", "slow") } else { fields });
+                self.report(&target.cluster, t, slow)
             }
             Ok(Owned::Done(None)) => {}
             // Every slot this key may use holds another key's live breaker: this outcome is not

@@ -24,9 +24,8 @@ use std::collections::HashMap;
 use upstream_guard::access_log::{key, Fields};
 use upstream_guard::details;
 use upstream_guard::diagnose::upstream_failed;
-use upstream_guard::health::Strategy;
 use upstream_guard::health::{
-    report_json, select, Candidate, CheckResult, Health, HealthConfig, HealthTransition, Lease, NoneHealthy,
+    report_json, CheckResult, Health, HealthCheck, HealthConfig, HealthTransition, Lease, Pick, Routing,
 };
 use upstream_guard_glue::shared::{self, Epoch, Snapshot};
 use upstream_guard_glue::{host, BufferType, Counter, Cx, Flow, Gauge, Level, LocalReply, MapType, Stage};
@@ -139,58 +138,12 @@ impl Pool {
         self.health.with(epoch, reload, |all| all.clone())
     }
 
-    /// Picks among `indexes` with the configured strategy; `None` when none is available.
-    pub fn select(&self, indexes: &[usize], states: &[Health], now: u64) -> Option<usize> {
-        let candidates: Vec<Candidate> = indexes
-            .iter()
-            .filter_map(|i| {
-                let h = states.get(*i)?;
-                Some(Candidate {
-                    index: *i,
-                    available: h.available(now) && !h.unknown(),
-                    weight: self.config.upstreams.get(*i)?.weight,
-                })
-            })
-            .collect();
+    /// Where a request goes among `indexes` ([`upstream_guard::health::route`]), rotating the
+    /// strategy's counter.
+    pub fn route(&self, indexes: &[usize], states: &[Health], now: u64) -> Routing {
         let counter = self.rotation.get();
         self.rotation.set(counter.wrapping_add(1));
-        select(self.config.strategy, &candidates, counter)
-    }
-
-    /// Why upstream `chosen` (the access log's `reason`), and the unavailable upstreams passed
-    /// over, each with why (`primary:unhealthy`, `primary:ejected`): under failover those before
-    /// the one chosen, otherwise all of them.
-    pub fn why(&self, indexes: &[usize], states: &[Health], chosen: Option<usize>, now: u64) -> (&'static str, String) {
-        let strategy = self.config.strategy;
-        let reason = match (chosen, strategy) {
-            (None, _) if self.config.when_none_healthy == NoneHealthy::Panic => "panic",
-            (None, _) => "none_healthy",
-            (Some(i), Strategy::Failover) if indexes.first() == Some(&i) => "first_choice",
-            (Some(_), Strategy::Failover) => "failover",
-            (Some(_), Strategy::RoundRobin) => "round_robin",
-            (Some(_), Strategy::Weighted) => "weighted",
-        };
-        let before_chosen = strategy == Strategy::Failover && chosen.is_some();
-        let mut skipped = String::new();
-        for &i in indexes {
-            if before_chosen && Some(i) == chosen {
-                break;
-            }
-            let (Some(h), Some(u)) = (states.get(i), self.config.upstreams.get(i)) else { continue };
-            if h.available(now) && !h.unknown() {
-                continue;
-            }
-            if !skipped.is_empty() {
-                skipped.push(',');
-            }
-            skipped.push_str(&u.cluster);
-            skipped.push_str(match (h.available(now), h.healthy) {
-                (true, _) => ":unknown_cluster",
-                (false, true) => ":ejected",
-                (false, false) => ":unhealthy",
-            });
-        }
-        (reason, skipped)
+        upstream_guard::health::route(&self.config, indexes, states, now, counter)
     }
 
     /// Counts a request routed to upstream `i`.
@@ -285,8 +238,7 @@ impl Pool {
         // Forget callouts that never answered (Envoy answers every one, but be safe).
         let upstreams = &self.config.upstreams;
         prober.in_flight.retain(|_, (i, at)| {
-            let limit = upstreams.get(*i).and_then(|u| u.health_check.as_ref()).map_or(0, |h| h.timeout_ns);
-            now.saturating_sub(*at) < limit.saturating_mul(2).saturating_add(1_000_000_000)
+            HealthCheck::outstanding(upstreams.get(*i).and_then(|u| u.health_check.as_ref()), *at, now)
         });
         let states = self.states(Epoch::read());
         for (i, u) in upstreams.iter().enumerate() {
@@ -422,20 +374,17 @@ impl Stage for HealthRouter {
 
         let indexes = config.upstreams_for(&String::from_utf8_lossy(path_only));
         let states = pool.states(cx.epoch());
-        let selected = pool.select(&indexes, &states, now);
-        let (reason, skipped) = pool.why(&indexes, &states, selected, now);
-        let chosen = match selected {
-            Some(i) => i,
-            // A cluster Envoy does not have is a configuration error, never a reason to refuse:
-            // with nothing else available, the request goes where Envoy's route sends it (the
+        let Routing { pick, reason, skipped } = pool.route(&indexes, &states, now);
+        let chosen = match pick {
+            Pick::Upstream(i) => i,
+            // With nothing else available, the request goes where Envoy's route sends it (the
             // client's header removed: clients never choose the upstream).
-            None if indexes.iter().any(|i| states.get(*i).is_some_and(Health::unknown)) => {
+            Pick::EnvoyRoute => {
                 cx.remove_request_header(&config.route_header);
-                cx.publish(key::HEALTH_ROUTER, &Fields::new().add("reason", "unknown_cluster"));
+                cx.publish(key::HEALTH_ROUTER, &Fields::new().add("reason", reason));
                 return Flow::Continue;
             }
-            None if config.when_none_healthy == NoneHealthy::Panic => indexes.first().copied().unwrap_or(0),
-            None => {
+            Pick::Refuse => {
                 let fields = Fields::new().add("reason", reason);
                 cx.publish(
                     key::HEALTH_ROUTER,

@@ -356,20 +356,20 @@ impl Llm {
                 Ok(Owned::Done(a)) => (a, reserve),
                 Ok(Owned::Full) => {
                     self.table_full.inc();
-                    (Admission::Admit { remaining: budget.rate.tokens }, 0)
+                    (Admission::unmetered(budget.rate.tokens), 0)
                 }
                 Err(e) => {
                     self.contention.inc();
                     host::log(Level::Warn, &format!("llm: could not reserve from budget {:?} ({e:?})", budget.name));
-                    (Admission::Admit { remaining: budget.rate.tokens }, 0)
+                    (Admission::unmetered(budget.rate.tokens), 0)
                 }
             };
-            match admission {
-                Admission::Admit { remaining: r } => {
-                    remaining = Some(remaining.map_or(r, |x| x.min(r)));
+            match admission.combine(remaining) {
+                Ok(least) => {
+                    remaining = least;
                     applied.push((b, key, reserved));
                 }
-                Admission::Refuse { retry_after_ns } => {
+                Err(retry_after_ns) => {
                     // What the budgets before this one reserved goes back.
                     st.budget_keys = std::mem::take(&mut applied);
                     self.settle(st, 0, now);

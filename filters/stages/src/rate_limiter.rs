@@ -27,7 +27,7 @@ use upstream_guard::peer::{client_addr, ClientAddr, Prefixes};
 use upstream_guard::ratelimit::global::{self, ServiceError};
 use upstream_guard::ratelimit::rls::{self, RateLimitDescriptor};
 use upstream_guard::ratelimit::{
-    ratelimit_field, retry_after_secs, ClientIp, Decision, GlobalStatus, Mode, OnServiceError, OverLimitMemo,
+    ratelimit_field, retry_after_secs, ClientIp, Decision, GlobalStatus, OnServiceError, Outcome, OverLimitMemo,
     RateLimitConfig, RequestView, Rule, State, Verdict,
 };
 use upstream_guard::slots::Place;
@@ -348,27 +348,54 @@ impl RateLimiter {
     /// `from` carries what a rate limit service added (global rules only).
     fn conclude(&self, st: &mut RateLimitStream, cx: &mut Cx<'_>, verdict: Verdict, from: Option<FromService>) -> Flow {
         let config = &self.config;
-        match verdict {
-            Verdict::Pass | Verdict::Admitted { .. } => {
-                if let Some(rule) = from.as_ref().and_then(|f| f.denied).and_then(|i| config.rules.get(i)) {
-                    if config.mode == Mode::Shadow {
-                        cx.publish(
-                            key::RATE_LIMITER,
-                            &Fields::new().add("rule", &rule.name).add("decision", "shadow_unavailable"),
-                        );
-                        host::log_with(Level::Info, || {
-                            format!(
-                                "rate_limiter: shadow mode: rule {:?} would have refused this request (service unavailable)",
-                                rule.name
-                            )
-                        });
-                    } else {
-                        cx.publish(
-                            key::RATE_LIMITER,
-                            &Fields::new().add("rule", &rule.name).add("decision", "service_unavailable"),
-                        );
-                        return Flow::Reply(self.unavailable(rule));
-                    }
+        match verdict.outcome(config.mode, from.as_ref().and_then(|f| f.denied)) {
+            Outcome::Unavailable { rule } => {
+                let Some(r) = config.rules.get(rule) else { return Flow::Continue };
+                cx.publish(
+                    key::RATE_LIMITER,
+                    &Fields::new().add("rule", &r.name).add("decision", "service_unavailable"),
+                );
+                Flow::Reply(self.unavailable(r))
+            }
+            Outcome::ShadowLimit { rule } => {
+                let (Some(r), Some(m)) = (config.rules.get(rule), self.metrics.get(rule)) else {
+                    return Flow::Continue;
+                };
+                cx.publish(key::RATE_LIMITER, &Fields::new().add("rule", &r.name).add("decision", "shadow_limited"));
+                m.shadow_limited.inc();
+                host::log_with(Level::Info, || {
+                    format!("rate_limiter: shadow mode: rule {:?} would have refused this request", r.name)
+                });
+                Flow::Continue
+            }
+            Outcome::Limit { rule, retry_after_ns } => {
+                let (Some(r), Some(m)) = (config.rules.get(rule), self.metrics.get(rule)) else {
+                    return Flow::Continue;
+                };
+                m.limited.inc();
+                let fields = Fields::new()
+                    .add("rule", &r.name)
+                    .add("decision", "limited")
+                    .num("retry_after", retry_after_secs(retry_after_ns));
+                cx.publish(key::RATE_LIMITER, &fields);
+                let mut reply = self.reply(rule, retry_after_ns, from.as_ref().and_then(|f| f.policy(rule)));
+                for (name, value) in from.iter().flat_map(|f| &f.response_headers) {
+                    reply.set_header(name, value.clone());
+                }
+                Flow::Reply(reply)
+            }
+            Outcome::Admit { shadow_unavailable } => {
+                if let Some(r) = shadow_unavailable.and_then(|i| config.rules.get(i)) {
+                    cx.publish(
+                        key::RATE_LIMITER,
+                        &Fields::new().add("rule", &r.name).add("decision", "shadow_unavailable"),
+                    );
+                    host::log_with(Level::Info, || {
+                        format!(
+                            "rate_limiter: shadow mode: rule {:?} would have refused this request (service unavailable)",
+                            r.name
+                        )
+                    });
                 }
                 if let Verdict::Admitted { rule, remaining, reset_ns } = verdict {
                     if let Some(r) = config.rules.get(rule) {
@@ -393,33 +420,6 @@ impl RateLimiter {
                     }
                 }
                 Flow::Continue
-            }
-            Verdict::Refused { rule, retry_after_ns } => {
-                let (Some(r), Some(m)) = (config.rules.get(rule), self.metrics.get(rule)) else {
-                    return Flow::Continue;
-                };
-                if config.mode == Mode::Shadow {
-                    cx.publish(
-                        key::RATE_LIMITER,
-                        &Fields::new().add("rule", &r.name).add("decision", "shadow_limited"),
-                    );
-                    m.shadow_limited.inc();
-                    host::log_with(Level::Info, || {
-                        format!("rate_limiter: shadow mode: rule {:?} would have refused this request", r.name)
-                    });
-                    return Flow::Continue;
-                }
-                m.limited.inc();
-                let fields = Fields::new()
-                    .add("rule", &r.name)
-                    .add("decision", "limited")
-                    .num("retry_after", retry_after_secs(retry_after_ns));
-                cx.publish(key::RATE_LIMITER, &fields);
-                let mut reply = self.reply(rule, retry_after_ns, from.as_ref().and_then(|f| f.policy(rule)));
-                for (name, value) in from.iter().flat_map(|f| &f.response_headers) {
-                    reply.set_header(name, value.clone());
-                }
-                Flow::Reply(reply)
             }
         }
     }

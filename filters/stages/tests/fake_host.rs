@@ -35,6 +35,10 @@ struct Fake {
     shared: RefCell<Shared>,
     replies: RefCell<Vec<Reply>>,
     metrics: RefCell<Vec<(String, i64)>>,
+    request_body: RefCell<Vec<u8>>,
+    response_body: RefCell<Vec<u8>>,
+    /// Calls sent (HTTP and gRPC): the token of the last one.
+    calls: Cell<u32>,
 }
 
 impl Fake {
@@ -102,10 +106,44 @@ impl Host for Fake {
         }
     }
     fn buffer(&self, kind: BufferType, start: usize, max: usize) -> Option<Vec<u8>> {
-        (kind == BufferType::PluginConfiguration).then(|| {
-            let c = self.config.borrow();
-            c[start.min(c.len())..start.saturating_add(max).min(c.len())].to_vec()
-        })
+        let b = match kind {
+            BufferType::PluginConfiguration => self.config.borrow(),
+            BufferType::HttpRequestBody => self.request_body.borrow(),
+            BufferType::HttpResponseBody => self.response_body.borrow(),
+            _ => return None,
+        };
+        Some(b[start.min(b.len())..start.saturating_add(max).min(b.len())].to_vec())
+    }
+    fn buffer_len(&self, kind: BufferType) -> Option<usize> {
+        match kind {
+            BufferType::HttpRequestBody => Some(self.request_body.borrow().len()),
+            BufferType::HttpResponseBody => Some(self.response_body.borrow().len()),
+            _ => None,
+        }
+    }
+    fn set_buffer(&self, kind: BufferType, start: usize, size: usize, data: &[u8]) -> Result<(), Status> {
+        let mut b = match kind {
+            BufferType::HttpRequestBody => self.request_body.borrow_mut(),
+            BufferType::HttpResponseBody => self.response_body.borrow_mut(),
+            _ => return Err(Status::BadArgument),
+        };
+        let start = start.min(b.len());
+        let end = start.saturating_add(size).min(b.len());
+        b.splice(start..end, data.iter().copied());
+        Ok(())
+    }
+    fn continue_request(&self) -> Result<(), Status> {
+        Ok(())
+    }
+    fn http_call(
+        &self,
+        _cluster: &str,
+        _headers: &[(&[u8], &[u8])],
+        _body: &[u8],
+        _timeout_ms: u32,
+    ) -> Result<u32, Status> {
+        self.calls.set(self.calls.get() + 1);
+        Ok(self.calls.get())
     }
     fn send_local_response(
         &self,
@@ -226,4 +264,206 @@ fn the_breaker_opens_after_consecutive_failures_and_refuses_fast() {
     let refused = request(&fake, 9, "10.0.0.1:5000", "/").expect("the circuit is open");
     assert_eq!(refused.status, 503);
     assert_eq!(refused.details, "upstream_guard.circuit_open");
+}
+
+/// A small deterministic generator (xorshift): the same seed drives the same streams.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn pick<'a>(&mut self, from: &[&'a [u8]]) -> &'a [u8] {
+        from[self.below(from.len() as u64) as usize]
+    }
+    /// Any bytes: NUL, high bytes, separators, long runs.
+    fn bytes(&mut self) -> Vec<u8> {
+        let len = match self.below(10) {
+            0 => 0,
+            1 => 4096 + self.below(4096) as usize,
+            _ => self.below(40) as usize,
+        };
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+const ALL_STAGES: &str = r#"{
+    "diagnostics": {"trusted_cidrs": ["10.0.0.0/8"], "json_body": true},
+    "rate_limiter": {"max_keys": 64, "rules": [
+        {"name": "per-client", "key": ["client_ip"], "limit": {"requests": 3, "per": "10s"}},
+        {"name": "by-header", "key": [{"header": "x-tenant"}], "limit": {"requests": 5, "per": "1m"}}]},
+    "llm": {"providers": [{"cluster": "p1"}, {"cluster": "p2"}],
+            "models": [{"name": "m", "providers": ["p1", "p2"]}],
+            "budgets": [{"name": "tenant", "key": [{"header": "x-tenant"}], "tokens": 100, "per": "1m"}]},
+    "health_router": {"upstreams": [{"cluster": "primary", "health_check": {"path": "/healthz", "interval": "1s"}},
+                                    {"cluster": "secondary"}],
+                      "passive": {"consecutive_failures": 2, "ejection": "5s"}},
+    "circuit_breaker": {"failure": {"consecutive": 3}, "open": {"base": "2s"}}
+}"#;
+
+/// Hostile streams through every stage on the native fake: any bytes in headers, properties,
+/// bodies and upstream answers; phases skipped or cut short; time jumping; ticks and stray call
+/// answers in between. Nothing panics, every refusal is one of the stages' own replies, and the
+/// cross-worker store stays bounded however many distinct clients come.
+#[test]
+fn hostile_callbacks_through_every_stage_never_panic_and_keep_the_store_bounded() {
+    for seed in [0x9E37_79B9_7F4A_7C15_u64, 7, 0xDEAD_BEEF] {
+        let fake = Rc::new(Fake::default());
+        let mut now = 1_000_000_000_000u64;
+        fake.now.set(now);
+        let config = ALL_STAGES;
+        assert!(configure(&fake, config), "the configuration is taken");
+        let mut rng = Rng(seed);
+        let mut refused = 0;
+        for id in 100..2100u32 {
+            native::scoped(fake.clone(), || {
+                let path: &[u8] = rng.pick(&[b"/", b"/v1/chat/completions", b"/upstream-guard/health", b"/a?b=c"]);
+                let mut headers: Vec<(String, Vec<u8>)> =
+                    vec![(":path".into(), path.to_vec()), (":method".into(), b"POST".to_vec())];
+                for name in ["x-tenant", "x-forwarded-for", "content-type", "x-upstream-guard-route", "grpc-timeout"] {
+                    if rng.below(3) == 0 {
+                        headers.push((name.into(), rng.bytes()));
+                    }
+                }
+                *fake.request.borrow_mut() = headers;
+                fake.response.borrow_mut().clear();
+                let client = match rng.below(4) {
+                    0 => rng.bytes(),
+                    1 => format!("[2001:db8::{:x}]:443", rng.below(4000)).into_bytes(),
+                    _ => format!("10.{}.{}.{}:0", rng.below(8), rng.below(250), rng.below(250)).into_bytes(),
+                };
+                {
+                    let mut p = fake.properties.borrow_mut();
+                    p.insert(b"source\0address".to_vec(), client);
+                    let cluster: &[u8] = rng.pick(&[b"primary", b"secondary", b"p1", b"p2", b"\xff\x00", b""]);
+                    p.insert(b"xds\0cluster_name".to_vec(), cluster.to_vec());
+                    p.insert(b"response\0code_details".to_vec(), rng.bytes());
+                    p.insert(b"response\0flags".to_vec(), (rng.below(1 << 20)).to_le_bytes().to_vec());
+                }
+                let before = fake.replies.borrow().len();
+                dispatch::context_create(&VM, id, ROOT);
+                let has_body = rng.below(2) == 0;
+                let action = dispatch::request_headers(&VM, id, !has_body);
+                assert!(action <= 1, "a filter status Envoy knows: {action}");
+                if has_body && fake.replies.borrow().len() == before {
+                    *fake.request_body.borrow_mut() = match rng.below(3) {
+                        0 => br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 7}"#
+                            .to_vec(),
+                        1 => br#"{"model": "m", "stream": true, "messages": []}"#.to_vec(),
+                        _ => rng.bytes(),
+                    };
+                    let len = fake.request_body.borrow().len();
+                    dispatch::request_body(&VM, id, len, true);
+                }
+                if fake.replies.borrow().len() == before && rng.below(6) != 0 {
+                    let status: &[u8] = rng.pick(&[b"200", b"200", b"429", b"503", b"500", b"abc", b"", b"99999"]);
+                    let mut response = vec![(":status".to_string(), status.to_vec())];
+                    if rng.below(3) == 0 {
+                        response.push(("retry-after".into(), rng.bytes()));
+                    }
+                    *fake.response.borrow_mut() = response;
+                    let with_body = rng.below(2) == 0;
+                    dispatch::response_headers(&VM, id, !with_body);
+                    if with_body {
+                        *fake.response_body.borrow_mut() = match rng.below(2) {
+                            0 => br#"{"usage": {"prompt_tokens": 3, "completion_tokens": 40, "total_tokens": 43}}"#
+                                .to_vec(),
+                            _ => rng.bytes(),
+                        };
+                        let len = fake.response_body.borrow().len();
+                        dispatch::response_body(&VM, id, len, true);
+                    }
+                }
+                if rng.below(8) != 0 {
+                    dispatch::log(&VM, id);
+                }
+                dispatch::delete(&VM, id);
+                for reply in fake.replies.borrow().iter().skip(before) {
+                    assert!((200..=599).contains(&reply.status), "{reply:?}");
+                    assert!(reply.details.starts_with("upstream_guard."), "a stage's own reply: {reply:?}");
+                    refused += 1;
+                }
+                if rng.below(10) == 0 {
+                    now += rng.below(3_000_000_000);
+                    fake.now.set(now);
+                    dispatch::tick(&VM, ROOT);
+                }
+                if rng.below(20) == 0 {
+                    // An answer to a call, or to none: the stages read what it holds, or nothing.
+                    let token = rng.below(u64::from(fake.calls.get()) + 2) as u32;
+                    dispatch::http_call_response(&VM, ROOT, token, 0, 0);
+                }
+            });
+        }
+        assert!(refused > 0, "seed {seed:#x}: some requests were refused");
+        let keys = fake.shared.borrow().len();
+        // Two thousand streams from over a thousand distinct clients and tenants: the store holds
+        // the rate limiter's 64 slots and a bounded number of circuit, health, budget and
+        // bookkeeping keys, never one per client.
+        let mut why: Vec<(String, usize)> = Vec::new();
+        for r in fake.replies.borrow().iter() {
+            match why.iter_mut().find(|(d, _)| *d == r.details) {
+                Some((_, n)) => *n += 1,
+                None => why.push((r.details.clone(), 1)),
+            }
+        }
+        eprintln!("seed {seed:#x}: {refused} of 2000 refused {why:?}; {keys} keys in the store");
+        assert!(why.len() >= 3, "seed {seed:#x}: the streams reach several stages' refusals: {why:?}");
+        assert!(keys <= 64 + 128, "seed {seed:#x}: {keys} keys in the store");
+    }
+}
+
+/// A backend that still answers 200, only late: the module times each call with the host's clock
+/// (passed into the core), and once slow calls are the configured share of the window the circuit
+/// opens and the refusal says the upstream is slow.
+#[test]
+fn late_200s_open_the_circuit_and_the_refusal_says_the_upstream_is_slow() {
+    let fake = Rc::new(Fake::default());
+    let mut now = 1_000_000_000_000u64;
+    fake.now.set(now);
+    let config = r#"{"diagnostics": {}, "circuit_breaker": {"failure": {"consecutive": 100,
+        "slow": {"after": "1s", "threshold": 0.5, "min_requests": 4}}}}"#;
+    assert!(configure(&fake, config));
+    fake.properties.borrow_mut().insert(b"xds\0cluster_name".to_vec(), b"backend".to_vec());
+    let mut call = |id: u32, takes_ns: u64| {
+        native::scoped(fake.clone(), || {
+            *fake.request.borrow_mut() = vec![(":path".into(), b"/".to_vec())];
+            fake.response.borrow_mut().clear();
+            let before = fake.replies.borrow().len();
+            dispatch::context_create(&VM, id, ROOT);
+            dispatch::request_headers(&VM, id, true);
+            let reply = fake.replies.borrow().get(before).cloned();
+            if reply.is_none() {
+                now += takes_ns;
+                fake.now.set(now);
+                *fake.response.borrow_mut() = vec![(":status".into(), b"200".to_vec())];
+                dispatch::response_headers(&VM, id, true);
+            }
+            dispatch::log(&VM, id);
+            dispatch::delete(&VM, id);
+            reply
+        })
+    };
+    // Fast answers, then late ones: 2 of 4 late trips it (0.5), not 1 of 3.
+    assert!(call(2, 100_000_000).is_none());
+    assert!(call(3, 1_500_000_000).is_none());
+    assert!(call(4, 999_000_000).is_none(), "just under `after` is not slow");
+    assert!(call(5, 2_000_000_000).is_none(), "the call that trips it was answered");
+    let refused = call(6, 0).expect("the circuit is open");
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.details, "upstream_guard.upstream_slow");
+    let header = |name: &str| {
+        refused.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    assert!(header("x-upstream-diagnosis").is_some_and(|d| d.starts_with("cause=upstream_slow")), "{refused:?}");
+    assert_eq!(header("x-upstream-guard-circuit").as_deref(), Some("open"));
+    assert_eq!(fake.metric("upstream_guard.breaker.backend.slow"), Some(2));
+    assert_eq!(fake.metric("upstream_guard.breaker.backend.failures"), Some(0));
+    assert_eq!(fake.metric("upstream_guard.diagnosis.upstream_slow"), Some(1));
 }
