@@ -26,16 +26,17 @@ struct RatioJson {
     window: Option<String>,
 }
 
-/// Trip on the share of slow calls over a sliding window: calls the upstream answered, but
-/// later than `after`, measured from the request to the response headers.
+/// Slow calls: calls the upstream answered, but later than `after`, measured from the request to
+/// the response headers; their share of a sliding window trips a circuit (the breaker) or
+/// ejects an upstream (passive health).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-struct SlowJson {
+pub(crate) struct SlowJson {
     /// A call whose response headers come later than this after the request is slow.
     #[cfg_attr(feature = "schema", schemars(pattern(crate::schema::DURATION)))]
     after: String,
-    /// Share of slow calls that trips the circuit, in (0, 1].
+    /// Share of slow calls that trips the circuit (or ejects the upstream), in (0, 1].
     #[cfg_attr(feature = "schema", schemars(extend("default" = 0.5), range(max = 1.0), extend("exclusiveMinimum" = 0)))]
     #[serde(default)]
     threshold: Option<f64>,
@@ -43,7 +44,7 @@ struct SlowJson {
     #[cfg_attr(feature = "schema", schemars(extend("default" = 10), range(min = 1)))]
     #[serde(default)]
     min_requests: Option<u32>,
-    /// The sliding window; the breaker keeps one, so with `ratio` set this is `ratio.window`.
+    /// The sliding window; the breaker keeps one, so there with `ratio` set this is `ratio.window`.
     #[cfg_attr(feature = "schema", schemars(extend("default" = "10s"), pattern(crate::schema::DURATION)))]
     #[serde(default)]
     window: Option<String>,
@@ -308,7 +309,7 @@ fn resolve(prefix: &str, over: &PolicyJson, base: &PolicyJson) -> Result<Policy,
 }
 
 /// Validates `failure.slow`; `ratio` is the failure ratio's policy, whose window it shares.
-fn slow_policy(
+pub(crate) fn slow_policy(
     f: &dyn Fn(&str) -> String,
     s: &SlowJson,
     ratio: Option<&RatioPolicy>,

@@ -7,7 +7,7 @@
 //! as values: an admission verdict and, when the circuit changes state, a [`Transition`] to log
 //! and count once.
 
-mod config;
+pub(crate) mod config;
 mod machine;
 mod policy;
 

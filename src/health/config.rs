@@ -111,6 +111,9 @@ pub(crate) struct PassiveJson {
     )]
     #[serde(default)]
     statuses: Option<Vec<u16>>,
+    /// Eject the upstream when slow calls reach a share of a sliding window (default: off).
+    #[serde(default)]
+    slow: Option<crate::breaker::config::SlowJson>,
 }
 
 /// A per-path upstream list.
@@ -236,16 +239,18 @@ impl HealthCheck {
 }
 
 /// Passive failure detection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Passive {
     pub consecutive_failures: u32,
     pub ejection_ns: u64,
     pub statuses: Vec<u16>,
+    /// Slow-call ejection (`None`: off).
+    pub slow: Option<crate::breaker::SlowPolicy>,
 }
 
 impl Default for Passive {
     fn default() -> Self {
-        Passive { consecutive_failures: 5, ejection_ns: 10_000_000_000, statuses: vec![500, 502, 503, 504] }
+        Passive { consecutive_failures: 5, ejection_ns: 10_000_000_000, statuses: vec![500, 502, 503, 504], slow: None }
     }
 }
 
@@ -366,10 +371,18 @@ pub(crate) fn validate_passive(
     }
     let list = p.statuses.unwrap_or(defaults.statuses);
     statuses(&at("statuses"), &list)?;
+    let slow = match &p.slow {
+        None => None,
+        Some(sj) => {
+            let prefix = |f: &str| at(f.trim_start_matches("failure."));
+            Some(crate::breaker::config::slow_policy(&prefix, sj, None)?)
+        }
+    };
     Ok(Some(Passive {
         consecutive_failures,
         ejection_ns: duration(&at("ejection"), p.ejection.as_deref(), defaults.ejection_ns, false)?,
         statuses: list,
+        slow,
     }))
 }
 
@@ -521,5 +534,20 @@ mod tests {
             let e = HealthConfig::from_json(json.as_bytes()).unwrap_err();
             assert_eq!(e.field, field, "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn passive_slow_ejection_is_validated_with_its_own_field_names() {
+        let c = HealthConfig::from_json(
+            br#"{"upstreams": [{"cluster": "a"}], "passive": {"slow": {"after": "250ms", "min_requests": 5}}}"#,
+        )
+        .unwrap();
+        let slow = c.passive.as_ref().and_then(|p| p.slow.clone()).unwrap();
+        assert_eq!((slow.after_ns, slow.min_requests, slow.threshold), (250_000_000, 5, 0.5));
+        let err = HealthConfig::from_json(
+            br#"{"upstreams": [{"cluster": "a"}], "passive": {"slow": {"after": "1s", "threshold": 2}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "passive.slow.threshold");
     }
 }

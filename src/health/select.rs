@@ -65,7 +65,8 @@ pub fn choose(config: &HealthConfig, indexes: &[usize], states: &[Health], now: 
 
 /// Why upstream `chosen` (the access log's `reason`: `first_choice`, `failover`, `round_robin`,
 /// `weighted`, or `panic`/`none_healthy` when none was), and the unavailable upstreams passed
-/// over, each with why (`primary:unhealthy`, `primary:ejected`, `primary:unknown_cluster`):
+/// over, each with why (`primary:unhealthy`, `primary:ejected`, `primary:slow` when ejected for
+/// slow calls, `primary:unknown_cluster`):
 /// under failover those before the one chosen, otherwise all of them.
 pub fn why(
     config: &HealthConfig,
@@ -99,6 +100,7 @@ pub fn why(
         skipped.push_str(&u.cluster);
         skipped.push_str(match (h.available(now), h.healthy) {
             (true, _) => ":unknown_cluster",
+            (false, true) if h.ejected_slow && now < h.ejected_until => ":slow",
             (false, true) => ":ejected",
             (false, false) => ":unhealthy",
         });
@@ -222,5 +224,12 @@ mod tests {
             r,
             Routing { pick: Pick::Upstream(1), reason: "failover", skipped: "primary:unknown_cluster".into() }
         );
+    }
+
+    #[test]
+    fn an_upstream_ejected_for_slow_calls_is_passed_over_as_slow() {
+        let slow = Health { ejected_until: 50, ejected_slow: true, ..Health::default() };
+        let r = route(&pool(TWO), &[0, 1], &[slow, Health::default()], 10, 0);
+        assert_eq!(r, Routing { pick: Pick::Upstream(1), reason: "failover", skipped: "primary:slow".into() });
     }
 }

@@ -83,6 +83,10 @@ pub enum HealthTransition {
     RateLimited,
 }
 
+/// The length of [`Health::encode`]'s output: version 3's 57 bytes, the slow window's start (8),
+/// its four counts (16) and the cause (1).
+const V4: usize = 57 + 8 + 16 + 1;
+
 /// One upstream's health as all workers share it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Health {
@@ -104,6 +108,13 @@ pub struct Health {
     pub since: u64,
     /// When passive detection last saw a failed response (0: never).
     pub last_failed_at: u64,
+    /// Slow-call ejection's window: start of the current fixed window, its counts (answered
+    /// calls, slow ones), and the previous window's.
+    pub slow_window_start: u64,
+    pub slow_window: [u32; 2],
+    pub slow_prev: [u32; 2],
+    /// The last ejection was for slow calls (what its reason says).
+    pub ejected_slow: bool,
 }
 
 impl Default for Health {
@@ -119,6 +130,10 @@ impl Default for Health {
             last_result: None,
             since: 0,
             last_failed_at: 0,
+            slow_window_start: 0,
+            slow_window: [0; 2],
+            slow_prev: [0; 2],
+            ejected_slow: false,
         }
     }
 }
@@ -208,6 +223,37 @@ impl Health {
         if self.passive_fail >= passive.consecutive_failures && now >= self.ejected_until {
             self.passive_fail = 0;
             self.ejected_until = now.saturating_add(passive.ejection_ns);
+            self.ejected_slow = false;
+            return Some(HealthTransition::Ejected);
+        }
+        None
+    }
+
+    /// Applies an answered (not failed) response to slow-call ejection (`passive.slow`): when
+    /// slow calls reach `threshold` of the sliding window with at least `min_requests` answered,
+    /// the upstream is ejected for `ejection`, as after a run of failures.
+    pub fn apply_slow(&mut self, passive: &Passive, slow: bool, now: u64) -> Option<HealthTransition> {
+        let policy = passive.slow.as_ref()?;
+        let w = policy.window_ns.max(1);
+        let aligned = now - now % w;
+        if aligned != self.slow_window_start {
+            self.slow_prev =
+                if aligned == self.slow_window_start.saturating_add(w) { self.slow_window } else { [0; 2] };
+            self.slow_window = [0; 2];
+            self.slow_window_start = aligned;
+        }
+        self.slow_window[0] = self.slow_window[0].saturating_add(1);
+        self.slow_window[1] = self.slow_window[1].saturating_add(u32::from(slow));
+        let left = u128::from(w) - u128::from(now.saturating_sub(self.slow_window_start)).min(u128::from(w));
+        let weigh = |prev: u32| (u128::from(prev) * left / u128::from(w)) as u64;
+        let calls = u64::from(self.slow_window[0]) + weigh(self.slow_prev[0]);
+        let slows = u64::from(self.slow_window[1]) + weigh(self.slow_prev[1]);
+        let over = calls >= u64::from(policy.min_requests) && slows as f64 >= policy.threshold * calls as f64;
+        if slow && over && now >= self.ejected_until {
+            self.slow_window = [0; 2];
+            self.slow_prev = [0; 2];
+            self.ejected_until = now.saturating_add(passive.ejection_ns);
+            self.ejected_slow = true;
             return Some(HealthTransition::Ejected);
         }
         None
@@ -219,8 +265,13 @@ impl Health {
             let last = self.last_result.map(CheckResult::describe).unwrap_or_else(|| "no check yet".into());
             format!("active health check {last}; {} consecutive failures", self.consecutive_fail)
         } else if now < self.ejected_until {
+            let why = if self.ejected_slow {
+                "for slow calls (answers later than passive.slow.after)"
+            } else {
+                "after consecutive failed responses"
+            };
             format!(
-                "ejected by passive detection after consecutive failed responses, for {} ms more",
+                "ejected by passive detection {why}, for {} ms more",
                 (self.ejected_until - now).div_ceil(1_000_000)
             )
         } else if now < self.rate_limited_until {
@@ -233,11 +284,12 @@ impl Health {
         }
     }
 
-    /// Fixed-size little-endian encoding for shared data (version 3: version 2 plus
-    /// `last_failed_at`; version 2: version 1 plus `rate_limited_until`; all three decode).
+    /// Fixed-size little-endian encoding for shared data (version 4: version 3 plus slow-call
+    /// ejection's window and cause; version 3: version 2 plus `last_failed_at`; version 2:
+    /// version 1 plus `rate_limited_until`; all four decode).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(57);
-        out.push(3);
+        let mut out = Vec::with_capacity(V4);
+        out.push(4);
         out.push(u8::from(self.healthy));
         for v in [self.consecutive_ok, self.consecutive_fail, self.passive_fail] {
             out.extend_from_slice(&v.to_le_bytes());
@@ -248,6 +300,11 @@ impl Health {
         out.extend_from_slice(&self.last_result.map(CheckResult::encode).unwrap_or([0; 3]));
         out.extend_from_slice(&self.rate_limited_until.to_le_bytes());
         out.extend_from_slice(&self.last_failed_at.to_le_bytes());
+        out.extend_from_slice(&self.slow_window_start.to_le_bytes());
+        for v in [self.slow_window[0], self.slow_window[1], self.slow_prev[0], self.slow_prev[1]] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.push(u8::from(self.ejected_slow));
         out
     }
 
@@ -255,7 +312,7 @@ impl Health {
     pub fn decode(b: &[u8]) -> Option<Health> {
         const V1: usize = 2 + 12 + 24 + 3;
         match (b.first(), b.len()) {
-            (Some(1), V1) | (Some(2), 49) | (Some(3), 57) => {}
+            (Some(1), V1) | (Some(2), 49) | (Some(3), 57) | (Some(4), V4) => {}
             _ => return None,
         }
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
@@ -270,6 +327,10 @@ impl Health {
             last_check_at: u64_at(22),
             since: u64_at(30),
             last_failed_at: if b.len() > 49 { u64_at(49) } else { 0 },
+            slow_window_start: if b.len() == V4 { u64_at(57) } else { 0 },
+            slow_window: if b.len() == V4 { [u32_at(65), u32_at(69)] } else { [0; 2] },
+            slow_prev: if b.len() == V4 { [u32_at(73), u32_at(77)] } else { [0; 2] },
+            ejected_slow: b.len() == V4 && b[81] == 1,
             last_result: CheckResult::decode([b[38], b[39], b[40]])?,
         })
     }
@@ -433,5 +494,51 @@ mod tests {
         }
         assert!(!h.available(5 * S) && !h.demoted(5 * S, 10 * S), "ejected, not demoted");
         assert!(h.available(35 * S) && !h.demoted(35 * S, 10 * S), "back from ejection at the front");
+    }
+
+    fn slow_passive() -> Passive {
+        let policy = crate::breaker::SlowPolicy { after_ns: S, threshold: 0.5, min_requests: 4, window_ns: 10 * S };
+        Passive { slow: Some(policy), ..Passive::default() }
+    }
+
+    #[test]
+    fn slow_calls_over_their_share_eject_the_upstream_and_say_so() {
+        let p = slow_passive();
+        let mut h = Health::default();
+        assert_eq!(h.apply_slow(&p, false, S), None);
+        assert_eq!(h.apply_slow(&p, true, S), None);
+        assert_eq!(h.apply_slow(&p, true, S), None, "3 answered: under min_requests");
+        assert_eq!(h.apply_slow(&p, false, S), None, "a fast answer never ejects");
+        assert_eq!(h.apply_slow(&p, true, 2 * S), Some(HealthTransition::Ejected), "3 of 5 slow");
+        assert!(!h.available(2 * S));
+        assert!(h.reason(2 * S).contains("slow calls"), "{}", h.reason(2 * S));
+        assert!(h.available(2 * S + p.ejection_ns));
+        // A later ejection for failures says failures.
+        let mut g = h;
+        for _ in 0..5 {
+            g.apply_passive(&p, true, 20 * S);
+        }
+        assert!(g.reason(20 * S).contains("failed responses"), "{}", g.reason(20 * S));
+    }
+
+    #[test]
+    fn without_slow_ejection_configured_nothing_is_counted() {
+        let mut h = Health::default();
+        assert_eq!(h.apply_slow(&Passive::default(), true, S), None);
+        assert_eq!(h, Health::default());
+    }
+
+    #[test]
+    fn the_slow_window_survives_encoding_and_version_3_still_decodes() {
+        let p = slow_passive();
+        let mut h = Health::default();
+        h.apply_slow(&p, true, S);
+        h.apply_slow(&p, false, S);
+        assert_eq!(Health::decode(&h.encode()), Some(h));
+        let v3 = &h.encode()[..57];
+        let mut v3 = v3.to_vec();
+        v3[0] = 3;
+        let old = Health::decode(&v3).expect("version 3 decodes");
+        assert_eq!((old.slow_window, old.ejected_slow), ([0, 0], false));
     }
 }

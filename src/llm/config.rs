@@ -308,7 +308,7 @@ impl LlmConfig {
 
 /// Passive detection defaults for providers: overload answers (529) count like 5xx.
 pub fn default_passive() -> Passive {
-    Passive { consecutive_failures: 3, ejection_ns: 30 * S, statuses: vec![500, 502, 503, 504, 529] }
+    Passive { consecutive_failures: 3, ejection_ns: 30 * S, statuses: vec![500, 502, 503, 504, 529], slow: None }
 }
 
 fn target(v: &Value, field: &str, providers: &[Upstream]) -> Result<Target, ConfigError> {

@@ -192,8 +192,39 @@ fn invalid_config_is_refused_by_envoy_with_the_field_named(shape: Shape) {
     }
 }
 
+/// A primary that still answers 200, only 300 ms late (no active checks: they would time out and
+/// say nothing about slowness): passive slow-call detection ejects it after three late answers,
+/// the next requests fail over to the secondary at once, and the status endpoint says why.
+fn late_answers_eject_the_primary_and_traffic_fails_over(shape: Shape) {
+    let primary = Backend::start(Behavior::Delay(Duration::from_millis(300), 200)).unwrap();
+    let secondary = Backend::ok().unwrap();
+    let cfg = json!({"upstreams": [{"cluster": "primary"}, {"cluster": "secondary"}],
+                     "trusted_cidrs": ["127.0.0.1/32"], "status_path": "/.well-known/upstream-health",
+                     "passive": {"ejection": "30s", "slow": {"after": "150ms", "threshold": 0.5, "min_requests": 3}}});
+    let envoy = start(vec![router(shape, cfg)], primary.addr(), secondary.addr());
+    let addr = envoy.main().unwrap();
+    for _ in 0..3 {
+        assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200);
+    }
+    assert_eq!((primary.requests(), secondary.requests()), (3, 0), "failover order: the primary first");
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200);
+        assert!(started.elapsed() < Duration::from_millis(250), "served by the fast secondary");
+    }
+    assert_eq!((primary.requests(), secondary.requests()), (3, 5), "the slow primary is out, on both workers");
+    let status = http::get(addr, "/.well-known/upstream-health", &[]).unwrap();
+    let v: Value = serde_json::from_slice(&status.body).unwrap();
+    let p = &v["upstreams"][0];
+    assert_eq!((p["cluster"].as_str(), p["available"].as_bool()), (Some("primary"), Some(false)), "{v}");
+    assert!(p["reason"].as_str().is_some_and(|r| r.contains("slow calls")), "{v}");
+    assert_eq!(envoy.stat("upstream_guard.health.primary.ejections").unwrap(), Some(1));
+    assert_eq!(envoy.stat("upstream_guard.health.primary.slow").unwrap(), Some(3));
+}
+
 test_harness::both_shapes!(
     traffic_fails_over_when_the_primary_dies_and_returns_when_it_recovers,
+    late_answers_eject_the_primary_and_traffic_fails_over,
     both_down_fails_fast_with_every_upstreams_reason,
     passive_failures_eject_the_primary_before_any_active_check_notices,
     clients_cannot_choose_the_upstream,

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use upstream_guard::access_log::{key, Fields};
 use upstream_guard::details;
-use upstream_guard::diagnose::upstream_failed;
+use upstream_guard::diagnose::{judge, Judgement};
 use upstream_guard::health::{
     report_json, CheckResult, Health, HealthCheck, HealthConfig, HealthTransition, Lease, Pick, Routing,
 };
@@ -55,6 +55,8 @@ struct UpstreamMetrics {
     /// Checks that could not be sent (Envoy has no such cluster): a configuration error.
     checks_unsent: Counter,
     ejections: Counter,
+    /// Answers later than `passive.slow.after` (counted only with `passive.slow`).
+    slow: Counter,
     routed: Counter,
 }
 
@@ -101,6 +103,7 @@ impl Pool {
                     checks_failed: Counter::define(&format!("{base}.checks_failed")),
                     checks_unsent: Counter::define(&format!("{base}.checks_unsent")),
                     ejections: Counter::define(&format!("{base}.ejections")),
+                    slow: Counter::define(&format!("{base}.slow")),
                     routed: Counter::define(&format!("{base}.routed")),
                 }
             })
@@ -198,16 +201,46 @@ impl Pool {
         }
     }
 
-    /// Passive detection of one response of upstream `i`: `failed` per the one failure
-    /// classifier. A success with no failure counted changes nothing: no write (and no read of
-    /// the state itself while this worker's copy is current).
-    pub fn passive(&self, i: usize, failed: bool, cx: &mut Cx<'_>) {
+    /// Passive detection of one response of upstream `i`, judged by the one classifier
+    /// ([`upstream_guard::diagnose::judge`]): a failure counts towards a run of failures; with
+    /// `passive.slow`, every answer counts in the slow-call window (a write per response). A
+    /// success with nothing counted changes nothing: no write (and no read of the state itself
+    /// while this worker's copy is current).
+    pub fn passive(&self, i: usize, judged: Judgement, cx: &mut Cx<'_>) {
         let Some(passive) = self.config.passive.as_ref() else { return };
-        if !failed && self.states(cx.epoch()).get(i).is_some_and(|h| h.passive_fail == 0) {
+        let failed = judged == Judgement::Failed;
+        if !failed && passive.slow.is_none() && self.states(cx.epoch()).get(i).is_some_and(|h| h.passive_fail == 0) {
             return;
         }
+        if judged == Judgement::Slow {
+            if let Some(m) = self.metrics.get(i) {
+                m.slow.inc();
+            }
+        }
         let now = cx.now();
-        self.update(i, |h| h.apply_passive(passive, failed, now));
+        self.update(i, |h| {
+            let ejected = h.apply_passive(passive, failed, now);
+            if failed {
+                ejected
+            } else {
+                h.apply_slow(passive, judged == Judgement::Slow, now)
+            }
+        });
+    }
+
+    /// Judges a response of an upstream under passive detection: `sent_at` is when the request
+    /// went on (`None` when slow calls are not counted).
+    pub fn judge(&self, cx: &mut Cx<'_>, sent_at: Option<u64>) -> Option<Judgement> {
+        let passive = self.config.passive.as_ref()?;
+        let elapsed = sent_at.map(|at| cx.now().saturating_sub(at));
+        let obs = cx.observation();
+        Some(judge(&obs.view(), &passive.statuses, elapsed, passive.slow.as_ref().map(|s| s.after_ns)))
+    }
+
+    /// When a request to an upstream goes on, if slow calls are counted: the time they are
+    /// measured from.
+    pub fn sent_at(&self, cx: &mut Cx<'_>) -> Option<u64> {
+        self.config.passive.as_ref().and_then(|p| p.slow.as_ref()).map(|_| cx.now())
     }
 
     /// This worker's prober id, from a shared counter (once).
@@ -344,6 +377,8 @@ impl HealthRouter {
 #[derive(Debug, Default)]
 pub struct HealthStream {
     chosen: Option<usize>,
+    /// When the request went on (host clock), where slow calls are counted.
+    sent_at: Option<u64>,
 }
 
 impl Stage for HealthRouter {
@@ -423,18 +458,19 @@ impl Stage for HealthRouter {
         pool.routed(chosen);
         cx.facts().cluster = Some(upstream.cluster.clone());
         st.chosen = Some(chosen);
+        st.sent_at = pool.sent_at(cx);
         Flow::Continue
     }
 
     fn response(&self, st: &mut HealthStream, cx: &mut Cx<'_>) {
-        let (Some(i), Some(passive)) = (st.chosen, self.pool.config.passive.as_ref()) else { return };
+        let Some(i) = st.chosen else { return };
         if cx.facts().replied.is_some() {
             // A later stage of this module refused the request: it never reached the upstream.
             return;
         }
-        let obs = cx.observation();
-        let failed = upstream_failed(&obs.view(), &passive.statuses);
-        self.pool.passive(i, failed, cx);
+        if let Some(judged) = self.pool.judge(cx, st.sent_at) {
+            self.pool.passive(i, judged, cx);
+        }
     }
 
     fn tick(&self, now: u64) {

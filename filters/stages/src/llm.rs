@@ -33,7 +33,7 @@
 use std::cell::Cell;
 
 use upstream_guard::details;
-use upstream_guard::diagnose::{classify, upstream_failed, Cause};
+use upstream_guard::diagnose::{classify, Cause, Judgement};
 use upstream_guard::hash::Secret;
 use upstream_guard::health::Health;
 use upstream_guard::llm::{
@@ -307,6 +307,8 @@ pub struct LlmStream {
     trim: Option<UsageTrim>,
     /// An OpenAI-shaped body in place of Envoy's own reply.
     replacement: Option<Vec<u8>>,
+    /// When the request went to its provider (host clock), where slow calls are counted.
+    sent_at: Option<u64>,
 }
 
 impl Llm {
@@ -443,6 +445,7 @@ impl Llm {
         }
         st.model = Some(mi);
         st.provider = Some(target.provider);
+        st.sent_at = self.pool.sent_at(cx);
         st.added_usage = config.stream_usage && scanned.stream && !scanned.stream_options;
         st.remaining = remaining;
         Flow::Continue
@@ -562,16 +565,16 @@ impl Stage for Llm {
                 retry_after_s: Some(pause.ns.div_ceil(1_000_000_000)),
                 reasons: Some(reasons),
             });
-        } else if let Some(passive) = self.pool.config.passive.as_ref() {
-            let obs = cx.observation();
-            let failed = upstream_failed(&obs.view(), &passive.statuses);
+        } else if let Some(judged) = self.pool.judge(cx, st.sent_at) {
+            let failed = judged == Judgement::Failed;
             if failed {
                 if let Some(pm) = self.providers.get(p) {
                     pm.failures.inc();
                 }
             }
-            self.pool.passive(p, failed, cx);
+            self.pool.passive(p, judged, cx);
             if failed {
+                let obs = cx.observation();
                 self.failed(st, cx, p, &obs);
             }
         }
