@@ -30,6 +30,9 @@ pub mod key {
     /// `none_healthy`, `status_endpoint`), `skipped` (upstreams passed over, each with why:
     /// `primary:unhealthy`, `primary:ejected`). Not written for a plain choice.
     pub const HEALTH_ROUTER: &str = "upstream_guard.health_router";
+    /// Concurrency: `cluster`, `class`, `decision` (`refused`, `shadow_refused`), `limit`,
+    /// `in_flight`. Written only when it refused (or, in shadow mode, would have).
+    pub const CONCURRENCY: &str = "upstream_guard.concurrency";
 }
 
 /// A logfmt line under construction.

@@ -12,6 +12,7 @@
 pub mod access_log;
 pub mod breaker;
 pub mod cidr;
+pub mod concurrency;
 pub mod config;
 pub mod diagnose;
 pub mod hash;
@@ -29,6 +30,9 @@ pub mod suite;
 /// `response.code_details` strings that upstream-guard's own filters pass with their local replies,
 /// so that the diagnostics filter (placed first in the chain) can tell them from Envoy's.
 pub mod details {
+    /// The adaptive concurrency stage refused the request: its class's share of the cluster's
+    /// limit on requests in flight is taken.
+    pub const CONCURRENCY_LIMITED: &str = "upstream_guard.concurrency_limited";
     /// The circuit breaker rejected the request because the upstream's circuit is open.
     pub const CIRCUIT_OPEN: &str = "upstream_guard.circuit_open";
     /// The circuit breaker rejected the request because the upstream's circuit opened on slow

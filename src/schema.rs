@@ -56,6 +56,7 @@ pub fn of(name: &str) -> Option<Value> {
         "rate_limiter" => root::<RateLimitJson>(),
         "llm" => root::<crate::llm::LlmJson>(),
         "health_router" => root::<HealthJson>(),
+        "concurrency" => root::<crate::concurrency::ConcurrencyJson>(),
         "circuit_breaker" => root::<BreakerJson>(),
         _ => return None,
     })

@@ -19,8 +19,9 @@ pub struct Stage {
     pub section: &'static str,
     /// The segment its metrics carry after `upstream_guard.` (`upstream_guard.ratelimit.…`).
     pub metrics: &'static str,
-    /// Whether a single-policy module ships it alone. The llm stage does not: it routes by the
-    /// request body and relies on the stages after it, so it runs only in the combined module.
+    /// Whether a single-policy module ships it alone. The llm stage does not (it routes by the
+    /// request body and relies on the stages after it), nor does the concurrency stage (it limits
+    /// the cluster the stages before it chose): they run only in the combined module.
     pub single: bool,
     /// Validates a configuration of this stage alone: a single module's configuration, or the
     /// combined configuration's section.
@@ -28,7 +29,7 @@ pub struct Stage {
 }
 
 /// Every stage, in pipeline order (requests pass them in this order, responses in reverse).
-pub const STAGES: [Stage; 5] = [
+pub const STAGES: [Stage; 6] = [
     Stage {
         section: "diagnostics",
         metrics: "diagnosis",
@@ -47,6 +48,12 @@ pub const STAGES: [Stage; 5] = [
         metrics: "health",
         single: true,
         check: |b| crate::health::HealthConfig::from_json(b).map(drop),
+    },
+    Stage {
+        section: "concurrency",
+        metrics: "concurrency",
+        single: false,
+        check: |b| crate::concurrency::ConcurrencyConfig::from_json(b).map(drop),
     },
     Stage {
         section: "circuit_breaker",

@@ -1,12 +1,13 @@
 //! The combined module's configuration: one JSON object with a section per policy.
 //!
-//! `{"diagnostics": {…}, "rate_limiter": {…}, "llm": {…}, "health_router": {…}, "circuit_breaker": {…}}`:
+//! `{"diagnostics": {…}, "rate_limiter": {…}, "llm": {…}, "health_router": {…}, "concurrency": {…},
+//! "circuit_breaker": {…}}`:
 //! each section is exactly the single filter's configuration (`llm` exists only here); a missing
 //! section turns that stage off; an unknown section is refused, naming it. Errors inside a
 //! section name the full path (`rate_limiter.rules[0].limit.per`).
 //!
 //! Stage order (requests in this order, responses in reverse): diagnostics, rate limiter, llm,
-//! health router, circuit breaker. The stages before the llm stage decide at the request headers.
+//! health router, concurrency, circuit breaker. The stages before the llm stage decide at the request headers.
 //! For a request on one of its paths, the llm stage and the stages after it decide once the body
 //! is in (Envoy's buffer filter, after the module, holds the request from the router until then):
 //! the llm stage routes by the body's model (filter state plus a route-cache clear, since the
@@ -17,6 +18,7 @@
 use serde::Deserialize;
 
 use crate::breaker::{BreakerConfig, BreakerJson};
+use crate::concurrency::{ConcurrencyConfig, ConcurrencyJson};
 use crate::config::{parse_json, ConfigError};
 use crate::diagnose::{DiagnosticsConfig, DiagnosticsJson};
 use crate::health::{HealthConfig, HealthJson};
@@ -42,6 +44,9 @@ pub struct SuiteJson {
     pub llm: Option<LlmJson>,
     #[serde(default)]
     pub health_router: Option<HealthJson>,
+    /// The adaptive concurrency stage (after the router: it limits the cluster chosen).
+    #[serde(default)]
+    pub concurrency: Option<ConcurrencyJson>,
     /// The circuit breaker stage (last: it guards the cluster the router chose).
     #[serde(default)]
     pub circuit_breaker: Option<BreakerJson>,
@@ -54,6 +59,7 @@ pub struct SuiteConfig {
     pub rate_limiter: Option<RateLimitConfig>,
     pub llm: Option<LlmConfig>,
     pub health_router: Option<HealthConfig>,
+    pub concurrency: Option<ConcurrencyConfig>,
     pub circuit_breaker: Option<BreakerConfig>,
 }
 
@@ -69,6 +75,7 @@ impl SuiteConfig {
                 .health_router
                 .map(|h| h.validate().map_err(|e| e.within("health_router")))
                 .transpose()?,
+            concurrency: json.concurrency.map(|c| c.validate().map_err(|e| e.within("concurrency"))).transpose()?,
             circuit_breaker: json
                 .circuit_breaker
                 .map(|b| b.validate().map_err(|e| e.within("circuit_breaker")))
@@ -88,6 +95,7 @@ impl SuiteConfig {
             "rate_limiter" => self.rate_limiter.is_some(),
             "llm" => self.llm.is_some(),
             "health_router" => self.health_router.is_some(),
+            "concurrency" => self.concurrency.is_some(),
             "circuit_breaker" => self.circuit_breaker.is_some(),
             _ => false,
         }

@@ -72,6 +72,9 @@ pub enum Cause {
     DownstreamDisconnected,
     UpstreamErrorResponse,
     CircuitOpen,
+    /// The adaptive concurrency stage shed the request: its class's share of the cluster's limit
+    /// on requests in flight was taken.
+    ConcurrencyLimited,
     /// The upstream answers, but too late: its circuit opened on the share of slow calls.
     UpstreamSlow,
     ProtocolError,
@@ -92,7 +95,7 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in the order the README's table lists them.
-    pub const ALL: [Cause; 29] = [
+    pub const ALL: [Cause; 30] = [
         Cause::ConnectionRefused,
         Cause::ConnectTimeout,
         Cause::TlsHandshakeFailed,
@@ -111,6 +114,7 @@ impl Cause {
         Cause::DownstreamDisconnected,
         Cause::UpstreamErrorResponse,
         Cause::CircuitOpen,
+        Cause::ConcurrencyLimited,
         Cause::UpstreamSlow,
         Cause::ProtocolError,
         Cause::Unauthorized,
@@ -145,6 +149,7 @@ impl Cause {
             Cause::DownstreamDisconnected => "downstream_disconnected",
             Cause::UpstreamErrorResponse => "upstream_error_response",
             Cause::CircuitOpen => "circuit_open",
+            Cause::ConcurrencyLimited => "concurrency_limited",
             Cause::UpstreamSlow => "upstream_slow",
             Cause::ProtocolError => "protocol_error",
             Cause::Unauthorized => "unauthorized",
@@ -211,6 +216,9 @@ impl Cause {
             }
             Cause::CircuitOpen => {
                 "the upstream kept failing, so its circuit is open and requests are refused without trying it: fix the upstream; probing resumes after Retry-After"
+            }
+            Cause::ConcurrencyLimited => {
+                "the upstream's limit on requests in flight (adapted to its latency) is taken, and lower-priority requests are shed first: retry after Retry-After; if it persists, add backend capacity"
             }
             Cause::UpstreamSlow => {
                 "the upstream still answers but too late (slower than the breaker's failure.slow.after for failure.slow.threshold of recent calls), so its circuit is open: check the backend's saturation (CPU, connection pools, queues) before it falls over; probing resumes after Retry-After"
@@ -348,6 +356,7 @@ fn own_local_reply(details: &str) -> Option<Cause> {
     match details {
         details::CIRCUIT_OPEN => Some(Cause::CircuitOpen),
         details::UPSTREAM_SLOW => Some(Cause::UpstreamSlow),
+        details::CONCURRENCY_LIMITED => Some(Cause::ConcurrencyLimited),
         details::RATE_LIMITED => Some(Cause::RateLimited),
         details::RATE_LIMIT_SERVICE_UNAVAILABLE => Some(Cause::RateLimitServiceUnavailable),
         details::NO_HEALTHY_UPSTREAM => Some(Cause::NoHealthyUpstream),

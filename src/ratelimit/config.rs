@@ -174,7 +174,7 @@ struct HeaderMatchJson {
     {"required": ["path_prefix", "path_exact"]},
     {"required": ["path_prefix", "path_regex"]},
     {"required": ["path_exact", "path_regex"]}]})))]
-struct MatchJson {
+pub(crate) struct MatchJson {
     /// The path (without its query string) starts with this.
     #[serde(default)]
     path_prefix: Option<String>,
@@ -657,7 +657,7 @@ pub(crate) fn key_part(v: &Value, field: &str) -> Result<KeyPart, ConfigError> {
     }
 }
 
-fn validate_match(m: MatchJson, at: &dyn Fn(&str) -> String) -> Result<RuleMatch, ConfigError> {
+pub(crate) fn validate_match(m: MatchJson, at: &dyn Fn(&str) -> String) -> Result<RuleMatch, ConfigError> {
     let given =
         [m.path_prefix.is_some(), m.path_exact.is_some(), m.path_regex.is_some()].iter().filter(|b| **b).count();
     if given > 1 {

@@ -7,7 +7,7 @@
 //! for a whole fleet; [`rls`] holds its wire messages.
 
 mod algorithm;
-mod config;
+pub(crate) mod config;
 #[cfg(feature = "schema")]
 pub(crate) use config::KeyPartJson;
 pub mod global;

@@ -23,6 +23,9 @@ pub enum Behavior {
     Status(u16),
     /// Wait, then answer with the status.
     Delay(Duration, u16),
+    /// A backend whose latency grows with its load: answer 200 after `base` plus `per_request`
+    /// for every other request it holds at arrival (a saturating server: CPU, pools, queues).
+    Loaded { base: Duration, per_request: Duration },
     /// Answer 200 with these bytes (serves a `.wasm` for remote loading, for example).
     Body(Arc<Vec<u8>>),
     /// Read the request and never answer (until the connection closes or the backend stops).
@@ -53,6 +56,9 @@ struct State {
     health_path: String,
     requests: AtomicU64,
     health_checks: AtomicU64,
+    /// Requests being answered now, and the most at once so far.
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -121,6 +127,8 @@ impl Backend {
             health_path: "/healthz".into(),
             requests: AtomicU64::new(0),
             health_checks: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            peak_in_flight: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         accept_loop(listener, state.clone(), tls.clone());
@@ -180,6 +188,11 @@ impl Backend {
         self.state.requests.load(Ordering::SeqCst)
     }
 
+    /// The most requests (not health checks) the backend was answering at once so far.
+    pub fn peak_in_flight(&self) -> u64 {
+        self.state.peak_in_flight.load(Ordering::SeqCst)
+    }
+
     /// Health-check requests seen so far.
     pub fn health_checks(&self) -> u64 {
         self.state.health_checks.load(Ordering::SeqCst)
@@ -191,6 +204,15 @@ impl Drop for Backend {
         self.state.stop.store(true, Ordering::SeqCst);
         // Wake the accept loop so it sees the stop flag and drops the listener.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+/// Counts a request out of [`State::in_flight`] when its answer is done (however it ends).
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -239,6 +261,9 @@ fn serve<S: Read + Write>(raw: Option<TcpStream>, io: S, st: &State) {
             continue;
         }
         st.requests.fetch_add(1, Ordering::SeqCst);
+        let holding = st.in_flight.fetch_add(1, Ordering::SeqCst);
+        st.peak_in_flight.fetch_max(holding + 1, Ordering::SeqCst);
+        let _done = InFlight(&st.in_flight);
         let behavior = st.behavior.lock().map(|b| b.clone()).unwrap_or(Behavior::Status(500));
         let name = st.name.lock().ok().and_then(|n| n.clone());
         let name = name.as_deref();
@@ -257,6 +282,13 @@ fn serve<S: Read + Write>(raw: Option<TcpStream>, io: S, st: &State) {
             Behavior::Delay(d, code) => {
                 thread::sleep(d);
                 if respond(out, code, b"slow\n", name).is_err() {
+                    return;
+                }
+            }
+            Behavior::Loaded { base, per_request } => {
+                let others = u32::try_from(holding).unwrap_or(u32::MAX);
+                thread::sleep(base.saturating_add(per_request.saturating_mul(others)));
+                if respond(out, 200, b"loaded\n", name).is_err() {
                     return;
                 }
             }

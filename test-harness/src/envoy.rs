@@ -257,16 +257,24 @@ impl Drop for Envoy {
 /// define metrics only at configure time, and clusters are only known later). Prometheus shows
 /// both the same way, as `upstream_guard_breaker_<name>{upstream_cluster="<cluster>"}`.
 fn labelled_form(name: &str) -> Option<String> {
-    let rest = name.strip_prefix("upstream_guard.breaker.")?;
-    let (cluster, metric) = rest.rsplit_once('.')?;
-    Some(format!("upstream_guard.breaker.{metric}.upstream_cluster.{cluster}"))
+    FAMILIES.iter().find_map(|family| {
+        let rest = name.strip_prefix(family)?;
+        let (cluster, metric) = rest.rsplit_once('.')?;
+        Some(format!("{family}{metric}.upstream_cluster.{cluster}"))
+    })
 }
+
+/// The per-cluster metric families the dynamic module defines as labelled metrics (their
+/// clusters are only known after configure time).
+const FAMILIES: [&str; 2] = ["upstream_guard.breaker.", "upstream_guard.concurrency."];
 
 /// The `.wasm` form of a labelled `/stats` name (the inverse of [`labelled_form`]).
 fn flat_form(name: &str) -> Option<String> {
-    let rest = name.strip_prefix("upstream_guard.breaker.")?;
-    let (metric, cluster) = rest.split_once(".upstream_cluster.")?;
-    Some(format!("upstream_guard.breaker.{cluster}.{metric}"))
+    FAMILIES.iter().find_map(|family| {
+        let rest = name.strip_prefix(family)?;
+        let (metric, cluster) = rest.split_once(".upstream_cluster.")?;
+        Some(format!("{family}{cluster}.{metric}"))
+    })
 }
 
 /// Runs `envoy --mode validate` on a config file, from the workspace root (where the examples'

@@ -360,3 +360,4 @@ pipeline_for_tuple!([A 0, B 1, C 2] [2, 1, 0]);
 pipeline_for_tuple!([A 0, B 1, C 2, D 3] [3, 2, 1, 0]);
 pipeline_for_tuple!([A 0, B 1, C 2, D 3, E 4] [4, 3, 2, 1, 0]);
 pipeline_for_tuple!([A 0, B 1, C 2, D 3, E 4, F 5] [5, 4, 3, 2, 1, 0]);
+pipeline_for_tuple!([A 0, B 1, C 2, D 3, E 4, F 5, G 6] [6, 5, 4, 3, 2, 1, 0]);

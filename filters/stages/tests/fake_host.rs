@@ -467,3 +467,58 @@ fn late_200s_open_the_circuit_and_the_refusal_says_the_upstream_is_slow() {
     assert_eq!(fake.metric("upstream_guard.breaker.backend.failures"), Some(0));
     assert_eq!(fake.metric("upstream_guard.diagnosis.upstream_slow"), Some(1));
 }
+
+/// The concurrency stage counts requests in flight per cluster until their streams end: a low
+/// class is refused once its share is taken, critical requests take the last slot, and an ended
+/// stream frees its slot.
+#[test]
+fn lower_classes_are_shed_first_and_an_ended_stream_frees_its_slot() {
+    let fake = Rc::new(Fake::default());
+    fake.now.set(1_000_000_000_000);
+    let config = r#"{"diagnostics": {}, "concurrency": {"limit": {"initial": 2, "min": 2, "max": 2},
+        "classes": [{"class": "critical", "match": {"path_prefix": "/checkout"}},
+                    {"class": "low", "match": {"path_prefix": "/batch"}}]}}"#;
+    assert!(configure(&fake, config));
+    fake.properties.borrow_mut().insert(b"xds\0cluster_name".to_vec(), b"backend".to_vec());
+    // Opens a stream (request headers only): the reply if refused.
+    let open = |id: u32, path: &str| {
+        native::scoped(fake.clone(), || {
+            *fake.request.borrow_mut() = vec![(":path".into(), path.as_bytes().to_vec())];
+            let before = fake.replies.borrow().len();
+            dispatch::context_create(&VM, id, ROOT);
+            dispatch::request_headers(&VM, id, true);
+            fake.replies.borrow().get(before).cloned()
+        })
+    };
+    let end = |id: u32| {
+        native::scoped(fake.clone(), || {
+            *fake.response.borrow_mut() = vec![(":status".into(), b"200".to_vec())];
+            dispatch::response_headers(&VM, id, true);
+            dispatch::log(&VM, id);
+            dispatch::delete(&VM, id);
+        })
+    };
+    assert!(open(2, "/batch/1").is_none());
+    let shed = open(3, "/batch/2").expect("low: its half of 2 is taken");
+    assert_eq!((shed.status, shed.details.as_str()), (503, "upstream_guard.concurrency_limited"));
+    let header = |r: &Reply, name: &str| {
+        r.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(header(&shed, "retry-after").as_deref(), Some("1"));
+    assert!(header(&shed, "x-upstream-diagnosis").is_some_and(|d| d.starts_with("cause=concurrency_limited")));
+    let close = |id: u32| {
+        native::scoped(fake.clone(), || {
+            dispatch::log(&VM, id);
+            dispatch::delete(&VM, id);
+        })
+    };
+    close(3);
+    assert!(open(4, "/checkout").is_none(), "critical takes the last slot");
+    assert!(open(5, "/checkout").is_some(), "the limit is 2");
+    close(5);
+    end(2);
+    assert!(open(6, "/checkout").is_none(), "the ended stream's slot is free");
+    assert_eq!(fake.metric("upstream_guard.concurrency.backend.refused"), Some(2));
+    assert_eq!(fake.metric("upstream_guard.concurrency.backend.limit"), Some(2));
+    assert_eq!(fake.metric("upstream_guard.diagnosis.concurrency_limited"), Some(2));
+}

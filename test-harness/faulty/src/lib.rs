@@ -19,7 +19,7 @@
 use serde_json::Value;
 use upstream_guard::config::ConfigError;
 use upstream_guard_glue::{host, Cx, Flow, LocalReply, Stage};
-use upstream_guard_stages::{CircuitBreaker, Diagnostics, HealthRouter, Llm, RateLimiter};
+use upstream_guard_stages::{CircuitBreaker, Concurrency, Diagnostics, HealthRouter, Llm, RateLimiter};
 
 /// The request header that flips the switch.
 const FAULT_HEADER: &str = "x-ug-test-fault";
@@ -102,8 +102,15 @@ impl Stage for Fault {
     }
 }
 
-type Pipeline =
-    (Fault, Option<Diagnostics>, Option<RateLimiter>, Option<Llm>, Option<HealthRouter>, Option<CircuitBreaker>);
+type Pipeline = (
+    Fault,
+    Option<Diagnostics>,
+    Option<RateLimiter>,
+    Option<Llm>,
+    Option<HealthRouter>,
+    Option<Concurrency>,
+    Option<CircuitBreaker>,
+);
 
 fn probe_of(test: &Value) -> Result<Option<Probe>, ConfigError> {
     let Some(p) = test.get("probe") else { return Ok(None) };
@@ -128,8 +135,8 @@ fn configure(raw: &[u8]) -> Result<Pipeline, ConfigError> {
     let test = doc.as_object_mut().and_then(|o| o.remove("test")).unwrap_or(Value::Null);
     let probe = probe_of(&test)?;
     let rest = doc.to_string();
-    let (d, r, l, h, b) = upstream_guard_stages::suite(rest.as_bytes())?;
-    Ok((Fault { probe }, d, r, l, h, b))
+    let (d, r, l, h, c, b) = upstream_guard_stages::suite(rest.as_bytes())?;
+    Ok((Fault { probe }, d, r, l, h, c, b))
 }
 
 upstream_guard_glue::export_filter!(
