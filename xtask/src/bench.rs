@@ -18,6 +18,10 @@
 //!   and the token accounting error over a streamed run (tokens charged minus tokens the provider
 //!   reported). `bench --llm` runs only these.
 //!
+//! - **Overload** ([`crate::bench_overload`]): goodput and the critical class's latency against a
+//!   backend whose latency grows with its concurrency, with no limit, the concurrency stage in
+//!   each shape, and Envoy's `adaptive_concurrency`. `bench --overload` runs only this.
+//!
 //! Figures only: nothing here fails on a number.
 
 use std::net::SocketAddr;
@@ -172,12 +176,13 @@ pub fn run(plan: Plan) -> Result<Value, BenchError> {
     let global = global_rate_limit(&plan)?;
     let harness = harness_micro(&plan)?;
     let llm = llm(&plan)?;
+    let overload = crate::bench_overload::overload(&plan)?;
     let sizes: Vec<Value> = crate_filters()
         .iter()
         .map(|f| json!({"filter": f, "bytes": std::fs::metadata(paths::wasm_path(f).unwrap_or_default()).map(|m| m.len()).unwrap_or(0)}))
         .collect();
     Ok(json!({"machine": machine, "plan": format!("{plan:?}"), "throughput": throughput, "breaker_latency": breaker,
-              "failover": failover, "global_rate_limit": global, "harness": harness, "llm": llm, "wasm_sizes": sizes}))
+              "failover": failover, "global_rate_limit": global, "harness": harness, "llm": llm, "overload": overload, "wasm_sizes": sizes}))
 }
 
 fn crate_filters() -> Vec<&'static str> {

@@ -8,6 +8,7 @@ pub static FILTERS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock
 
 pub mod bench;
 pub mod bench_cost;
+pub mod bench_overload;
 pub mod demo;
 pub mod fuzz;
 pub mod manifests;

@@ -97,6 +97,14 @@ fn main() -> ExitCode {
             };
             xtask::bench::llm(&plan).map(drop).map_err(|e| TaskError(e.0))
         }),
+        Some("bench") if args.iter().any(|a| a == "--overload") => setup().and_then(|()| build()).and_then(|()| {
+            let plan = if args.iter().any(|a| a == "--smoke") {
+                xtask::bench::Plan::smoke()
+            } else {
+                xtask::bench::Plan::full()
+            };
+            xtask::bench_overload::overload(&plan).map(drop).map_err(|e| TaskError(e.0))
+        }),
         Some("bench") if args.iter().any(|a| a == "--harness") => {
             setup_target().and_then(|()| build()).and_then(|()| {
                 xtask::bench::harness_micro(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
@@ -159,7 +167,7 @@ usage: cargo xtask <command>
           under steady load for N minutes (default 10; `test` runs 2 for each shape): RSS, VM
           memory, shared-data keys and errors sampled to target/soak/<shape>/soak.csv and soak.png;
           fails on growth, traps, panics or unexpected 5xx
-  bench [--smoke | --harness | --global | --llm | --instructions [--rows 'a|b']]
+  bench [--smoke | --harness | --global | --llm | --overload | --instructions [--rows 'a|b']]
           throughput and latency in real Envoy (passthrough, each filter, the chain, native
           equivalents), breaker latency, failover vs native, global rate limits vs local and
           native, harness ns/round and load times; prints tables and writes
