@@ -128,6 +128,7 @@ fn extras(target: Target) -> Vec<(&'static str, Value)> {
             ("grpc_status", json!(14)),
             ("clusters.payments.open", json!({"base": "1s", "max": "10s", "multiplier": 3})),
             ("clusters.payments.half_open", json!({"max_probes": 1, "successes_to_close": 1, "probe_timeout": "5s"})),
+            ("failure.slow", json!({"after": "2s", "threshold": 0.5, "min_requests": 10, "window": "10s"})),
         ],
         Target::HealthRouter => vec![
             ("upstreams[0].weight", json!(2)),
@@ -136,6 +137,7 @@ fn extras(target: Target) -> Vec<(&'static str, Value)> {
             ("upstreams[0].health_check.jitter", json!("100ms")),
             ("upstreams[2]", json!({"cluster": "passive-only"})),
             ("passive.statuses", json!([500, 502, 503, 504])),
+            ("passive.slow", json!({"after": "2s", "threshold": 0.5, "min_requests": 10, "window": "10s"})),
             ("routes", json!([{"path_prefix": "/api", "upstreams": ["primary"]}])),
             ("trust_x_forwarded_for", json!(false)),
             ("grpc_status", json!(14)),
@@ -306,6 +308,7 @@ fn llm_extras() -> Vec<(&'static str, Value)> {
         ("trust_x_forwarded_for", json!(false)),
         ("client_ip", json!({"trusted_hops": 1, "header": "x-forwarded-for", "require_peer": false})),
         ("passive.statuses", json!([500, 502, 503, 504, 529])),
+        ("passive.slow", json!({"after": "5s"})),
         ("providers[0].health_check", json!({"path": "/healthz", "interval": "2s", "unhealthy_threshold": 2})),
         ("models[2]", json!({"name": "llama-3.1-8b", "providers": ["azure"]})),
         ("budgets[0].models", json!(["gpt-4o"])),
