@@ -64,3 +64,34 @@ fn envoy_and_the_harness_agree_on_grpc_timeouts_and_header_phases() {
         println!("{op}: {header}: {}", from_envoy.unwrap_or_default());
     }
 }
+
+/// Envoy runs a filter's local reply through that filter's own response callbacks (the reply's
+/// headers to `on_http_response_headers`, its body to `on_http_response_body`), and so does the
+/// host: the conformance filter marks every response it sees with `x-conf-response: seen` and
+/// drops `server`, its own 429 included.
+#[test]
+fn a_local_reply_runs_through_the_sending_filters_response_callbacks_in_envoy_and_in_the_host() {
+    let ok = Backend::ok().unwrap();
+    let cfg = Bootstrap::new()
+        .filter(wasm_filter("conformance", &paths::wasm_path("conformance").unwrap(), &json!({})))
+        .route(route("/", "backend"))
+        .cluster(cluster("backend", ok.addr()))
+        .build();
+    let envoy = Envoy::start(&cfg).unwrap();
+    let r = http::get(envoy.main().unwrap(), "/", &[("x-op", "reply")]).unwrap();
+    println!("envoy: {} {:?}", r.status, r.headers);
+    assert_eq!((r.status, r.header("x-conf")), (429, Some("local")));
+    assert_eq!(r.header("x-conf-response"), Some("seen"), "Envoy: {r:?}");
+    assert_eq!(ok.requests(), 0);
+
+    let host = Host::new().clusters(&["backend"]);
+    let p = host.load(paths::wasm_path("conformance").unwrap(), json!({})).unwrap();
+    let w = p.worker(0);
+    let mut s = w.http_stream();
+    s.request_headers(&[(":path", "/"), (":method", "GET"), (":authority", "x"), ("x-op", "reply")], true).unwrap();
+    let reply = s.local_response().expect("the filter replied");
+    assert_eq!((reply.status, reply.header("x-conf")), (429, Some("local")), "what the filter sent");
+    assert_eq!(s.response_header("x-conf-response").as_deref(), Some("seen"), "{:?}", s.response_headers_now());
+    assert_eq!(s.response_header(":status").as_deref(), Some("429"));
+    assert_eq!(s.response_body_now(), b"slow down");
+}

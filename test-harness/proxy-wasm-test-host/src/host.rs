@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::abi::foreign::ForeignFunction;
@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub foreign: RwLock<HashMap<String, ForeignFunction>>,
     pub properties: RwLock<HashMap<Vec<u8>, Vec<u8>>>,
     pub log_level: AtomicU32,
+    /// Local replies skip the sending filter's response callbacks ([`Host::local_replies_skip_filter`]).
+    pub local_replies_skip_filter: AtomicBool,
 }
 
 /// Where serialized modules are cached between processes.
@@ -108,6 +110,17 @@ impl Host {
     /// Compiles in this process only (modules are still compiled once per process).
     pub fn no_disk_cache(mut self) -> Host {
         self.disk_cache = DiskCache::Off;
+        self
+    }
+
+    /// Delivers a filter's local reply to the client as the filter sent it, without running it
+    /// through the filter's own response callbacks. By default the host does what Envoy does: a
+    /// local reply sent during a request callback goes, once that callback returns, to the same
+    /// filter's `on_http_response_headers` (the reply's `:status`, its headers, and
+    /// `content-length` and `content-type: text/plain` for a body) and `on_http_response_body`,
+    /// and what the filter makes of it is what [`crate::HttpStream::response_headers_now`] shows.
+    pub fn local_replies_skip_filter(self) -> Host {
+        self.shared.local_replies_skip_filter.store(true, Ordering::Relaxed);
         self
     }
 

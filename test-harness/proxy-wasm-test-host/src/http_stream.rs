@@ -10,6 +10,7 @@ use crate::state::Kind;
 use crate::stream::{property_methods, Core};
 use crate::types::{text_pairs, Action, Headers, HostError, LocalResponse};
 use crate::worker::Worker;
+use std::sync::atomic::Ordering;
 
 /// One HTTP stream on a worker. Drive it with the callbacks in order; read what the filter did
 /// after any step.
@@ -79,12 +80,47 @@ impl<'w> HttpStream<'w> {
         headers: &[(&[u8], &[u8])],
         end_of_stream: bool,
     ) -> Result<Action, HostError> {
-        self.headers_callback(Which::RequestHeaders, owned(headers), end_of_stream)
+        let action = self.headers_callback(Which::RequestHeaders, owned(headers), end_of_stream)?;
+        self.deliver_local_reply()?;
+        Ok(action)
     }
 
     /// `on_http_request_body` with this chunk added to what the filter holds back.
     pub fn request_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Result<Action, HostError> {
-        self.core.data_callback(|d| &mut d.request_body, |e| &e.on_request_body, chunk, end_of_stream)
+        let action = self.core.data_callback(|d| &mut d.request_body, |e| &e.on_request_body, chunk, end_of_stream)?;
+        self.deliver_local_reply()?;
+        Ok(action)
+    }
+
+    /// After a request callback: a local reply the filter sent in it goes through the filter's
+    /// own response callbacks, as Envoy sends it (unless [`crate::Host::local_replies_skip_filter`]).
+    fn deliver_local_reply(&mut self) -> Result<(), HostError> {
+        let skip = self.core.worker.with_state(|s| s.shared.local_replies_skip_filter.load(Ordering::Relaxed));
+        let reply = self.core.data(|d| {
+            if d.local_response_delivered || skip {
+                return None;
+            }
+            let reply = d.local_response.clone()?;
+            d.local_response_delivered = true;
+            Some(reply)
+        });
+        let Some(reply) = reply else { return Ok(()) };
+        let mut headers: Headers = vec![(b":status".to_vec(), reply.status.to_string().into_bytes())];
+        headers.extend(reply.raw_headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
+        let has = |h: &Headers, name: &[u8]| h.iter().any(|(k, _)| k.as_slice() == name);
+        if !reply.body.is_empty() {
+            if !has(&headers, b"content-length") {
+                headers.push((b"content-length".to_vec(), reply.body.len().to_string().into_bytes()));
+            }
+            if !has(&headers, b"content-type") {
+                headers.push((b"content-type".to_vec(), b"text/plain".to_vec()));
+            }
+        }
+        self.headers_callback(Which::ResponseHeaders, headers, reply.body.is_empty())?;
+        if !reply.body.is_empty() {
+            self.core.data_callback(|d| &mut d.response_body, |e| &e.on_response_body, &reply.body, true)?;
+        }
+        Ok(())
     }
 
     /// `on_http_request_trailers` with these trailers.
@@ -94,7 +130,9 @@ impl<'w> HttpStream<'w> {
 
     /// `on_http_request_trailers` with these trailers, as bytes.
     pub fn request_trailers_bytes(&mut self, trailers: &[(&[u8], &[u8])]) -> Result<Action, HostError> {
-        self.headers_callback(Which::RequestTrailers, owned(trailers), true)
+        let action = self.headers_callback(Which::RequestTrailers, owned(trailers), true)?;
+        self.deliver_local_reply()?;
+        Ok(action)
     }
 
     /// `on_http_response_headers` with these headers.

@@ -68,6 +68,8 @@ pub(crate) struct StreamData {
     pub downstream: Flow,
     pub upstream: Flow,
     pub local_response: Option<LocalResponse>,
+    /// The local reply went through the filter's response callbacks already.
+    pub local_response_delivered: bool,
     pub route_cache_cleared: bool,
     /// `proxy_continue_stream` calls per `StreamType`.
     pub continued: [u32; 4],

@@ -227,3 +227,45 @@ fn a_callout_to_an_unknown_cluster_is_logged_with_the_cluster() {
     let errors = w.logs_at_least(4);
     assert!(errors.iter().any(|l| l.contains("proxy_http_call to \"nowhere\": no such cluster")), "{errors:?}");
 }
+
+/// A module that answers every request with a local 429 (`x-a: 1`, body `no`) and marks every
+/// response it sees with `x-seen: 1`.
+const REPLIES: &str = r#"
+  (import "env" "proxy_send_local_response"
+    (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (data (i32.const 0) "no")
+  (data (i32.const 16) "\01\00\00\00\03\00\00\00\01\00\00\00x-a\001\00")
+  (data (i32.const 64) "x-seen1")
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $reply (i32.const 429) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 2)
+                       (i32.const 16) (i32.const 18) (i32.const -1)))
+    (i32.const 1))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 64) (i32.const 6) (i32.const 70) (i32.const 1)))
+    (i32.const 0))
+"#;
+
+#[test]
+fn a_local_reply_runs_through_the_filters_response_callbacks_unless_told_otherwise() {
+    let all = ["abi", "memory", "malloc"];
+    let host = Host::new();
+    let p = host.load_bytes("m", &module(REPLIES, &all), opts()).unwrap();
+    let mut s = p.worker(0).http_stream();
+    assert_eq!(s.request_headers(&[(":path", "/")], true).unwrap(), Action::Pause);
+    let sent = s.local_response().unwrap();
+    assert_eq!((sent.status, sent.header("x-a"), sent.header("x-seen")), (429, Some("1"), None), "as sent");
+    // What the client gets: the reply as the filter's own response callback left it.
+    assert_eq!(s.response_header(":status").as_deref(), Some("429"));
+    assert_eq!(s.response_header("x-a").as_deref(), Some("1"));
+    assert_eq!(s.response_header("content-type").as_deref(), Some("text/plain"));
+    assert_eq!(s.response_header("x-seen").as_deref(), Some("1"), "{:?}", s.response_headers_now());
+    assert_eq!(s.response_body_now(), b"no");
+
+    let skip = Host::new().local_replies_skip_filter();
+    let p = skip.load_bytes("m", &module(REPLIES, &all), opts()).unwrap();
+    let mut s = p.worker(0).http_stream();
+    s.request_headers(&[(":path", "/")], true).unwrap();
+    assert_eq!(s.local_response().map(|r| r.status), Some(429));
+    assert_eq!(s.response_header("x-seen"), None, "the filter never saw its reply");
+}
