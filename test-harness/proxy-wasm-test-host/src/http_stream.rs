@@ -92,9 +92,14 @@ impl<'w> HttpStream<'w> {
         Ok(action)
     }
 
+    /// A stream already under way, for the host's own use: dropping it does not end the stream.
+    pub(crate) fn existing(worker: &'w Worker, id: u32) -> HttpStream<'w> {
+        HttpStream { core: Core { worker, id, error: None, finished: true } }
+    }
+
     /// After a request callback: a local reply the filter sent in it goes through the filter's
     /// own response callbacks, as Envoy sends it (unless [`crate::Host::local_replies_skip_filter`]).
-    fn deliver_local_reply(&mut self) -> Result<(), HostError> {
+    pub(crate) fn deliver_local_reply(&mut self) -> Result<(), HostError> {
         let skip = self.core.worker.with_state(|s| s.shared.local_replies_skip_filter.load(Ordering::Relaxed));
         let reply = self.core.data(|d| {
             if d.local_response_delivered || skip {

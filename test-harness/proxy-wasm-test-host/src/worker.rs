@@ -140,7 +140,25 @@ impl Worker {
     /// Calls a callback on the root context.
     fn call_root(&self, pick: impl Fn(&Exports) -> &Callback, args: &[i32]) -> Result<Option<i32>, HostError> {
         self.with_state(|s| s.effective = ROOT_CONTEXT);
-        self.call(pick, args)
+        let r = self.call(pick, args)?;
+        self.deliver_local_replies()?;
+        Ok(r)
+    }
+
+    /// A local reply a stream's filter sent while answering a call (or on a tick, a queue, a
+    /// foreign callback) goes through that filter's response callbacks, as Envoy sends it.
+    fn deliver_local_replies(&self) -> Result<(), HostError> {
+        let waiting: Vec<u32> = self.with_state(|s| {
+            s.streams
+                .iter()
+                .filter(|(_, d)| d.kind == Kind::Http && d.local_response.is_some() && !d.local_response_delivered)
+                .map(|(id, _)| *id)
+                .collect()
+        });
+        for id in waiting {
+            crate::http_stream::HttpStream::existing(self, id).deliver_local_reply()?;
+        }
+        Ok(())
     }
 
     pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut VmState) -> R) -> R {
