@@ -5,7 +5,7 @@
 //! loggers before a filter's own `on_log`, so verdicts are written on the request and response
 //! headers, never at the end. Each write is a host call (and a filter-state object in Envoy:
 //! about 4,600 instructions measured), so a stage writes only when it acted: the rate limiter
-//! when a rule applied, the circuit breaker when it refused, probed or changed state, diagnostics
+//! when a rule refused or a global rule was asked (every admission with `log_allowed`), the circuit breaker when it refused, probed or changed state, diagnostics
 //! when it diagnosed, the health router when its choice says more than `%UPSTREAM_CLUSTER%` (an
 //! upstream passed over, panic routing, a refusal, its status endpoint). A stage that did nothing
 //! leaves its field empty (`-` in the log).

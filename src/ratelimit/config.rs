@@ -300,6 +300,12 @@ pub struct RateLimitJson {
     #[cfg_attr(feature = "schema", schemars(extend("default" = true)))]
     #[serde(default = "default_true")]
     response_headers: bool,
+    /// Also write `decision=allowed` lines to the access log for requests a local rule admitted
+    /// (a filter-state write per admitted request). By default only what says something is
+    /// written: refusals, shadow refusals, and the answers of global rules.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
+    #[serde(default)]
+    log_allowed: bool,
     /// gRPC status of a refusal of a gRPC request (0–16; 8 is RESOURCE_EXHAUSTED, which gRPC
     /// clients do not retry at once the way they retry UNAVAILABLE).
     #[cfg_attr(feature = "schema", schemars(extend("default" = 8), range(max = 16)))]
@@ -439,6 +445,8 @@ pub struct RateLimitConfig {
     pub on_contention: Contention,
     pub cas_retries: u32,
     pub response_headers: bool,
+    /// Write `decision=allowed` for requests a local rule admitted too.
+    pub log_allowed: bool,
     /// gRPC status of a refusal of a gRPC request (default 8, RESOURCE_EXHAUSTED: not retried
     /// by gRPC clients the way UNAVAILABLE is).
     pub grpc_status: u32,
@@ -630,6 +638,7 @@ impl RateLimitJson {
             on_contention: self.on_contention,
             cas_retries: self.cas_retries,
             response_headers: self.response_headers,
+            log_allowed: self.log_allowed,
             grpc_status,
             targets,
         })

@@ -97,6 +97,7 @@ fn extras(target: Target) -> Vec<(&'static str, Value)> {
             ("on_contention", json!("allow")),
             ("cas_retries", json!(10)),
             ("response_headers", json!(true)),
+            ("log_allowed", json!(false)),
             ("grpc_status", json!(8)),
             ("client_ip.header", json!("x-forwarded-for")),
             ("client_ip.require_peer", json!(false)),

@@ -398,7 +398,10 @@ impl RateLimiter {
                     });
                 }
                 if let Verdict::Admitted { rule, remaining, reset_ns } = verdict {
-                    if let Some(r) = config.rules.get(rule) {
+                    // A local admission says nothing `%RESPONSE_CODE%` does not: written only when
+                    // asked for (`log_allowed`), or when a global rule's service answered.
+                    let say = config.log_allowed || from.is_some();
+                    if let Some(r) = config.rules.get(rule).filter(|_| say) {
                         let fields =
                             Fields::new().add("rule", &r.name).add("decision", "allowed").num("remaining", remaining);
                         cx.publish(key::RATE_LIMITER, &fields);
