@@ -75,7 +75,7 @@ pub fn duration(field: &str, text: Option<&str>, default_ns: u64, allow_zero: bo
         ConfigError::new(
             field,
             format!("{t:?} is not a {}duration", if allow_zero { "" } else { "positive " }),
-            "write a duration such as \"250ms\", \"1s\", \"1.5s\", \"1m\" or \"1h\"",
+            "write a duration such as \"250ms\", \"1s\", \"1.5s\", \"1m30s\" or \"1h\"",
         )
     })
 }
@@ -168,13 +168,29 @@ fn float_text(v: f64) -> String {
     }
 }
 
-/// Parses a duration such as `250ms`, `1s`, `1.5s`, `2m`, `1h` into nanoseconds.
+/// Parses a duration such as `250ms`, `1s`, `1.5s`, `2m`, `1h`, or several of them written
+/// together as Go and Istio write them (`1m30s`, `1h15m`, `2s500ms`), into nanoseconds.
 ///
 /// Returns `None` for anything else (no unit, negative, unknown unit, overflow).
 pub fn parse_duration_nanos(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (number, unit) = text.split_at(split);
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    while !rest.is_empty() {
+        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, after) = rest.split_at(number_end);
+        let unit_end = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_end);
+        total = total.checked_add(component_nanos(number, unit)?)?;
+        rest = next;
+    }
+    Some(total)
+}
+
+/// One `<number><unit>` of a duration.
+fn component_nanos(number: &str, unit: &str) -> Option<u64> {
     let scale: u64 = match unit {
         "ns" => 1,
         "us" | "µs" => 1_000,
@@ -298,6 +314,17 @@ mod tests {
         assert_eq!(parse_duration_nanos("1.5s"), Some(1_500_000_000));
         assert_eq!(parse_duration_nanos("2m"), Some(120_000_000_000));
         assert_eq!(parse_duration_nanos("1h"), Some(3_600_000_000_000));
+    }
+
+    #[test]
+    fn durations_may_be_written_as_go_and_istio_write_them() {
+        assert_eq!(parse_duration_nanos("1m30s"), Some(90_000_000_000));
+        assert_eq!(parse_duration_nanos("1h15m"), Some(4_500_000_000_000));
+        assert_eq!(parse_duration_nanos("2s500ms"), Some(2_500_000_000));
+        assert_eq!(parse_duration_nanos(" 1m0.5s "), Some(60_500_000_000));
+        for bad in ["1m30", "1m 30s", "m30s", "1m30x", "1m-30s"] {
+            assert_eq!(parse_duration_nanos(bad), None, "{bad}");
+        }
     }
 
     #[test]

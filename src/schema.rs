@@ -21,11 +21,12 @@ use crate::ratelimit::RateLimitJson;
 use crate::suite::SuiteJson;
 
 /// A duration the parser accepts and that is not zero: `250ms`, `1s`, `1.5s`, `1m`, `1h` (also
-/// `ns`, `us`). Durations too long to count in nanoseconds are refused by the filter only.
-pub const DURATION: &str = r"^\s*(?=[0-9.]*[1-9])[0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h)\s*$";
+/// `ns`, `us`), or several written together as Go and Istio write them (`1m30s`). Durations too
+/// long to count in nanoseconds are refused by the filter only.
+pub const DURATION: &str = r"^\s*(?=[^1-9]*[1-9])([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+\s*$";
 
 /// A duration that may be zero.
-pub const DURATION_OR_ZERO: &str = r"^\s*[0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h)\s*$";
+pub const DURATION_OR_ZERO: &str = r"^\s*([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+\s*$";
 
 /// A lowercase HTTP header name (an RFC 9110 token without uppercase letters).
 pub const HEADER_NAME: &str = r"^[a-z0-9!#$%&'*+.^_`|~-]+$";
