@@ -202,8 +202,12 @@ impl ConcurrencyConfig {
         crate::config::parse_json::<ConcurrencyJson>(bytes)?.validate()
     }
 
-    /// The share of the limit `class` may fill.
+    /// The share of the limit `class` may fill. Without classification rules every request is
+    /// `normal` and priorities mean nothing: it may fill the whole limit.
     pub fn share(&self, class: Class) -> f64 {
+        if self.rules.is_empty() {
+            return 1.0;
+        }
         self.shares.get(class.index()).copied().unwrap_or(1.0)
     }
 

@@ -24,6 +24,8 @@ pub struct Limiter {
     pub window_sum_ns: u64,
     pub window_count: u32,
     pub window_peak: u32,
+    /// In this window an admission filled its class's room: the limit is what held it back.
+    pub window_full: bool,
     /// The no-load latency: the lowest window average seen, let drift up by 1/256 a window so
     /// that a backend that became slower for good is not held to its old speed (0: none yet).
     pub baseline_ns: u64,
@@ -41,20 +43,29 @@ impl Limiter {
             window_sum_ns: 0,
             window_count: 0,
             window_peak: 0,
+            window_full: false,
             baseline_ns: 0,
             quiet_since: 0,
         }
     }
 
-    /// How many requests in flight `class` may find and still be admitted: its share of the
-    /// limit, at least one.
+    /// How many requests of `class` may be in flight: the whole limit for a class with the whole
+    /// share; for the others their share rounded down, at least one, and always one less than the
+    /// limit, so that the highest class keeps a slot of its own (with a limit of one, every class
+    /// shares the one slot).
     pub fn room(&self, config: &ConcurrencyConfig, class: Class) -> u32 {
-        let share = (f64::from(self.limit) * config.share(class)).ceil();
-        (share as u32).clamp(1, self.limit.max(1))
+        let limit = self.limit.max(1);
+        let share = config.share(class);
+        if share >= 1.0 || limit == 1 {
+            return limit;
+        }
+        ((f64::from(limit) * share) as u32).clamp(1, limit - 1)
     }
 
     /// Admits a request of `class`, or refuses it.
     pub fn admit(&mut self, config: &ConcurrencyConfig, class: Class, now: u64) -> Admission {
+        // A limit stored under other bounds (the configuration changed) follows the new ones.
+        self.limit = self.limit.clamp(config.min, config.max);
         if self.in_flight > 0 && now.saturating_sub(self.quiet_since) >= config.stale_ns {
             // Nothing ended for `stale_after` with requests counted: the counts belonged to a
             // worker that went away (or requests longer than the setting); start again.
@@ -68,6 +79,9 @@ impl Limiter {
         }
         self.in_flight += 1;
         self.window_peak = self.window_peak.max(self.in_flight);
+        if self.in_flight >= self.room(config, class) {
+            self.window_full = true;
+        }
         if self.window_start == 0 {
             self.window_start = now;
         }
@@ -106,7 +120,7 @@ impl Limiter {
             let target = config.target_ns.unwrap_or((self.baseline_ns as f64 * config.tolerance) as u64);
             if average > target {
                 self.limit = ((f64::from(self.limit) * config.backoff) as u32).max(config.min);
-            } else if u64::from(self.window_peak) * 10 >= u64::from(self.limit) * 9 {
+            } else if self.window_full {
                 // The limit was what held the window back: try more.
                 self.limit = self.limit.saturating_add(1 + self.limit / 16).min(config.max);
             }
@@ -115,6 +129,8 @@ impl Limiter {
         self.window_sum_ns = 0;
         self.window_count = 0;
         self.window_peak = self.in_flight;
+        self.window_full = false;
+        self.limit = self.limit.clamp(config.min, config.max);
         (self.limit != old).then_some((old, self.limit))
     }
 
@@ -128,6 +144,7 @@ impl Limiter {
         for v in [self.window_start, self.window_sum_ns, self.baseline_ns, self.quiet_since] {
             out.extend_from_slice(&v.to_le_bytes());
         }
+        out.push(u8::from(self.window_full));
         out
     }
 
@@ -147,11 +164,12 @@ impl Limiter {
             window_sum_ns: u64_at(25)?,
             baseline_ns: u64_at(33)?,
             quiet_since: u64_at(41)?,
+            window_full: *b.get(49)? == 1,
         })
     }
 }
 
-const ENCODED: usize = 1 + 4 * 4 + 8 * 4;
+const ENCODED: usize = 1 + 4 * 4 + 8 * 4 + 1;
 
 #[cfg(test)]
 mod tests {
@@ -166,7 +184,7 @@ mod tests {
 
     #[test]
     fn each_class_fills_only_its_share_and_critical_takes_the_last_slot() {
-        let c = config(r#"{"limit": {"initial": 4, "min": 4, "max": 4}}"#);
+        let c = config(r#"{"limit": {"initial": 4, "min": 4, "max": 4}, "classes": [{"class": "low", "match": {}}]}"#);
         let mut l = Limiter::new(&c);
         assert_eq!(l.admit(&c, Class::Low, S), Admission::Admit);
         assert_eq!(l.admit(&c, Class::Low, S), Admission::Admit);
@@ -249,5 +267,42 @@ mod tests {
         let mut wrong = l.encode();
         wrong[0] = 9;
         assert_eq!(Limiter::decode(&wrong), None);
+    }
+
+    #[test]
+    fn the_limit_grows_for_a_class_that_fills_its_share() {
+        // Every request `normal` (share 0.75): the window is full when normal's room is, and the
+        // limit grows back after a spike.
+        let c = config(
+            r#"{"limit": {"initial": 20, "min": 2, "max": 100}, "latency": {"target": "50ms"},
+                "classes": [{"class": "low", "match": {"path_prefix": "/batch"}}]}"#,
+        );
+        let mut l = Limiter::new(&c);
+        let mut start = S;
+        for _ in 0..3 {
+            let room = l.room(&c, Class::Normal);
+            for _ in 0..room {
+                assert_eq!(l.admit(&c, Class::Normal, start), Admission::Admit);
+            }
+            assert!(matches!(l.admit(&c, Class::Normal, start), Admission::Refuse { .. }));
+            for i in 0..room {
+                l.end(&c, Some(10 * MS), if i + 1 == room { start + c.window_ns } else { start + 1 });
+            }
+            start += c.window_ns;
+        }
+        assert!(l.limit > 20, "grew: {}", l.limit);
+    }
+
+    #[test]
+    fn the_highest_class_keeps_a_slot_and_a_changed_configuration_clamps_the_limit() {
+        let c = config(r#"{"limit": {"initial": 5, "min": 5, "max": 5}, "classes": [{"class": "low", "match": {}}]}"#);
+        let l = Limiter::new(&c);
+        let unclassified = config(r#"{"limit": {"initial": 5, "min": 5, "max": 5}}"#);
+        assert_eq!(l.room(&unclassified, Class::Normal), 5, "without rules priorities mean nothing");
+        assert_eq!((l.room(&c, Class::Critical), l.room(&c, Class::High), l.room(&c, Class::Low)), (5, 4, 2));
+        let narrower = config(r#"{"limit": {"initial": 2, "min": 1, "max": 3}}"#);
+        let mut l = Limiter { limit: 1000, ..Limiter::new(&narrower) };
+        l.admit(&narrower, Class::Critical, S);
+        assert_eq!(l.limit, 3);
     }
 }

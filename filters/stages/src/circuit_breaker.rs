@@ -59,7 +59,7 @@ fn define(segment: &str) -> ClusterMetrics {
 /// target's id ([`Target::id`]; hashed with FNV rather than SipHash on every lookup).
 type Copies = HashMap<Vec<u8>, Option<Breaker>, BuildHasherDefault<KeyHasher>>;
 
-/// FNV-1a over the id bytes: ids are ours (`ug.cb.<cluster>`, or that and a keyed fingerprint),
+/// FNV-1a over the id bytes: ids are ours (`ug.cb2.<cluster>`, or that and a keyed fingerprint),
 /// and the map is cleared on every change, so nobody can grow or aim at it.
 #[derive(Default)]
 struct KeyHasher(u64);
@@ -95,10 +95,10 @@ impl CircuitBreaker {
     /// The breaker of `cluster`, or of `cluster` and a `key_header` value.
     fn target(&self, cluster: String, value: Option<&[u8]>) -> Target {
         match value {
-            None => Target { key: format!("ug.cb.{cluster}").into_bytes(), cluster, place: None },
+            None => Target { key: format!("ug.cb2.{cluster}").into_bytes(), cluster, place: None },
             Some(v) => {
                 let place = Place::of(&self.secret, cluster.as_bytes(), v, 0, self.config.max_keys);
-                let mut id = format!("ug.cb.{cluster}#").into_bytes();
+                let mut id = format!("ug.cb2.{cluster}#").into_bytes();
                 id.extend_from_slice(&place.fingerprint.to_le_bytes());
                 Target { key: id, cluster, place: Some(place) }
             }
@@ -188,16 +188,16 @@ impl CircuitBreaker {
 #[derive(Debug, Clone)]
 struct Target {
     cluster: String,
-    /// The shared-data key (`ug.cb.<cluster>`), or for a keyed breaker the id of its copy.
+    /// The shared-data key (`ug.cb2.<cluster>`), or for a keyed breaker the id of its copy.
     key: Vec<u8>,
     /// Where a keyed breaker may live (`key_header`).
     place: Option<Place>,
 }
 
 impl Target {
-    /// The shared-data key of a keyed breaker's slot: `ug.cb.<cluster>.<slot>`.
+    /// The shared-data key of a keyed breaker's slot: `ug.cb2.<cluster>.<slot>`.
     fn slot_key(&self, slot: u32) -> Vec<u8> {
-        format!("ug.cb.{}.{slot}", self.cluster).into_bytes()
+        format!("ug.cb2.{}.{slot}", self.cluster).into_bytes()
     }
 }
 

@@ -12,6 +12,9 @@
 //! route resolved (`xds.cluster_name`): never a header a client wrote, so clients can neither
 //! pick the cluster nor create state for clusters Envoy does not have.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use upstream_guard::access_log::{key, Fields};
 use upstream_guard::concurrency::{Admission, Class, ConcurrencyConfig, Limiter};
 use upstream_guard::details;
@@ -47,6 +50,10 @@ fn define(segment: &str) -> ClusterMetrics {
 pub struct Concurrency {
     config: ConcurrencyConfig,
     metrics: Family<ClusterMetrics>,
+    /// Ends this worker could not write (every compare-and-swap lost, or the store failed), by
+    /// cluster key: taken off the count with this worker's next update of that cluster, so that
+    /// a lost end never holds a slot. Bounded by the clusters Envoy has.
+    owed: RefCell<HashMap<Vec<u8>, u32>>,
 }
 
 /// Per stream: the cluster whose count holds this request, when it went on, and its latency to
@@ -61,7 +68,7 @@ pub struct ConcurrencyStream {
 impl Concurrency {
     /// The stage for `config`.
     pub fn new(config: ConcurrencyConfig) -> Concurrency {
-        Concurrency { config, metrics: Family::new(define) }
+        Concurrency { config, metrics: Family::new(define), owed: RefCell::new(HashMap::new()) }
     }
 
     /// The request's class: the first rule that matches it, `normal` otherwise. (The rules
@@ -73,6 +80,26 @@ impl Concurrency {
         let client_ip = ClientIp::default();
         let mut view = View { cx, client_ip: &client_ip, client: None };
         self.config.rules.iter().find(|r| r.matcher.matches(&mut view)).map_or(Class::Normal, |r| r.class)
+    }
+
+    /// Ends owed to `key`'s count by this worker.
+    fn owed(&self, key: &[u8]) -> u32 {
+        self.owed.try_borrow().ok().and_then(|o| o.get(key).copied()).unwrap_or(0)
+    }
+
+    /// `n` owed ends of `key` were written.
+    fn paid(&self, key: &[u8], n: u32) {
+        if n == 0 {
+            return;
+        }
+        if let Ok(mut owed) = self.owed.try_borrow_mut() {
+            if let Some(left) = owed.get_mut(key) {
+                *left = left.saturating_sub(n);
+                if *left == 0 {
+                    owed.remove(key);
+                }
+            }
+        }
     }
 
     fn refusal(&self, class: Class) -> LocalReply {
@@ -106,13 +133,18 @@ impl Stage for Concurrency {
         let now = cx.now();
         let config = &self.config;
         let key = format!("ug.cc.{cluster}").into_bytes();
+        let owed = self.owed(&key);
         let outcome = shared::update(&key, CAS_ATTEMPTS, |cur| {
             let created = cur.is_none();
             let mut l = cur.and_then(Limiter::decode).unwrap_or_else(|| Limiter::new(config));
+            l.in_flight = l.in_flight.saturating_sub(owed);
             let admission = l.admit(config, class, now);
-            let write = (admission == Admission::Admit).then(|| l.encode());
+            let write = (admission == Admission::Admit || owed > 0).then(|| l.encode());
             (write, (admission, created.then_some(l.limit)))
         });
+        if outcome.is_ok() {
+            self.paid(&key, owed);
+        }
         let m = self.metrics.get(&cluster);
         match outcome {
             Ok((Admission::Admit, first)) => {
@@ -155,7 +187,13 @@ impl Stage for Concurrency {
             // Not counted, or a later stage of this module refused it: no latency of the upstream's.
             return;
         }
-        st.latency_ns = Some(cx.now().saturating_sub(st.sent_at));
+        // Only the upstream's own answers measure its latency: Envoy's local replies (a refused
+        // connection, an overflow, no healthy host) are fast and would teach a no-load latency
+        // the upstream never has.
+        let details = cx.observation().details.clone();
+        if details.is_empty() || details == "via_upstream" {
+            st.latency_ns = Some(cx.now().saturating_sub(st.sent_at));
+        }
     }
 
     fn log(&self, st: &mut ConcurrencyStream, cx: &mut Cx<'_>) {
@@ -163,18 +201,27 @@ impl Stage for Concurrency {
         let now = cx.now();
         let config = &self.config;
         let latency = st.latency_ns;
+        let owed = self.owed(&key);
         let changed = shared::update(&key, CAS_ATTEMPTS, |cur| {
             let mut l = cur.and_then(Limiter::decode).unwrap_or_else(|| Limiter::new(config));
+            l.in_flight = l.in_flight.saturating_sub(owed);
             let change = l.end(config, latency, now);
             (Some(l.encode()), change)
         });
         match changed {
-            Ok(Some((old, new))) => {
-                self.metrics.get(&cluster).limit.set(u64::from(new));
-                host::log_with(Level::Debug, || format!("concurrency: {cluster}: limit {old} -> {new}"));
+            Ok(change) => {
+                self.paid(&key, owed);
+                if let Some((old, new)) = change {
+                    self.metrics.get(&cluster).limit.set(u64::from(new));
+                    host::log_with(Level::Debug, || format!("concurrency: {cluster}: limit {old} -> {new}"));
+                }
             }
-            Ok(None) => {}
-            Err(_) => self.metrics.get(&cluster).contention.inc(),
+            Err(_) => {
+                self.metrics.get(&cluster).contention.inc();
+                if let Ok(mut owed) = self.owed.try_borrow_mut() {
+                    *owed.entry(key).or_insert(0) += 1;
+                }
+            }
         }
     }
 

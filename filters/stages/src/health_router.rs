@@ -11,7 +11,7 @@
 //!   says, per upstream, why (to trusted clients; others get no cluster names); or, with
 //!   `when_none_healthy: panic`, the configured order anyway.
 //!
-//! Shared-data keys: `ug.hr.lease`, `ug.hr.seq` and one `ug.hr.h.<cluster>` per configured
+//! Shared-data keys: `ug.hr.lease`, `ug.hr.seq` and one `ug.hr.h4.<cluster>` per configured
 //! upstream: bounded by the configuration. The machinery is a [`Pool`], which the LLM stage
 //! reuses for its providers under its own keys.
 //!
@@ -109,7 +109,7 @@ impl Pool {
             })
             .collect();
         let health_keys =
-            config.upstreams.iter().map(|u| format!("{}.h.{}", ns.keys, u.cluster).into_bytes()).collect();
+            config.upstreams.iter().map(|u| format!("{}.h4.{}", ns.keys, u.cluster).into_bytes()).collect();
         let prober = Prober {
             last_dispatch: vec![0; config.upstreams.len()],
             undispatchable: vec![false; config.upstreams.len()],
@@ -219,12 +219,10 @@ impl Pool {
         }
         let now = cx.now();
         self.update(i, |h| {
+            // Every answer, failed ones too, counts in the slow-call window (as in the breaker's).
             let ejected = h.apply_passive(passive, failed, now);
-            if failed {
-                ejected
-            } else {
-                h.apply_slow(passive, judged == Judgement::Slow, now)
-            }
+            let slowed = h.apply_slow(passive, judged == Judgement::Slow, now);
+            ejected.or(slowed)
         });
     }
 

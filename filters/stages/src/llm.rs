@@ -21,7 +21,7 @@
 //!   as it passes, never held: the usage it reports is charged to the budgets at its end.
 //!
 //! Provider health (active checks, ejection, pauses) is the health router's [`Pool`] under the
-//! keys `ug.llm.h.<cluster>`, `ug.llm.lease`, `ug.llm.seq`; budget balances are
+//! keys `ug.llm.h4.<cluster>`, `ug.llm.lease`, `ug.llm.seq`; budget balances are
 //! `ug.llm.tb.<slot>`, at most `max_keys` of them.
 //!
 //! **Where a global budget plugs in.** Balances live behind [`TokenLedger`]: [`LocalLedger`]

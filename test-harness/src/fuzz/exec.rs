@@ -199,9 +199,9 @@ impl Model {
                 .chain(UPSTREAMS.iter().chain(&LLM_PROVIDERS).map(|s| s.to_string()))
                 .filter(|n| !n.is_empty());
             for name in names {
-                breaker_keys.insert(format!("ug.cb.{name}").into_bytes(), name.clone());
+                breaker_keys.insert(format!("ug.cb2.{name}").into_bytes(), name.clone());
                 for slot in 0..BREAKER_SLOTS {
-                    breaker_keys.insert(format!("ug.cb.{name}.{slot}").into_bytes(), name.clone());
+                    breaker_keys.insert(format!("ug.cb2.{name}.{slot}").into_bytes(), name.clone());
                 }
             }
         }
@@ -570,11 +570,11 @@ impl<'h> Run<'h> {
             let ok = if let Some(n) = k.strip_prefix("ug.rl.") {
                 let max = self.model.limiter.as_ref().map_or(0, |c| c.max_keys);
                 n.parse::<u32>().is_ok_and(|n| n < max) && (value.is_empty() || State::decode(unseal(value)).is_some())
-            } else if k.starts_with("ug.cb.") {
+            } else if k.starts_with("ug.cb2.") {
                 match (self.model.breaker_keys.get(key.as_slice()), &self.model.breaker) {
                     (Some(name), Some(config)) => {
                         if !value.is_empty() {
-                            let sealed = *k != format!("ug.cb.{name}");
+                            let sealed = *k != format!("ug.cb2.{name}");
                             let b = Breaker::decode(if sealed { unseal(value) } else { value }).ok_or_else(|| {
                                 self.fail(Kind::Breaker, format!("{k} does not decode: {:?}", B(value.clone())))
                             })?;
@@ -594,7 +594,7 @@ impl<'h> Run<'h> {
                     }
                     _ => false,
                 }
-            } else if let Some(name) = k.strip_prefix("ug.hr.h.") {
+            } else if let Some(name) = k.strip_prefix("ug.hr.h4.") {
                 self.model.health.is_some()
                     && UPSTREAMS.contains(&name)
                     && (value.is_empty() || Health::decode(value).is_some())

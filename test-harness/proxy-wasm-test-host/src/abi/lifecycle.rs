@@ -73,6 +73,9 @@ fn proxy_send_local_response(
         let raw_headers = pairs::decode(slice(data, hp, hl)?).ok_or(Status::BadArgument)?;
         let grpc_status = Some(grpc as u32).filter(|g| *g <= 16);
         let stream = s.stream().ok_or(Status::NotFound)?;
+        // Sent once the response started (from a response callback): Envoy sends it as it is,
+        // without running this filter's response callbacks again.
+        stream.local_response_delivered = stream.response_headers.is_some();
         stream.local_response = Some(LocalResponse {
             status: status as u32,
             headers: text_pairs(&raw_headers),
