@@ -634,7 +634,7 @@ impl<'h> Run<'h> {
         if value.is_empty() {
             return Ok(true);
         }
-        if let Some(name) = rest.strip_prefix("h.") {
+        if let Some(name) = rest.strip_prefix("h4.") {
             let Some(h) = Health::decode(value) else { return Ok(false) };
             let bound = self.latest.saturating_add(config.rate_limited_max_ns);
             if h.rate_limited_until > bound {
