@@ -136,7 +136,7 @@ fn the_limit_backs_off_when_latency_climbs_and_admitted_requests_stay_fast(shape
     assert!(tail.len() >= 20, "requests are still served: {}", tail.len());
     tail.sort();
     let p90 = tail[tail.len() * 9 / 10];
-    assert!(p90 < Duration::from_millis(200), "admitted requests stay fast: p90 {p90:?} (16 at once: 320 ms)");
+    assert!(p90 < Duration::from_millis(260), "admitted requests stay fast: p90 {p90:?} (16 at once: 320 ms)");
     assert!(seen.iter().any(|(s, _, _)| *s == 503), "the rest is shed at once");
 }
 
