@@ -141,15 +141,21 @@ fn late_200s_trip_the_breaker_on_slow_calls_and_the_diagnosis_says_slow(shape: S
         assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200, "a slow call is still answered");
         assert!(started.elapsed() >= Duration::from_millis(300));
     }
-    let r = http::get(addr, "/", &[]).unwrap();
+    // Three slow calls open it, or up to five when they straddle the start of a fixed window
+    // (the sliding window weighs the previous one by its overlap).
+    let r = (0..3)
+        .map(|_| http::get(addr, "/", &[]).unwrap())
+        .find(|r| r.status != 200)
+        .expect("the circuit opened within five slow calls");
+    let slow = b.requests();
+    assert!((3..=5).contains(&slow), "{slow}");
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.header("x-upstream-guard-circuit"), Some("open"));
     assert!(r.header("retry-after").is_some());
     let d = parse_diagnosis(r.header("x-upstream-diagnosis").unwrap()).unwrap();
     assert_eq!(d["cause"], "upstream_slow", "{d:?}");
     assert!(String::from_utf8_lossy(&r.body).contains("upstream slow"), "{r:?}");
-    assert_eq!(b.requests(), 3);
-    assert_eq!(envoy.stat("upstream_guard.breaker.backend.slow").unwrap(), Some(3));
+    assert_eq!(envoy.stat("upstream_guard.breaker.backend.slow").unwrap(), Some(slow));
     assert_eq!(envoy.stat("upstream_guard.breaker.backend.failures").unwrap_or(Some(0)).unwrap_or(0), 0);
     assert_eq!(envoy.stat("upstream_guard.breaker.backend.opened").unwrap(), Some(1));
     assert!(envoy.log().contains("slow calls: the upstream answers too late"), "{}", envoy.log());
