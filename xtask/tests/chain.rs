@@ -84,3 +84,69 @@ fn tour(example: Example) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `yaml` without the HTTP filters named `names` (each `- name:` entry and what is indented
+/// under it).
+fn without_filters(yaml: &str, names: &[&str]) -> String {
+    let mut out = Vec::new();
+    let mut dropping: Option<usize> = None;
+    for line in yaml.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(at) = dropping {
+            if line.trim().is_empty() || indent > at {
+                continue;
+            }
+            dropping = None;
+        }
+        if names.iter().any(|n| line.trim() == format!("- name: {n}")) {
+            dropping = Some(indent);
+            continue;
+        }
+        out.push(line);
+    }
+    out.join("\n")
+}
+
+/// The cluster a request claiming `x-upstream-cluster: <claim>` reached (`x-backend`).
+fn reached(yaml: &str, claim: &str) -> Option<String> {
+    let envoy = Envoy::start_yaml(yaml, 1).unwrap();
+    let r = http::get(envoy.main().unwrap(), "/api", &[("x-upstream-cluster", claim)]).unwrap();
+    r.header("x-backend").map(str::to_string)
+}
+
+/// Every example routes on the `x-upstream-cluster` the module writes, and removes the client's
+/// own copy first (an early header mutation: before route selection and before any filter). With the module's filters
+/// taken out of the file, as when the module does not run (failed to load, trapped, a panic
+/// caught and the stream let go on), a client that names a cluster still reaches the default
+/// one; without the removal it would reach the cluster it named.
+#[test]
+fn with_the_module_not_running_a_client_header_picks_no_cluster() {
+    let modules = ["envoy.filters.http.wasm", "envoy.filters.http.dynamic_modules"];
+    let primary = Backend::named(Behavior::Status(200), "primary").unwrap();
+    let secondary = Backend::named(Behavior::Status(200), "secondary").unwrap();
+    let flaky = Backend::named(Behavior::Status(200), "flaky").unwrap();
+    let mut configs: Vec<(String, String, &str)> = [Example::Module, Example::Chain, Example::Native]
+        .into_iter()
+        .map(|e| {
+            let yaml = xtask::demo::example_config(e, primary.addr(), secondary.addr(), flaky.addr()).unwrap();
+            (format!("{e:?}"), yaml, "flaky")
+        })
+        .collect();
+    let path = test_harness::paths::workspace_root().join("envoy-examples/health_router/envoy.yaml");
+    let health_router = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("port_value: 10000", "port_value: 0")
+        .replace("port_value: 9901", "port_value: 0")
+        .replace("port_value: 8081", &format!("port_value: {}", primary.addr().port()))
+        .replace("port_value: 8082", &format!("port_value: {}", secondary.addr().port()))
+        .replace("filename: target/", &format!("filename: {}/", test_harness::paths::target_dir().display()));
+    configs.push(("health_router".into(), health_router, "secondary"));
+    for (name, yaml, claim) in configs {
+        let early = "envoy.http.early_header_mutation.header_mutation";
+        assert!(yaml.contains(early), "{name}: no removal of the client's header");
+        let unguarded = without_filters(&yaml, &modules);
+        assert_eq!(reached(&unguarded, claim).as_deref(), Some("primary"), "{name}: the client picked {claim}");
+        let bare = without_filters(&unguarded, &[early]).replace("early_header_mutation_extensions:", "");
+        assert_eq!(reached(&bare, claim).as_deref(), Some(claim), "{name}: the check can tell");
+    }
+}
