@@ -30,7 +30,7 @@ use super::ConfigError;
 /// The fix for text that is not one JSON value.
 const FIX_SYNTAX: &str = "the plugin configuration must be one JSON object, e.g. {} for all defaults";
 /// The fix for a well-formed document with a wrong field, type or value.
-const FIX_SHAPE: &str = "see the filter's configuration reference in README.md for the accepted fields and types";
+const FIX_SHAPE: &str = "see the stage's reference page under docs/reference/ for the accepted fields and types";
 /// The fix for a document nested deeper than [`MAX_DEPTH`].
 const FIX_DEPTH: &str = "a plugin configuration nests a few levels deep: check the brackets";
 /// The fix for bytes that are not UTF-8.

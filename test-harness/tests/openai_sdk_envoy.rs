@@ -102,7 +102,7 @@ fn a_provider_answering_500_costs_the_sdk_one_retry_not_the_call() {
     let v = sdk(&envoy, &["call", "alice"]);
     assert_eq!((v["ok"].as_bool(), v["retries"].as_u64()), (Some(true), Some(1)), "{v}");
     assert_eq!(v["content"], "hello from secondary");
-    // The answer names the model as the provider that served it does (README: "LLM gateway").
+    // The answer names the model as the provider that served it does (docs/reference/llm.md).
     assert_eq!(v["model"], "gpt-4o-2024-08-06");
     assert_eq!((primary.requests(), secondary.requests()), (1, 1), "one failed attempt, one served");
 
