@@ -33,6 +33,15 @@ pub struct Limiter {
     pub quiet_since: u64,
 }
 
+/// The latency sample a finished request gives, from the `response.code_details` of its answer
+/// and the time from the request to the response headers: only the upstream's own answers
+/// (`via_upstream`, or a host that reports no details) measure it. Envoy's local replies (a
+/// refused connection, an overflow, no healthy host) are fast and would teach a no-load latency
+/// the upstream never has.
+pub fn latency_sample(details: &str, elapsed_ns: u64) -> Option<u64> {
+    (details.is_empty() || details == "via_upstream").then_some(elapsed_ns)
+}
+
 impl Limiter {
     /// A cluster's first state.
     pub fn new(config: &ConcurrencyConfig) -> Limiter {
@@ -304,5 +313,13 @@ mod tests {
         let mut l = Limiter { limit: 1000, ..Limiter::new(&narrower) };
         l.admit(&narrower, Class::Critical, S);
         assert_eq!(l.limit, 3);
+    }
+
+    #[test]
+    fn only_the_upstreams_own_answers_are_latency_samples() {
+        assert_eq!(latency_sample("via_upstream", 7), Some(7));
+        assert_eq!(latency_sample("", 7), Some(7));
+        assert_eq!(latency_sample("upstream_reset_before_response_started{connection_failure}", 7), None);
+        assert_eq!(latency_sample("no_healthy_upstream", 7), None);
     }
 }

@@ -28,4 +28,4 @@ mod config;
 mod limiter;
 
 pub use config::{Class, ConcurrencyConfig, ConcurrencyJson, ConcurrencyRule};
-pub use limiter::{Admission, Limiter};
+pub use limiter::{latency_sample, Admission, Limiter};

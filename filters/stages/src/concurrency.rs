@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use upstream_guard::access_log::{key, Fields};
-use upstream_guard::concurrency::{Admission, Class, ConcurrencyConfig, Limiter};
+use upstream_guard::concurrency::{latency_sample, Admission, Class, ConcurrencyConfig, Limiter};
 use upstream_guard::details;
 use upstream_guard::ratelimit::{retry_after_secs, ClientIp, Mode};
 use upstream_guard_glue::shared::{self, UpdateError};
@@ -54,6 +54,9 @@ pub struct Concurrency {
     /// cluster key: taken off the count with this worker's next update of that cluster, so that
     /// a lost end never holds a slot. Bounded by the clusters Envoy has.
     owed: RefCell<HashMap<Vec<u8>, u32>>,
+    /// What the class rules' request view needs of a client address section (they never read
+    /// the address), made once.
+    client_ip: ClientIp,
 }
 
 /// Per stream: the cluster whose count holds this request, when it went on, and its latency to
@@ -68,7 +71,12 @@ pub struct ConcurrencyStream {
 impl Concurrency {
     /// The stage for `config`.
     pub fn new(config: ConcurrencyConfig) -> Concurrency {
-        Concurrency { config, metrics: Family::new(define), owed: RefCell::new(HashMap::new()) }
+        Concurrency {
+            config,
+            metrics: Family::new(define),
+            owed: RefCell::new(HashMap::new()),
+            client_ip: ClientIp::default(),
+        }
     }
 
     /// The request's class: the first rule that matches it, `normal` otherwise. (The rules
@@ -77,8 +85,7 @@ impl Concurrency {
         if self.config.rules.is_empty() {
             return Class::Normal;
         }
-        let client_ip = ClientIp::default();
-        let mut view = View { cx, client_ip: &client_ip, client: None };
+        let mut view = View { cx, client_ip: &self.client_ip, client: None };
         self.config.rules.iter().find(|r| r.matcher.matches(&mut view)).map_or(Class::Normal, |r| r.class)
     }
 
@@ -187,13 +194,8 @@ impl Stage for Concurrency {
             // Not counted, or a later stage of this module refused it: no latency of the upstream's.
             return;
         }
-        // Only the upstream's own answers measure its latency: Envoy's local replies (a refused
-        // connection, an overflow, no healthy host) are fast and would teach a no-load latency
-        // the upstream never has.
-        let details = cx.observation().details.clone();
-        if details.is_empty() || details == "via_upstream" {
-            st.latency_ns = Some(cx.now().saturating_sub(st.sent_at));
-        }
+        let elapsed = cx.now().saturating_sub(st.sent_at);
+        st.latency_ns = latency_sample(&cx.observation().details, elapsed);
     }
 
     fn log(&self, st: &mut ConcurrencyStream, cx: &mut Cx<'_>) {
