@@ -720,7 +720,7 @@ mod tests {
         assert_eq!((e.field.as_str(), e.problem.as_str()), ("rules", "invalid type: map, expected a sequence"));
         let e = refused(r#"{"rules": [{"name": null}]}"#);
         assert_eq!((e.field.as_str(), e.problem.as_str()), ("rules[0].name", "invalid type: null, expected a string"));
-        assert!(e.fix.contains("README.md"), "{e}");
+        assert!(e.fix.contains("docs/reference/"), "the fix points to the reference: {e}");
     }
 
     #[test]
