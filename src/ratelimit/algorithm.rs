@@ -100,20 +100,43 @@ impl State {
     }
 }
 
+/// A token bucket's state seen at `now`: what [`token_bucket`] and leases
+/// ([`super::lease::take`]) both start from.
+pub(crate) struct Gcra {
+    /// Nanoseconds per token.
+    pub interval: u64,
+    /// How far ahead of now the arrival time may be for a request to conform.
+    pub tolerance: u64,
+    /// The stored theoretical arrival time.
+    pub tat: u64,
+    /// `now`, never before the latest time the bucket saw.
+    pub now: u64,
+    /// Where the next admission starts from: `max(tat, now)`.
+    pub start: u64,
+    /// The bucket's debt: `start - now`.
+    pub ahead: u64,
+}
+
+impl Gcra {
+    pub(crate) fn of(limit: &Limit, state: Option<State>, now: u64) -> Gcra {
+        let interval = limit.interval_ns();
+        let tolerance = interval.saturating_mul(limit.burst.max(1) - 1);
+        let (tat, seen) = match state {
+            Some(State::Bucket { tat, seen }) => (tat, seen),
+            _ => (0, 0),
+        };
+        let now = now.max(seen);
+        let start = tat.max(now);
+        Gcra { interval, tolerance, tat, now, start, ahead: start - now }
+    }
+}
+
 /// Token bucket, computed as GCRA (generic cell rate algorithm): one timestamp instead of a
 /// token count and a refill time, so the update is a single comparison and the stored value is
 /// tiny. A request is admitted when the bucket's theoretical arrival time is at most
 /// `interval * (burst - 1)` ahead of now; each admission pushes it one interval further.
 pub fn token_bucket(limit: &Limit, state: Option<State>, now: u64) -> (State, Decision) {
-    let interval = limit.interval_ns();
-    let tolerance = interval.saturating_mul(limit.burst.max(1) - 1);
-    let (tat, seen) = match state {
-        Some(State::Bucket { tat, seen }) => (tat, seen),
-        _ => (0, 0),
-    };
-    let now = now.max(seen);
-    let start = tat.max(now);
-    let ahead = start - now;
+    let Gcra { interval, tolerance, tat, now, start, ahead } = Gcra::of(limit, state, now);
     if ahead > tolerance {
         return (State::Bucket { tat, seen: now }, Decision::Limited { retry_after_ns: ahead - tolerance });
     }

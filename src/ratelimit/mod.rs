@@ -15,6 +15,7 @@ mod headers;
 mod key;
 pub mod rls;
 
+pub mod lease;
 mod verdict;
 
 pub use algorithm::{sliding_window, token_bucket, Algorithm, Decision, Limit, State};

@@ -77,6 +77,7 @@ fn tenants_aimed_at_the_victims_slot_never_spend_its_bucket() {
         "the victim's first request is admitted, and its limit holds"
     );
     assert_eq!(host.counter("upstream_guard.ratelimit.per-tenant.table_full"), 0);
+    p.tick_all().unwrap();
     assert_eq!(host.counter("upstream_guard.ratelimit.per-tenant.allowed"), 20);
 }
 

@@ -203,13 +203,20 @@ fn with_stats_tags(bootstrap: &Value) -> String {
     yaml
 }
 
-/// Two scrapes of a tagged Envoy: after normal traffic, and after the faults.
-fn scrapes_around_faults() -> (Scrape, Scrape, SocketAddr) {
+/// An Envoy with the stats tags and two workers, and its backends: inventory (200), payments
+/// (503) and search (502).
+fn tagged_envoy() -> (Envoy, [Backend; 3]) {
     let inventory = Backend::ok().unwrap();
     let payments = Backend::start(Behavior::Status(503)).unwrap();
     let search = Backend::start(Behavior::Status(502)).unwrap();
     let envoy =
         Envoy::start_yaml(&with_stats_tags(&bootstrap(inventory.addr(), payments.addr(), search.addr())), 2).unwrap();
+    (envoy, [inventory, payments, search])
+}
+
+/// Two scrapes of a tagged Envoy: after normal traffic, and after the faults.
+fn scrapes_around_faults() -> (Scrape, Scrape, SocketAddr) {
+    let (envoy, [inventory, _payments, _search]) = tagged_envoy();
     let addr = envoy.main().unwrap();
     let get = |path: &str| http::get(addr, path, &[]).unwrap();
 
@@ -239,6 +246,36 @@ fn scrapes_around_faults() -> (Scrape, Scrape, SocketAddr) {
     assert_eq!(diagnosis["cause"], "no_healthy_upstream");
     let after = Scrape::of(&envoy);
     (before, after, envoy.admin())
+}
+
+/// The common-path counters (admitted, routed) are counted in each VM and handed to Envoy on the
+/// tick: a scrape a little later shows exactly the requests sent, under the same names and labels.
+#[test]
+fn tallied_counters_reach_prometheus_with_exactly_the_requests_sent() {
+    let (envoy, [inventory, _payments, _search]) = tagged_envoy();
+    let addr = envoy.main().unwrap();
+    for _ in 0..37 {
+        assert_eq!(http::get(addr, "/", &[]).unwrap().status, 200);
+    }
+    let limited: Vec<u16> = (0..4).map(|_| http::get(addr, "/limited", &[]).unwrap().status).collect();
+    assert_eq!(limited, [200, 200, 429, 429]);
+    let routed = |s: &Scrape| s.value("upstream_guard_health_routed", &[("upstream_cluster", "inventory")]);
+    let allowed = |s: &Scrape| s.value("upstream_guard_ratelimit_allowed", &[("ratelimit_rule", "per-client")]);
+    // 39 requests reached inventory: 37 to `/` and the two admitted to `/limited`.
+    let flushed = eventually(Duration::from_secs(5), || {
+        let s = Scrape::of(&envoy);
+        routed(&s) == Some(39.0) && allowed(&s) == Some(2.0)
+    });
+    let s = Scrape::of(&envoy);
+    assert!(flushed, "routed {:?}, allowed {:?} after 5 s", routed(&s), allowed(&s));
+    assert_eq!(s.types.get("upstream_guard_health_routed").map(String::as_str), Some("counter"));
+    assert_eq!(s.types.get("upstream_guard_ratelimit_allowed").map(String::as_str), Some("counter"));
+    assert_eq!(s.value("upstream_guard_ratelimit_limited", &[("ratelimit_rule", "per-client")]), Some(2.0));
+    // Two more ticks: nothing is counted twice.
+    std::thread::sleep(Duration::from_millis(2_100));
+    let later = Scrape::of(&envoy);
+    assert_eq!((routed(&later), allowed(&later)), (Some(39.0), Some(2.0)));
+    assert_eq!(inventory.requests(), 39);
 }
 
 /// One scrape of an Envoy without the stats tags, after one request per route.

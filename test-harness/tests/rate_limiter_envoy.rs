@@ -1,4 +1,4 @@
-//! The rate limiter in real Envoy: exact limits across two workers under concurrent load,
+//! The rate limiter in real Envoy: exact limits across two and four workers under concurrent load,
 //! standard headers, spoof-proof client addresses, shadow mode, and refused configs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -50,16 +50,36 @@ fn hammer(addr: SocketAddr, threads: u64, total: u64, headers: &'static [(&'stat
 }
 
 fn exact_under_load(shape: Shape, algorithm: &str) {
+    exact_with(shape, algorithm, 2, 500, 2000);
+}
+
+/// `total` requests from 20 clients against one key limited to `limit` per day, on `workers`.
+fn exact_with(shape: Shape, algorithm: &str, workers: u32, limit: u64, total: u64) -> u64 {
     let b = Backend::ok().unwrap();
     let cfg = json!({"rules": [{"name": "global", "key": [{"constant": "all"}], "algorithm": algorithm,
-        "limit": {"requests": 500, "per": "24h"}}]});
-    let envoy = envoy_with(vec![limiter(shape, cfg)], &b, 2);
-    let (admitted, limited) = hammer(envoy.main().unwrap(), 20, 2000, &[]);
-    println!("{algorithm}: admitted {admitted}, limited {limited} of 2000 (limit 500, 2 workers)");
-    assert_eq!(admitted + limited, 2000);
-    assert!((495..=505).contains(&admitted), "admitted {admitted}, expected 500 ± 1%");
+        "limit": {"requests": limit, "per": "24h"}}]});
+    let envoy = envoy_with(vec![limiter(shape, cfg)], &b, workers);
+    let (admitted, limited) = hammer(envoy.main().unwrap(), 20, total, &[]);
+    println!("{algorithm}: admitted {admitted}, limited {limited} of {total} (limit {limit}, {workers} workers)");
+    assert_eq!(admitted + limited, total);
+    let slack = limit / 100;
+    assert!((limit - slack..=limit + slack).contains(&admitted), "admitted {admitted}, expected {limit} ± 1%");
     assert_eq!(b.requests(), admitted, "the backend saw exactly the admitted requests");
     assert_eq!(envoy.stat("upstream_guard.ratelimit.global.limited").unwrap(), Some(limited));
+    admitted
+}
+
+fn token_bucket_is_exact_across_four_workers_under_concurrent_load(shape: Shape) {
+    exact_with(shape, "token_bucket", 4, 500, 2000);
+}
+
+/// A burst large enough that workers lease tokens from a full bucket: never more than the
+/// limit, and no more held back than the documented share (1/256 of the burst, and one lease
+/// of at most 64 tokens per worker).
+fn a_large_bucket_leased_by_four_workers_admits_its_burst_less_at_most_the_held_share(shape: Shape) {
+    let admitted = exact_with(shape, "token_bucket", 4, 16_384, 18_000);
+    assert!(admitted <= 16_384, "admitted {admitted}: more than the limit");
+    assert!(admitted >= 16_384 - 64 - 4 * 64, "admitted {admitted}: more held back than documented");
 }
 
 fn token_bucket_is_exact_across_two_workers_under_concurrent_load(shape: Shape) {
@@ -172,6 +192,8 @@ fn invalid_config_is_refused_by_envoy_with_the_field_named(shape: Shape) {
 test_harness::both_shapes!(
     token_bucket_is_exact_across_two_workers_under_concurrent_load,
     sliding_window_is_exact_across_two_workers_under_concurrent_load,
+    token_bucket_is_exact_across_four_workers_under_concurrent_load,
+    a_large_bucket_leased_by_four_workers_admits_its_burst_less_at_most_the_held_share,
     refused_requests_carry_retry_after_and_ratelimit_fields_and_are_diagnosed,
     spoofed_left_most_forwarded_for_does_not_dodge_the_limit,
     shadow_mode_passes_everything_and_counts_would_be_refusals,

@@ -251,9 +251,11 @@ fn instructions_per_request(cfg: &Value, n: u32) -> Result<f64, BenchError> {
     let total = dumped_total(dir.path())?;
     drop(envoy);
     // `UG_CALLGRIND_KEEP=<dir>`: keep the dumps, for `callgrind_annotate` (where the
-    // instructions go).
+    // instructions go): one folder per row, `row-1`, `row-2`, ... in the order the rows ran.
     if let Some(keep) = std::env::var_os("UG_CALLGRIND_KEEP") {
         let keep = PathBuf::from(keep);
+        let ran = std::fs::read_dir(&keep).map_or(0, |d| d.flatten().filter(|e| e.path().is_dir()).count());
+        let keep = keep.join(format!("row-{}", ran + 1));
         let _ = std::fs::create_dir_all(&keep);
         for e in std::fs::read_dir(dir.path()).map_err(err)?.flatten() {
             let _ = std::fs::copy(e.path(), keep.join(e.file_name()));

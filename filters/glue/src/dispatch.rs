@@ -154,7 +154,7 @@ pub fn configure<P: Pipeline>(vm: VmKey<P>, root_id: u32, size: usize) -> u32 {
     pipeline.request_headers_read(&mut reads);
     reads.sort_unstable();
     reads.dedup();
-    if let Some(ms) = pipeline.tick_ms() {
+    if let Some(ms) = crate::metrics::tick_period(pipeline.tick_ms()) {
         let _ = host::set_tick_period(ms);
     }
     // Defined now: the dynamic module can define metrics only while a configuration is created.
@@ -363,6 +363,7 @@ pub fn tick<P: Pipeline>(vm: VmKey<P>, root_id: u32) {
     if let Some(root) = root(vm, root_id) {
         root.pipeline.tick(host::now());
     }
+    crate::metrics::flush();
     crate::metrics::report_memory();
 }
 

@@ -33,6 +33,6 @@ pub mod stream;
 
 pub use abi::{BufferType, MapType, Status};
 pub use host::Level;
-pub use metrics::{Counter, Family, Gauge};
+pub use metrics::{Counter, Family, Gauge, Tally};
 pub use stage::{BodyAction, Event, Flow, LocalReply, Pipeline, Stage, Step};
 pub use stream::{Cx, Facts, Note, Phase, Replied};

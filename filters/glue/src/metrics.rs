@@ -29,6 +29,90 @@ impl Counter {
     }
 }
 
+/// How often a `.wasm` hands its [`Tally`] counts to the host, at most (ms): the tick period of
+/// every `.wasm` is at most this.
+pub const FLUSH_MS: u32 = 1_000;
+
+thread_local! {
+    /// Counts of this VM's [`Tally`] counters not yet handed to the host: (metric id, count).
+    static PENDING: RefCell<Vec<(u32, u64)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A counter bumped on the common path (admitted, routed). In a `.wasm` every host call costs a
+/// trip out of the sandbox, so counts add up in the VM and reach the host on its next tick, at
+/// most [`FLUSH_MS`] later: Envoy's `/stats` and Prometheus see the same names and totals, up to
+/// a second late. In the dynamic module a host counter is cheap and counts at once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tally {
+    id: Option<u32>,
+    /// This VM's pending slot.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    slot: usize,
+}
+
+impl Tally {
+    /// Defines `name`.
+    pub fn define(name: &str) -> Tally {
+        let id = host::define_metric(MetricKind::Counter, name).ok();
+        let slot = match id {
+            Some(id) => PENDING.with(|p| match p.try_borrow_mut() {
+                Ok(mut p) => {
+                    p.push((id, 0));
+                    p.len() - 1
+                }
+                Err(_) => usize::MAX,
+            }),
+            None => usize::MAX,
+        };
+        Tally { id, slot }
+    }
+
+    /// Adds one.
+    pub fn inc(self) {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let counted = PENDING.with(|p| match p.try_borrow_mut() {
+                Ok(mut p) => match p.get_mut(self.slot) {
+                    Some((_, n)) => {
+                        *n = n.saturating_add(1);
+                        true
+                    }
+                    None => false,
+                },
+                Err(_) => false,
+            });
+            if counted {
+                return;
+            }
+        }
+        Counter(self.id).inc();
+    }
+}
+
+/// Hands every pending [`Tally`] count to the host (on each tick): one host call per counter
+/// that moved, none for the others.
+pub fn flush() {
+    let moved: Vec<(u32, u64)> = PENDING.with(|p| match p.try_borrow_mut() {
+        Ok(mut p) => p.iter_mut().filter(|(_, n)| *n > 0).map(|(id, n)| (*id, std::mem::take(n))).collect(),
+        Err(_) => Vec::new(),
+    });
+    for (id, n) in moved {
+        Counter(Some(id)).add(n);
+    }
+}
+
+/// The tick period a module needs: the stages' own, and at most [`FLUSH_MS`] in a `.wasm` that
+/// defined a [`Tally`] (its counts are flushed on the tick; such a module must export
+/// `proxy_on_tick`).
+pub fn tick_period(stages: Option<u32>) -> Option<u32> {
+    let tallies = PENDING.with(|p| p.try_borrow().map_or(true, |p| !p.is_empty()));
+    if cfg!(target_arch = "wasm32") && tallies {
+        Some(stages.map_or(FLUSH_MS, |ms| ms.min(FLUSH_MS)))
+    } else {
+        stages
+    }
+}
+
 /// A gauge; a no-op on a host without metrics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gauge(Option<u32>);

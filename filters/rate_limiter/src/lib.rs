@@ -3,5 +3,5 @@ upstream_guard_glue::export_filter!(
     "rate_limiter",
     (upstream_guard_stages::RateLimiter,),
     upstream_guard_stages::rate_limiter,
-    [grpc]
+    [tick, grpc]
 );

@@ -28,7 +28,7 @@ use upstream_guard::health::{
     report_json, CheckResult, Health, HealthCheck, HealthConfig, HealthTransition, Lease, Pick, Routing,
 };
 use upstream_guard_glue::shared::{self, Epoch, Snapshot};
-use upstream_guard_glue::{host, BufferType, Counter, Cx, Flow, Gauge, Level, LocalReply, MapType, Stage};
+use upstream_guard_glue::{host, BufferType, Counter, Cx, Flow, Gauge, Level, LocalReply, MapType, Stage, Tally};
 
 const CAS_ATTEMPTS: u32 = 16;
 
@@ -57,7 +57,8 @@ struct UpstreamMetrics {
     ejections: Counter,
     /// Answers later than `passive.slow.after` (counted only with `passive.slow`).
     slow: Counter,
-    routed: Counter,
+    /// Requests routed to this upstream (the common path: a [`Tally`]).
+    routed: Tally,
 }
 
 /// What this worker's prober remembers.
@@ -104,7 +105,7 @@ impl Pool {
                     checks_unsent: Counter::define(&format!("{base}.checks_unsent")),
                     ejections: Counter::define(&format!("{base}.ejections")),
                     slow: Counter::define(&format!("{base}.slow")),
-                    routed: Counter::define(&format!("{base}.routed")),
+                    routed: Tally::define(&format!("{base}.routed")),
                 }
             })
             .collect();

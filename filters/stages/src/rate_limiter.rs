@@ -25,6 +25,7 @@ use upstream_guard::details;
 use upstream_guard::hash::Secret;
 use upstream_guard::peer::{client_addr, ClientAddr, Prefixes};
 use upstream_guard::ratelimit::global::{self, ServiceError};
+use upstream_guard::ratelimit::lease::{self, Leases};
 use upstream_guard::ratelimit::rls::{self, RateLimitDescriptor};
 use upstream_guard::ratelimit::{
     ratelimit_field, retry_after_secs, ClientIp, Decision, GlobalStatus, OnServiceError, Outcome, OverLimitMemo,
@@ -32,7 +33,7 @@ use upstream_guard::ratelimit::{
 };
 use upstream_guard::slots::Place;
 use upstream_guard_glue::shared::{self, Owned, UpdateError};
-use upstream_guard_glue::{host, metrics, Counter, Cx, Event, Flow, Level, LocalReply, Stage};
+use upstream_guard_glue::{host, metrics, Counter, Cx, Event, Flow, Level, LocalReply, Stage, Tally};
 
 /// Calls one worker lets wait at once; past that, a global rule acts as if its service failed.
 pub const MAX_WAITING: usize = 10_000;
@@ -41,7 +42,8 @@ const WARN_EVERY_NS: u64 = 10_000_000_000;
 
 /// Counters of one rule.
 struct RuleMetrics {
-    allowed: Counter,
+    /// Admissions (the common path: a [`Tally`]).
+    allowed: Tally,
     limited: Counter,
     shadow_limited: Counter,
     contention: Counter,
@@ -78,6 +80,8 @@ pub struct RateLimiter {
     warned_service_at: Cell<Option<u64>>,
     /// The slot-hash secret of this process ([`shared::secret`]).
     secret: Secret,
+    /// This worker's leases of tokens and memos of refusals ([`Leases`]).
+    leases: RefCell<Leases>,
 }
 
 impl RateLimiter {
@@ -90,7 +94,7 @@ impl RateLimiter {
                 let base = format!("upstream_guard.ratelimit.{}", metrics::segment(&r.name));
                 let counter = |name: &str| Counter::define(&format!("{base}.{name}"));
                 RuleMetrics {
-                    allowed: counter("allowed"),
+                    allowed: Tally::define(&format!("{base}.allowed")),
                     limited: counter("limited"),
                     shadow_limited: counter("shadow_limited"),
                     contention: counter("contention"),
@@ -116,6 +120,7 @@ impl RateLimiter {
             warned: Cell::new(false),
             waiters: Rc::default(),
             warned_service_at: Cell::new(None),
+            leases: RefCell::new(Leases::new()),
         }
     }
 
@@ -166,10 +171,17 @@ impl RateLimiter {
         reply
     }
 
-    /// Takes a token from the key's own bucket (a slot it owns in the rule's share of the table:
-    /// never another key's bucket).
-    fn local(&self, rule: &Rule, m: &RuleMetrics, place: &Place, now: u64) -> Decision {
+    /// Takes a token for rule `index` from the key's own bucket (a slot it owns in the rule's
+    /// share of the table: never another key's bucket): from this worker's lease when it holds
+    /// one, else from the shared bucket, leasing more when the key is hot here ([`lease`]).
+    fn local(&self, index: usize, rule: &Rule, m: &RuleMetrics, place: &Place, now: u64) -> Decision {
         let config = &self.config;
+        let id = u32::try_from(index).unwrap_or(u32::MAX);
+        let Ok(mut leases) = self.leases.try_borrow_mut() else { return config.on_contention.decision(&rule.limit) };
+        if let Some(decision) = leases.local(id, place.fingerprint, &rule.limit, now) {
+            return decision;
+        }
+        let want = leases.want(id, place.fingerprint, now);
         let outcome = shared::update_owned(
             place,
             |slot| slot_key(b"ug.rl.", slot),
@@ -177,12 +189,21 @@ impl RateLimiter {
             |other| State::decode(other).is_none_or(|st| st.at_rest(&rule.limit, now)),
             |cur| {
                 let state = cur.and_then(State::decode);
-                let (next, decision) = rule.algorithm.check(&rule.limit, state, now);
-                (decision.allowed().then(|| next.encode()), decision)
+                let (next, grant) = lease::take(rule.algorithm, &rule.limit, state, now, want);
+                (grant.decision.allowed().then(|| next.encode()), grant)
             },
         );
+        if !matches!(outcome, Ok(Owned::Done(_))) {
+            leases.forget(id, place.fingerprint);
+        }
+        drop(leases);
         let outcome = match outcome {
-            Ok(Owned::Done(decision)) => return decision,
+            Ok(Owned::Done(grant)) => {
+                if let Ok(mut leases) = self.leases.try_borrow_mut() {
+                    leases.record(id, place.fingerprint, &grant, now);
+                }
+                return grant.decision;
+            }
             Ok(Owned::Full) => {
                 m.table_full.inc();
                 return config.on_contention.decision(&rule.limit);
@@ -295,7 +316,7 @@ impl RateLimiter {
         match g.on_error {
             OnServiceError::Local => {
                 gm.fallback.inc();
-                let decision = self.local(rule, m, &part.place, now);
+                let decision = self.local(part.rule, rule, m, &part.place, now);
                 if decision.allowed() {
                     m.allowed.inc();
                 }
@@ -582,7 +603,7 @@ impl Stage for RateLimiter {
                 asks.push(Ask { part: Part { rule: i, place }, descriptor });
                 continue;
             }
-            let decision = self.local(rule, m, &place, now);
+            let decision = self.local(i, rule, m, &place, now);
             if decision.allowed() {
                 m.allowed.inc();
             }

@@ -432,7 +432,7 @@ impl<'h> Run<'h> {
             .shared_data(self.case.target.name(), "ug.secret")
             .and_then(|(v, _)| Secret::from_bytes(&v))
             .ok_or_else(|| self.fail(Kind::Keys, "no slot secret in shared data after a request".to_string()))?;
-        let after = counters(self.host, config);
+        let after = counters(self.host, self.plugin, config);
         let mut slots = Vec::new();
         for (i, rule) in config.rules.iter().enumerate() {
             let allowed = after[i].0 - before[i].0;
@@ -679,7 +679,7 @@ impl<'h> Run<'h> {
                 s.set_property_bytes(path, &b);
             }
         }
-        let before = self.model.limiter.as_ref().map(|c| counters(self.host, c)).unwrap_or_default();
+        let before = self.model.limiter.as_ref().map(|c| counters(self.host, self.plugin, c)).unwrap_or_default();
         let rl_before: HashMap<Vec<u8>, Vec<u8>> = if self.model.limiter.is_some() {
             self.host
                 .shared_data_entries(self.case.target.name())
@@ -1022,7 +1022,9 @@ fn is_diagnosis_json(body: &[u8]) -> bool {
 }
 
 /// Every rule's (allowed, contention) counters.
-fn counters(host: &Host, config: &RateLimitConfig) -> Vec<(i64, i64)> {
+fn counters(host: &Host, plugin: &Plugin, config: &RateLimitConfig) -> Vec<(i64, i64)> {
+    // Admissions reach the host on the tick.
+    let _ = plugin.tick_all();
     config
         .rules
         .iter()
