@@ -108,3 +108,29 @@ fn the_readme_is_the_front_page() {
     let size = std::fs::metadata(paths::workspace_root().join("README.md")).unwrap().len();
     assert!(size <= 15 * 1024, "README.md is {size} bytes: the rest belongs in the book under docs/");
 }
+
+/// The troubleshooting page has a section for every cause the diagnosis can name, under the
+/// cause's own name (so `#<cause>` finds it), opening with the hint the header carries, word for
+/// word: the page and the code cannot drift apart.
+#[test]
+fn troubleshooting_covers_every_cause() {
+    use upstream_guard::diagnose::Cause;
+    let page = paths::workspace_root().join("docs").join("operations").join("troubleshooting.md");
+    let text = std::fs::read_to_string(&page).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut missing = Vec::new();
+    for cause in Cause::ALL {
+        let heading = format!("### {}", cause.token());
+        let Some(at) = lines.iter().position(|l| *l == heading) else {
+            missing.push(format!("{}: no `{heading}` section", cause.token()));
+            continue;
+        };
+        let quote = lines[at + 1..].iter().find(|l| !l.trim().is_empty()).copied().unwrap_or_default();
+        if quote != format!("> {}", cause.hint()) {
+            missing.push(format!("{}: the section opens with {quote:?}, not the hint", cause.token()));
+        }
+    }
+    let sections = lines.iter().filter(|l| l.starts_with("### ")).count();
+    assert_eq!(sections, Cause::ALL.len(), "a section for a cause the code does not have");
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}

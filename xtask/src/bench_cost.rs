@@ -376,7 +376,7 @@ pub fn run(plan: &Plan) -> Result<Value, BenchError> {
     }
     println!();
     drop(envoys);
-    let memory = memory_at_four_workers(backend_addr)?;
+    let memory = memory_at(backend_addr, 4)?;
     let sizes = module_sizes();
     Ok(json!({"rows": out, "rss_concurrency_4": memory, "sizes": sizes}))
 }
@@ -420,31 +420,80 @@ pub fn instructions(plan: &Plan, only: Option<&str>) -> Result<Value, BenchError
     Ok(Value::Array(out))
 }
 
-/// Envoy's resident memory at `--concurrency 4` (VMs are per worker), two seconds after start.
-fn memory_at_four_workers(backend: SocketAddr) -> Result<Value, BenchError> {
+/// Only resident memory (at one and four workers) and the module sizes (`bench --memory`).
+pub fn memory() -> Result<Value, BenchError> {
+    let backend = test_harness::backend::Backend::ok().map_err(err)?;
+    let one = memory_at(backend.addr(), 1)?;
+    let memory = memory_at(backend.addr(), 4)?;
+    let sizes = module_sizes();
+    Ok(json!({"rss_concurrency_1": one, "rss_concurrency_4": memory, "sizes": sizes}))
+}
+
+/// Envoy's `memory_allocator_manager`: tcmalloc hands free pages back to the system in the
+/// background (here up to 64 MiB a second).
+fn releasing(mut cfg: Value) -> Value {
+    cfg["memory_allocator_manager"] = json!({"bytes_to_release": 67_108_864u64, "memory_release_interval": "1s"});
+    cfg
+}
+
+/// Envoy's resident memory at `--concurrency workers` (VMs are per worker), three seconds after
+/// start, as Envoy starts by default and with `memory_allocator_manager`; with what tcmalloc
+/// holds (`/memory`: in use by Envoy, and free but kept), and the VMs' own linear memory. V8's
+/// compiler frees what it used once the module is compiled, but tcmalloc keeps those pages
+/// unless told to release them.
+fn memory_at(backend: SocketAddr, workers: u32) -> Result<Value, BenchError> {
     let all = rows()?;
     let wanted = ["passthrough", "floor: empty SDK filter", CHAINED, ALL_WASM, ALL_NATIVE];
-    println!("Envoy resident memory two seconds after start, --concurrency 4");
-    println!("| configuration | RSS MiB | vs floor MiB |");
-    println!("|---|---:|---:|");
+    println!("Envoy resident memory three seconds after start, --concurrency {workers}");
+    println!(
+        "| configuration | RSS MiB | vs floor MiB | heap in use MiB | heap free, kept MiB | guest linear memory MiB (all VMs) | RSS with memory_allocator_manager MiB | vs floor MiB |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut out = Vec::new();
-    let mut floor = None;
+    let mut floor: Option<(Option<u64>, Option<u64>)> = None;
     for r in all.iter().filter(|r| wanted.contains(&r.name.as_str())) {
-        let e =
-            Envoy::start_launch(&config(r, backend), &Launch { concurrency: 4, ..Launch::default() }).map_err(err)?;
-        std::thread::sleep(Duration::from_secs(2));
-        let rss = e.rss_bytes();
+        let launch = Launch { concurrency: workers, ..Launch::default() };
+        let measure = |cfg: &Value| -> Result<(Option<u64>, Value, Option<u64>), BenchError> {
+            let e = Envoy::start_launch(cfg, &launch).map_err(err)?;
+            std::thread::sleep(Duration::from_secs(3));
+            let heap = http::get(e.admin(), "/memory", &[])
+                .ok()
+                .and_then(|r| serde_json::from_str::<Value>(&r.text()).ok())
+                .unwrap_or(Value::Null);
+            // Each VM adds its linear memory to this gauge on its tick.
+            let linear = e.stat("upstream_guard.vm.memory_bytes").ok().flatten();
+            Ok((e.rss_bytes(), heap, linear))
+        };
+        let (rss, heap, linear) = measure(&config(r, backend))?;
+        let (released, _, _) = measure(&releasing(config(r, backend)))?;
+        let field = |k: &str| heap[k].as_str().and_then(|v| v.parse::<u64>().ok());
+        let kept = match (field("pageheap_free"), field("total_thread_cache")) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
         if r.name.starts_with("floor") {
-            floor = rss;
+            floor = Some((rss, released));
         }
-        let over = match (rss, floor) {
+        let over = |a: Option<u64>, f: Option<u64>| match (a, f) {
             (Some(a), Some(f)) if !r.name.starts_with("passthrough") => {
                 format!("{:+.1}", (a as f64 - f as f64) / 1048576.0)
             }
             _ => "—".into(),
         };
-        println!("| {} | {} | {over} |", r.name, mib(rss));
-        out.push(json!({"configuration": r.name, "rss_bytes": rss}));
+        let (f_rss, f_released) = floor.unwrap_or((None, None));
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            mib(rss),
+            over(rss, f_rss),
+            mib(field("allocated")),
+            mib(kept),
+            mib(linear),
+            mib(released),
+            over(released, f_released)
+        );
+        out.push(json!({"configuration": r.name, "rss_bytes": rss, "heap": heap, "linear_memory_bytes": linear,
+                        "rss_with_memory_allocator_manager_bytes": released}));
     }
     println!();
     Ok(Value::Array(out))

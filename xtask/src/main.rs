@@ -115,6 +115,9 @@ fn main() -> ExitCode {
                 .map(drop)
                 .map_err(|e| TaskError(e.0))
         }),
+        Some("bench") if args.iter().any(|a| a == "--memory") => setup()
+            .and_then(|()| build())
+            .and_then(|()| xtask::bench_cost::memory().map(drop).map_err(|e| TaskError(e.0))),
         Some("bench") if args.iter().any(|a| a == "--global") => setup().and_then(|()| build()).and_then(|()| {
             xtask::bench::global_rate_limit(&xtask::bench::Plan::full()).map(drop).map_err(|e| TaskError(e.0))
         }),
