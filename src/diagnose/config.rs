@@ -74,6 +74,10 @@ pub struct DiagnosticsJson {
     /// diagnosis as JSON (same fields) and fix `content-length`. gRPC replies are never rewritten.
     #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
     pub json_body: bool,
+    /// Where the troubleshooting page is published (`http://` or `https://`, no `#`): every
+    /// diagnosis then carries `docs="<docs_url>#<cause>"`, the cause's own section. Unset: no link.
+    #[cfg_attr(feature = "schema", schemars(pattern(r"^https?://[!-~]+$")))]
+    pub docs_url: Option<String>,
 }
 
 impl Default for DiagnosticsJson {
@@ -87,6 +91,7 @@ impl Default for DiagnosticsJson {
             debug_header: None,
             debug_token: None,
             json_body: false,
+            docs_url: None,
         }
     }
 }
@@ -110,6 +115,8 @@ pub struct DiagnosticsConfig {
     pub trust: Trust,
     pub debug: Option<DebugUnlock>,
     pub json_body: bool,
+    /// The troubleshooting page's address, for the `docs` link of each cause.
+    pub docs_url: Option<String>,
 }
 
 impl DiagnosticsConfig {
@@ -117,6 +124,25 @@ impl DiagnosticsConfig {
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         crate::config::parse_json::<DiagnosticsJson>(bytes)?.validate()
     }
+}
+
+/// Checks `docs_url`: an absolute `http(s)` address of visible ASCII (it goes into a header),
+/// without a fragment (the cause is appended as one).
+fn docs_url(url: String) -> Result<String, ConfigError> {
+    let scheme = url.starts_with("https://") || url.starts_with("http://");
+    let fix =
+        "give the page's address, e.g. \"https://docs.example.com/upstream-guard/operations/troubleshooting.html\"";
+    if !scheme || url.len() > 512 || !url.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::new(
+            "docs_url",
+            "is not an http:// or https:// address of at most 512 visible ASCII characters",
+            fix,
+        ));
+    }
+    if url.contains('#') {
+        return Err(ConfigError::new("docs_url", "has a #fragment: the cause is appended as one", "drop the #..."));
+    }
+    Ok(url)
 }
 
 impl DiagnosticsJson {
@@ -153,6 +179,7 @@ impl DiagnosticsJson {
                 Some(DebugUnlock { header, token })
             }
         };
+        let docs_url = self.docs_url.map(docs_url).transpose()?;
         Ok(DiagnosticsConfig {
             header: self.header,
             when: self.on,
@@ -160,6 +187,24 @@ impl DiagnosticsJson {
             trust,
             debug,
             json_body: self.json_body,
+            docs_url,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docs_url_takes_an_http_address_without_a_fragment() {
+        let ok = DiagnosticsConfig::from_json(br#"{"docs_url": "https://docs.example.com/ug/troubleshooting.html"}"#)
+            .unwrap();
+        assert_eq!(ok.docs_url.as_deref(), Some("https://docs.example.com/ug/troubleshooting.html"));
+        for bad in [r#""ftp://x""#, r#""https://x/a b""#, r#""https://x/t.html#top""#, r#""/troubleshooting""#] {
+            let e = DiagnosticsConfig::from_json(format!(r#"{{"docs_url": {bad}}}"#).as_bytes()).unwrap_err();
+            assert_eq!(e.field, "docs_url", "{bad}: {e}");
+        }
+        assert_eq!(DiagnosticsConfig::from_json(b"{}").unwrap().docs_url, None);
     }
 }

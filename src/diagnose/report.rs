@@ -23,6 +23,8 @@ pub struct Report<'a> {
     pub retry_after: Option<u64>,
     /// Per-upstream reasons a stage gave (they name clusters: trusted clients only).
     pub reasons: Option<&'a str>,
+    /// The troubleshooting page (`docs_url`): the report links to the cause's section.
+    pub docs: Option<&'a str>,
 }
 
 impl<'a> Report<'a> {
@@ -37,7 +39,13 @@ impl<'a> Report<'a> {
             attempts: None,
             retry_after: None,
             reasons: None,
+            docs: None,
         }
+    }
+
+    /// The link to this cause's troubleshooting section, when a page is configured.
+    pub fn docs_link(&self) -> Option<String> {
+        self.docs.map(|base| format!("{base}#{}", self.cause.token()))
     }
 
     /// Envoy's short flag names (`UF,URX`), `-` for none.
@@ -86,6 +94,9 @@ impl<'a> Report<'a> {
             }
         }
         d.string("hint", self.cause.hint());
+        if let Some(link) = self.docs_link() {
+            d.string("docs", &link);
+        }
         d.finish()
     }
 
@@ -124,6 +135,9 @@ impl<'a> Report<'a> {
             }
         }
         m.insert("hint".into(), Value::from(self.cause.hint()));
+        if let Some(link) = self.docs_link() {
+            m.insert("docs".into(), Value::from(link));
+        }
         Value::Object(m).to_string()
     }
 }
@@ -154,6 +168,7 @@ mod tests {
             attempts: Some(1),
             retry_after: None,
             reasons: None,
+            docs: None,
         }
     }
 
@@ -172,6 +187,17 @@ mod tests {
         let v = refused().header_value(false);
         assert!(v.starts_with("cause=connection_refused, flags=\"UF\", hint="), "{v}");
         assert!(!v.contains("127.0.0.1") && !v.contains("backend\""), "{v}");
+    }
+
+    #[test]
+    fn a_configured_page_links_every_client_to_the_causes_section() {
+        let mut r = refused();
+        assert!(!r.header_value(false).contains("docs="), "no page, no link");
+        r.docs = Some("https://docs.example.com/ug/troubleshooting.html");
+        let link = "https://docs.example.com/ug/troubleshooting.html#connection_refused";
+        assert!(r.header_value(false).ends_with(&format!("docs=\"{link}\"")), "{}", r.header_value(false));
+        let v: Value = serde_json::from_str(&r.json(false)).unwrap();
+        assert_eq!(v["docs"], link);
     }
 
     #[test]

@@ -91,7 +91,10 @@ fn table_fields(text: &str) -> Vec<String> {
 /// (path, value) written into the example.
 fn extras(target: Target) -> Vec<(&'static str, Value)> {
     match target {
-        Target::Diagnostics => vec![("trust_x_forwarded_for", json!(false))],
+        Target::Diagnostics => vec![
+            ("trust_x_forwarded_for", json!(false)),
+            ("docs_url", json!("https://docs.example.com/upstream-guard/operations/troubleshooting.html")),
+        ],
         Target::RateLimiter => vec![
             ("apply", json!("first")),
             ("on_contention", json!("allow")),

@@ -320,6 +320,28 @@ fn debug_token_is_not_forwarded_upstream(shape: Shape) {
     assert_eq!(r.status, 200, "filters after diagnostics never saw the token");
 }
 
+/// With `docs_url`, every client's diagnosis links to the cause's troubleshooting section, in the
+/// header (read with an RFC 8941 parser) and in the JSON body.
+fn a_diagnosis_links_to_its_causes_troubleshooting_section(shape: Shape) {
+    let port = backend::closed_port().unwrap();
+    let page = "https://docs.example.com/upstream-guard/operations/troubleshooting.html";
+    let cfg = Bootstrap::new()
+        .filter(diagnostics(shape, &json!({"json_body": true, "docs_url": page}).to_string()))
+        .route(route("/", "down"))
+        .cluster(cluster("down", port))
+        .build();
+    let envoy = Envoy::start(&cfg).unwrap();
+    let addr = envoy.main().unwrap();
+    let r = http::get(addr, "/", &[]).unwrap();
+    assert_eq!(r.status, 503);
+    let d = parse_diagnosis(r.header("x-upstream-diagnosis").unwrap()).unwrap();
+    assert_eq!(d["cause"], "connection_refused");
+    assert_eq!(d["docs"], format!("{page}#connection_refused"), "an untrusted client gets the link too");
+    let j = http::get(addr, "/", &[("accept", "application/json")]).unwrap();
+    let body: Value = serde_json::from_slice(&j.body).unwrap();
+    assert_eq!(body["docs"], format!("{page}#connection_refused"));
+}
+
 fn json_body_replaces_local_reply_body_when_client_accepts_json(shape: Shape) {
     let port = backend::closed_port().unwrap();
     let b = Backend::start(Behavior::Status(503)).unwrap();
@@ -403,5 +425,6 @@ test_harness::both_shapes!(
     untrusted_client_sees_no_address_and_debug_token_unlocks_it,
     debug_token_is_not_forwarded_upstream,
     json_body_replaces_local_reply_body_when_client_accepts_json,
+    a_diagnosis_links_to_its_causes_troubleshooting_section,
     invalid_config_is_refused_by_envoy_with_the_field_named,
 );

@@ -61,7 +61,7 @@ impl Diagnostics {
 
     /// The upstream details a trusted client sees.
     fn report<'a>(
-        &self,
+        &'a self,
         cx: &mut Cx<'_>,
         obs: &'a OwnedObservation,
         trusted: bool,
@@ -70,6 +70,7 @@ impl Diagnostics {
         let note = cx.facts().note.clone();
         let cause = note.as_ref().map_or_else(|| classify(&obs.view()), |n| n.cause);
         let mut report = Report::new(cause, obs.view());
+        report.docs = self.config.docs_url.as_deref();
         if let Some(n) = note {
             report.retry_after = n.retry_after_s;
             names.reasons = n.reasons;
