@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use regex_lite::Regex;
 use serde_json::{json, Value};
-use test_harness::backend::{Backend, Behavior};
-use test_harness::bootstrap::{cluster, wasm_filter, Bootstrap};
+use test_harness::backend::{self, Backend, Behavior};
+use test_harness::bootstrap::{cluster, http2_cluster, wasm_filter, Bootstrap};
 use test_harness::envoy::{self, Envoy};
 use test_harness::{eventually, http, parse_diagnosis, paths};
 
@@ -161,8 +161,10 @@ fn filter(name: &str, config: Value) -> Value {
 
 /// All four filters in chain order. Clusters: `inventory` (health-checked), `payments` (the
 /// breaker trips on it), `search` (ejected by passive detection: it answers 502, which only the
-/// health router's passive detection counts here, twice in a row).
+/// health router's passive detection counts here, twice in a row), `ratelimit` (the rate limit
+/// service of the global rule `fleet`: nothing listens, so `/fleet` finds it failing).
 fn bootstrap(inventory: SocketAddr, payments: SocketAddr, search: SocketAddr) -> Value {
+    let nobody = backend::closed_port().unwrap();
     let check = json!({"path": "/healthz", "interval": "200ms", "timeout": "100ms",
                        "unhealthy_threshold": 2, "healthy_threshold": 2});
     Bootstrap::new()
@@ -170,7 +172,11 @@ fn bootstrap(inventory: SocketAddr, payments: SocketAddr, search: SocketAddr) ->
         .filter(filter(
             "rate_limiter",
             json!({"rules": [{"name": "per-client", "match": {"path_prefix": "/limited"}, "key": ["client_ip"],
-                              "limit": {"requests": 2, "per": "1h"}}]}),
+                              "limit": {"requests": 2, "per": "1h"}},
+                             {"name": "fleet", "match": {"path_prefix": "/fleet"}, "key": [{"constant": "all"}],
+                              "limit": {"requests": 100, "per": "1s"}, "global": true,
+                              "service": {"cluster": "ratelimit", "domain": "edge", "timeout": "200ms",
+                                          "on_service_error": "allow"}}]}),
         ))
         .filter(filter(
             "health_router",
@@ -189,6 +195,7 @@ fn bootstrap(inventory: SocketAddr, payments: SocketAddr, search: SocketAddr) ->
         .cluster(cluster("inventory", inventory))
         .cluster(cluster("payments", payments))
         .cluster(cluster("search", search))
+        .cluster(http2_cluster("ratelimit", nobody))
         .build()
 }
 
@@ -224,6 +231,8 @@ fn scrapes_around_faults() -> (Scrape, Scrape, SocketAddr) {
     assert_eq!(get("/limited").status, 200);
     let before = Scrape::of(&envoy);
 
+    let fleet = get("/fleet");
+    assert_eq!(fleet.status, 200, "on_service_error: allow admits when the service gives no verdict");
     inventory.kill();
     for _ in 0..3 {
         assert_eq!(get("/payments").status, 503);
@@ -345,6 +354,40 @@ fn alert(name: &str, label: Option<(&str, &str)>) -> String {
     }
 }
 
+/// GitHub's and mdBook's anchor for a heading: lowercase, spaces to hyphens, other punctuation
+/// but `-` and `_` dropped.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_has_a_runbook_that_exists() {
+    let rules = read(&rules_path());
+    let alerts = Regex::new(r"(?m)^  - alert: (\w+)$").unwrap().find_iter(&rules).count();
+    let runbooks: Vec<String> =
+        Regex::new(r#"runbook_url: "([^"]+)""#).unwrap().captures_iter(&rules).map(|c| c[1].to_string()).collect();
+    assert_eq!(runbooks.len(), alerts, "every alert carries a runbook_url");
+    for url in runbooks {
+        let (path, anchor) = url.split_once('#').unwrap_or((url.as_str(), ""));
+        let page = paths::workspace_root().join(path);
+        let text = std::fs::read_to_string(&page).unwrap_or_else(|_| panic!("runbook {url}: no page {path}"));
+        if !anchor.is_empty() {
+            let found =
+                text.lines().filter_map(|l| l.strip_prefix('#')).any(|h| slug(h.trim_start_matches('#')) == anchor);
+            assert!(found, "runbook {url}: {path} has no heading #{anchor}");
+        }
+    }
+}
+
 #[test]
 fn the_rules_pass_promtool_check_and_their_own_unit_tests() {
     let out = promtool(&["check", "rules"], &rules_path());
@@ -376,6 +419,8 @@ fn the_rules_fire_on_what_a_real_envoy_exports() {
     assert_eq!(after.value("upstream_guard_health_healthy", &cluster("inventory")), Some(0.0));
     assert_eq!(after.value("upstream_guard_health_ejections", &cluster("search")), Some(1.0));
     assert_eq!(after.value("upstream_guard_ratelimit_limited", &[("ratelimit_rule", "per-client")]), Some(5.0));
+    assert_eq!(after.value("upstream_guard_ratelimit_global_error", &[("ratelimit_rule", "fleet")]), Some(1.0));
+    assert_eq!(after.value("upstream_guard_ratelimit_client_ip_from_header", &[]), Some(0.0));
     assert!(after.value("upstream_guard_diagnosis", &[("cause", "no_healthy_upstream")]) >= Some(1.0));
     assert!(after.value("upstream_guard_health_no_healthy_upstream", &[]) >= Some(1.0));
     assert_eq!(untagged.value("upstream_guard_breaker_payments_state", &[]), Some(0.0));
@@ -440,6 +485,7 @@ fn the_rules_fire_on_what_a_real_envoy_exports() {
         alert("UpstreamGuardUpstreamEjected", Some(("upstream_cluster", "search"))),
         alert("UpstreamGuardNoHealthyUpstream", None),
         alert("UpstreamGuardRateLimitRefusals", Some(("ratelimit_rule", "per-client"))),
+        alert("UpstreamGuardRateLimitServiceFailing", Some(("ratelimit_rule", "fleet"))),
     ];
     run_promtool_test(
         "faults.test.yaml",
