@@ -542,3 +542,115 @@ fn the_module_alerts_fire_on_what_envoy_exports_when_a_vm_traps() {
         &promtool_test(&before, &after, &admin.to_string(), &[("4m", vec![]), ("20m", firing)]),
     );
 }
+
+/// A Prometheus server of its own (Debian's `prometheus`) on a loopback port, scraping one Envoy's
+/// `/stats/prometheus` every second; stopped when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn scraping(envoy_admin: SocketAddr) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n- job_name: envoy\n  \
+                 metrics_path: /stats/prometheus\n  static_configs: [{{targets: [\"{envoy_admin}\"]}}]\n"
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian's prometheus package; cargo xtask setup installs it)");
+        Prometheus { child, addr, _dir: dir }
+    }
+
+    /// An instant query's result vector (`None` while the server is not up or the query fails).
+    fn query(&self, promql: &str) -> Option<Vec<Value>> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let r = http::get(self.addr, &format!("/api/v1/query?query={encoded}"), &[]).ok()?;
+        let v: Value = serde_json::from_slice(&r.body).ok()?;
+        (v["status"] == "success").then(|| v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Grafana dashboard's every query (panels and variables), as Grafana would send it, against a
+/// real Prometheus scraping a real Envoy that went through the faults: each returns data, so no
+/// panel is empty because a name or label is wrong.
+#[test]
+fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    let dashboard: Value = serde_json::from_str(&read(
+        &paths::workspace_root().join("envoy-examples").join("grafana").join("upstream-guard.json"),
+    ))
+    .unwrap();
+    let (envoy, [_inventory, _payments, _search]) = tagged_envoy();
+    let addr = envoy.main().unwrap();
+    let get = |path: &str| http::get(addr, path, &[]).unwrap().status;
+    let prometheus = Prometheus::scraping(envoy.admin());
+    // Traffic and faults while Prometheus scrapes: routed, limited, a failing global rule's
+    // service, an open circuit, an ejection.
+    for _ in 0..3 {
+        assert_eq!(get("/"), 200);
+        assert_eq!(get("/fleet"), 200);
+        let _ = get("/limited");
+        let _ = get("/payments");
+        let _ = get("/search");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || prometheus
+            .query("count_over_time(up{job=\"envoy\"}[1m]) >= 4 and up{job=\"envoy\"} == 1")
+            .is_some_and(|r| !r.is_empty())),
+        "Prometheus never scraped the Envoy"
+    );
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for p in dashboard["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            queries.push((p["title"].as_str().unwrap().to_string(), t["expr"].as_str().unwrap().to_string()));
+        }
+    }
+    for v in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["query"]["query"].as_str() {
+            // label_values(metric, label): Grafana asks for the metric's series.
+            let metric = q.trim_start_matches("label_values(").split(',').next().unwrap().trim().to_string();
+            queries.push((format!("variable {}", v["name"]), metric));
+        }
+    }
+    assert!(queries.len() >= 10, "{queries:?}");
+    let empty: Vec<String> = queries
+        .iter()
+        .filter_map(|(title, expr)| {
+            let promql = expr.replace("$__rate_interval", "10s").replace("$instance", ".*");
+            let data = prometheus.query(&promql);
+            data.as_ref().is_none_or(Vec::is_empty).then(|| format!("{title}: {promql} -> {data:?}"))
+        })
+        .collect();
+    assert!(empty.is_empty(), "dashboard queries with no data:\n{}", empty.join("\n"));
+}
