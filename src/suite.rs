@@ -33,6 +33,11 @@ use crate::ratelimit::{RateLimitConfig, RateLimitJson};
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SuiteJson {
+    /// Who is trusted, once for every stage that shows trusted clients more (the diagnosis's
+    /// upstream details, the health router's status endpoint, the LLM stage's provider reasons).
+    /// With it, those sections leave their own `trusted_cidrs` and `trust_x_forwarded_for` out.
+    #[serde(default)]
+    pub trust: Option<TrustJson>,
     /// The diagnostics stage (first: it explains every later stage's refusal).
     #[serde(default)]
     pub diagnostics: Option<DiagnosticsJson>,
@@ -52,6 +57,44 @@ pub struct SuiteJson {
     pub circuit_breaker: Option<BreakerJson>,
 }
 
+/// Top-level sections of the combined configuration that are not stages: shared by them.
+pub const SHARED_SECTIONS: [&str; 1] = ["trust"];
+
+/// # trust
+///
+/// The combined module's clients that are trusted, for every stage.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct TrustJson {
+    /// Client address blocks (`source.address`) that are trusted, IPv4 and IPv6 (`"10.0.0.0/8"`,
+    /// `"::1/128"`, a bare address is one host).
+    #[cfg_attr(feature = "schema", schemars(extend("default" = []), inner(pattern(crate::schema::CIDR))))]
+    #[serde(default)]
+    pub trusted_cidrs: Vec<String>,
+    /// Also trust client addresses Envoy took from `x-forwarded-for`: only safe behind a proxy
+    /// that overwrites that header.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
+    #[serde(default)]
+    pub trust_x_forwarded_for: bool,
+}
+
+/// A section that states its own trust beside the top-level `trust`: one of the two must go.
+fn twice(section: &str, cidrs: &[String], forwarded: bool) -> Result<(), ConfigError> {
+    let field = if !cidrs.is_empty() {
+        "trusted_cidrs"
+    } else if forwarded {
+        "trust_x_forwarded_for"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::new(
+        format!("{section}.{field}"),
+        "is set, and so is the top-level trust section",
+        format!("state trust once: remove {section}.{field} (trust applies to every stage), or remove trust"),
+    ))
+}
+
 /// The validated configuration: one optional stage per policy.
 #[derive(Debug, Clone)]
 pub struct SuiteConfig {
@@ -66,7 +109,23 @@ pub struct SuiteConfig {
 impl SuiteConfig {
     /// Parses and validates every section.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let json: SuiteJson = parse_json(bytes)?;
+        let mut json: SuiteJson = parse_json(bytes)?;
+        if let Some(trust) = json.trust.take() {
+            crate::config::cidrs("trust.trusted_cidrs", &trust.trusted_cidrs)?;
+            let (cidrs, forwarded) = (trust.trusted_cidrs, trust.trust_x_forwarded_for);
+            if let Some(d) = json.diagnostics.as_mut() {
+                twice("diagnostics", &d.trusted_cidrs, d.trust_x_forwarded_for)?;
+                (d.trusted_cidrs, d.trust_x_forwarded_for) = (cidrs.clone(), forwarded);
+            }
+            if let Some(h) = json.health_router.as_mut() {
+                twice("health_router", &h.trusted_cidrs, h.trust_x_forwarded_for)?;
+                (h.trusted_cidrs, h.trust_x_forwarded_for) = (cidrs.clone(), forwarded);
+            }
+            if let Some(l) = json.llm.as_mut() {
+                twice("llm", &l.trusted_cidrs, l.trust_x_forwarded_for)?;
+                (l.trusted_cidrs, l.trust_x_forwarded_for) = (cidrs, forwarded);
+            }
+        }
         Ok(SuiteConfig {
             diagnostics: json.diagnostics.map(|d| d.validate().map_err(|e| e.within("diagnostics"))).transpose()?,
             rate_limiter: json.rate_limiter.map(|r| r.validate().map_err(|e| e.within("rate_limiter"))).transpose()?,
@@ -116,6 +175,35 @@ mod tests {
         .unwrap();
         assert_eq!(c.stages(), ["llm", "circuit_breaker"]);
         assert!(SuiteConfig::from_json(b"{}").unwrap().stages().is_empty());
+    }
+
+    #[test]
+    fn top_level_trust_applies_to_every_stage_that_trusts() {
+        let c = SuiteConfig::from_json(
+            br#"{"trust": {"trusted_cidrs": ["10.0.0.0/8"]}, "diagnostics": {},
+                 "health_router": {"upstreams": [{"cluster": "a"}], "status_path": "/status"},
+                 "llm": {"providers": [{"cluster": "a"}], "models": [{"name": "m", "providers": ["a"]}]}}"#,
+        )
+        .unwrap();
+        let inside = std::net::IpAddr::from([10, 1, 2, 3]);
+        let outside = std::net::IpAddr::from([192, 168, 1, 1]);
+        let d = c.diagnostics.unwrap();
+        assert!(d.trust.cidrs.iter().any(|n| n.contains(inside)) && !d.trust.cidrs.iter().any(|n| n.contains(outside)));
+        assert_eq!(c.health_router.unwrap().trust.cidrs, d.trust.cidrs);
+        assert_eq!(c.llm.unwrap().providers.trust.cidrs, d.trust.cidrs);
+    }
+
+    #[test]
+    fn trust_stated_twice_is_refused_naming_the_section() {
+        let e = SuiteConfig::from_json(
+            br#"{"trust": {"trusted_cidrs": ["10.0.0.0/8"]}, "diagnostics": {"trusted_cidrs": ["10.0.0.0/8"]}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "diagnostics.trusted_cidrs");
+        assert!(e.fix.contains("remove diagnostics.trusted_cidrs"), "{e}");
+        let e =
+            SuiteConfig::from_json(br#"{"trust": {"trusted_cidrs": ["10.0.0.0/33"]}, "diagnostics": {}}"#).unwrap_err();
+        assert_eq!(e.field, "trust.trusted_cidrs[0]");
     }
 
     #[test]

@@ -164,12 +164,12 @@ pub struct HealthJson {
     /// Client address blocks that may read `status_path`.
     #[cfg_attr(feature = "schema", schemars(extend("default" = []), inner(pattern(crate::schema::CIDR))))]
     #[serde(default)]
-    trusted_cidrs: Vec<String>,
+    pub(crate) trusted_cidrs: Vec<String>,
     /// Also trust client addresses Envoy took from `x-forwarded-for`: only safe behind a proxy
     /// that overwrites that header.
     #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
     #[serde(default)]
-    trust_x_forwarded_for: bool,
+    pub(crate) trust_x_forwarded_for: bool,
     /// Per-path upstream lists; the first match picks the list, otherwise every upstream.
     #[cfg_attr(feature = "schema", schemars(extend("default" = [])))]
     #[serde(default)]

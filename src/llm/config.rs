@@ -188,12 +188,12 @@ pub struct LlmJson {
     /// none available; others get the error without provider names.
     #[cfg_attr(feature = "schema", schemars(extend("default" = []), inner(pattern(crate::schema::CIDR))))]
     #[serde(default)]
-    trusted_cidrs: Vec<String>,
+    pub(crate) trusted_cidrs: Vec<String>,
     /// Also trust an address Envoy took from `x-forwarded-for`: only safe behind a proxy that
     /// overwrites the header.
     #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
     #[serde(default)]
-    trust_x_forwarded_for: bool,
+    pub(crate) trust_x_forwarded_for: bool,
 }
 
 /// One provider of a model: the provider (an index into [`LlmConfig::providers`]) and the name

@@ -304,6 +304,41 @@ fn fail_fast_reasons_and_the_status_endpoint_are_for_trusted_clients_only(shape:
     }
 }
 
+/// The combined module's top-level `trust` is stated once and reaches every stage that shows
+/// trusted clients more: the diagnosis's upstream details and the health router's status
+/// endpoint open to the clients it names, and stay closed to everyone else.
+fn one_trust_section_opens_the_diagnosis_and_the_status_endpoint_to_its_clients_only(shape: Shape) {
+    let dead = backend::closed_port().unwrap();
+    for (cidr, trusted) in [("127.0.0.1/32", true), ("10.0.0.0/8", false)] {
+        let config = json!({
+            "trust": {"trusted_cidrs": [cidr]},
+            "diagnostics": {},
+            "health_router": {"upstreams": [{"cluster": "internal-a-c7"}], "status_path": "/.well-known/upstream-health"},
+        });
+        let cfg = Bootstrap::new()
+            .edge()
+            .filter(module(shape, &config))
+            .route(json!({"match": {"prefix": "/"}, "route": {"cluster_header": "x-upstream-cluster"}}))
+            .cluster(cluster("internal-a-c7", dead))
+            .build();
+        let envoy = Envoy::start(&cfg).unwrap();
+        let addr = envoy.main().unwrap();
+        let r = http::get(addr, "/", &[]).unwrap();
+        assert_eq!(r.status, 503);
+        let d = parse_diagnosis(r.header("x-upstream-diagnosis").unwrap()).unwrap();
+        assert_eq!(d["cause"], "connection_refused");
+        assert_eq!(d.get("cluster").map(String::as_str), trusted.then_some("internal-a-c7"), "trust {cidr}: {d:?}");
+        let status = http::get(addr, "/.well-known/upstream-health", &[]).unwrap();
+        if trusted {
+            assert_eq!(status.status, 200, "trust {cidr}: {status:?}");
+            assert!(status.text().contains("internal-a-c7"), "{}", status.text());
+        } else {
+            assert_ne!(status.status, 200, "trust {cidr}: the status endpoint is closed to loopback");
+            assert!(!status.text().contains("internal-a-c7"));
+        }
+    }
+}
+
 fn hostile_cluster_and_route_names_cannot_break_the_diagnosis_or_the_json_body(shape: Shape) {
     let port = backend::closed_port().unwrap();
     let hostile_cluster = "evil\", upstream=\"10.9.9.9:1\", x=\"\\";
@@ -546,6 +581,7 @@ fn non_ascii_names_come_out_percent_encoded_and_decode_back(shape: Shape) {
 test_harness::both_shapes!(
     no_response_to_an_untrusted_client_shows_an_address_cluster_route_or_details_over_the_fault_matrix,
     fail_fast_reasons_and_the_status_endpoint_are_for_trusted_clients_only,
+    one_trust_section_opens_the_diagnosis_and_the_status_endpoint_to_its_clients_only,
     hostile_cluster_and_route_names_cannot_break_the_diagnosis_or_the_json_body,
     the_debug_token_never_appears_in_any_log_line,
     a_spoofed_forwarded_for_moves_no_limit,
