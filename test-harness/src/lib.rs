@@ -86,6 +86,20 @@ pub fn eventually(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bo
     false
 }
 
+/// GETs `path` from `addr`, checks the status, and returns the parsed `x-upstream-diagnosis`
+/// (panics when the request fails or the header is missing or malformed: the test fails).
+#[allow(clippy::panic)]
+pub fn diagnosed_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    status: u16,
+) -> std::collections::BTreeMap<String, String> {
+    let r = http::get(addr, path, &[]).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(r.status, status, "GET {path}: {r:?}");
+    let header = r.header("x-upstream-diagnosis").unwrap_or_else(|| panic!("GET {path}: no diagnosis: {r:?}"));
+    parse_diagnosis(header).unwrap_or_else(|| panic!("GET {path}: malformed diagnosis {header:?}"))
+}
+
 /// Parses an `x-upstream-diagnosis` value (an RFC 8941 Dictionary of tokens, strings and
 /// integers) into key → value text, unescaping strings. Strict: `None` on anything the RFC does
 /// not allow (a byte outside printable ASCII, an escape other than `\"` and `\\`, a bad key,

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use test_harness::backend::{self, Backend, Behavior, Blackhole, Cert};
 use test_harness::bootstrap::{cluster, module_filter, route, Bootstrap, Shape};
 use test_harness::envoy::{self, Envoy};
-use test_harness::{http, parse_diagnosis, paths};
+use test_harness::{diagnosed_get, http, parse_diagnosis, paths};
 
 const TRUSTING: &str = r#"{"trusted_cidrs": ["127.0.0.1/32"]}"#;
 
@@ -332,9 +332,7 @@ fn a_diagnosis_links_to_its_causes_troubleshooting_section(shape: Shape) {
         .build();
     let envoy = Envoy::start(&cfg).unwrap();
     let addr = envoy.main().unwrap();
-    let r = http::get(addr, "/", &[]).unwrap();
-    assert_eq!(r.status, 503);
-    let d = parse_diagnosis(r.header("x-upstream-diagnosis").unwrap()).unwrap();
+    let d = diagnosed_get(addr, "/", 503);
     assert_eq!(d["cause"], "connection_refused");
     assert_eq!(d["docs"], format!("{page}#connection_refused"), "an untrusted client gets the link too");
     let j = http::get(addr, "/", &[("accept", "application/json")]).unwrap();

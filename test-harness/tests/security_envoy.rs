@@ -14,7 +14,7 @@ use test_harness::backend::{self, Backend, Behavior, Blackhole, Cert};
 use test_harness::bootstrap::{cluster, module_filter, Bootstrap, Shape};
 use test_harness::envoy::Envoy;
 use test_harness::host::{Host, HostError};
-use test_harness::{eventually, http, parse_diagnosis, paths};
+use test_harness::{diagnosed_get, eventually, http, parse_diagnosis, paths};
 
 const TOKEN: &str = "s3cret-Token-42";
 const UNTRUSTED_KEYS: &[&str] = &["cause", "flags", "hint"];
@@ -323,9 +323,7 @@ fn one_trust_section_opens_the_diagnosis_and_the_status_endpoint_to_its_clients_
             .build();
         let envoy = Envoy::start(&cfg).unwrap();
         let addr = envoy.main().unwrap();
-        let r = http::get(addr, "/", &[]).unwrap();
-        assert_eq!(r.status, 503);
-        let d = parse_diagnosis(r.header("x-upstream-diagnosis").unwrap()).unwrap();
+        let d = diagnosed_get(addr, "/", 503);
         assert_eq!(d["cause"], "connection_refused");
         assert_eq!(d.get("cluster").map(String::as_str), trusted.then_some("internal-a-c7"), "trust {cidr}: {d:?}");
         let status = http::get(addr, "/.well-known/upstream-health", &[]).unwrap();
