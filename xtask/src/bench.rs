@@ -44,8 +44,7 @@ use test_harness::redis::Redis;
 use test_harness::{http, paths};
 
 /// A bench failure.
-#[derive(Debug)]
-pub struct BenchError(pub String);
+pub use crate::TaskError as BenchError;
 
 fn err(e: impl std::fmt::Display) -> BenchError {
     BenchError(e.to_string())

@@ -12,8 +12,7 @@ use test_harness::envoy::Envoy;
 use test_harness::{http, paths};
 
 /// A demo failure, explained.
-#[derive(Debug)]
-pub struct TaskError(pub String);
+pub use crate::TaskError;
 
 type Result<T = ()> = std::result::Result<T, TaskError>;
 

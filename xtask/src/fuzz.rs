@@ -9,8 +9,7 @@ use std::time::Duration;
 use test_harness::fuzz::{self, Budget, Found, Report, Target};
 
 /// Why a campaign did not pass.
-#[derive(Debug)]
-pub struct FuzzError(pub String);
+pub use crate::TaskError as FuzzError;
 
 /// Runs every target (or `only`) for `minutes`, in parallel, from `seed`.
 pub fn run(minutes: f64, seed: u64, only: Option<Target>) -> Result<Vec<(Target, Report)>, FuzzError> {

@@ -27,9 +27,7 @@ const TEST_FILTERS: &[&str] = &["conformance", "floor", "faulty"];
 const ENVOY_VERSION: &str = "1.40.0";
 const WASM_TARGET: &str = "wasm32-wasip1";
 
-/// A failed task: what failed, already explained to the user.
-#[derive(Debug)]
-pub struct TaskError(pub String);
+use xtask::TaskError;
 
 type Result<T = ()> = std::result::Result<T, TaskError>;
 

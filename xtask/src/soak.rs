@@ -30,8 +30,7 @@ use test_harness::envoy::Envoy;
 use test_harness::{http, paths};
 
 /// Why a soak did not pass (or could not run).
-#[derive(Debug)]
-pub struct SoakError(pub String);
+pub use crate::TaskError as SoakError;
 
 /// The run's shape.
 #[derive(Debug, Clone)]
