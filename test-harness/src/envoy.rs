@@ -253,14 +253,14 @@ impl Drop for Envoy {
 
 /// A per-cluster metric as the dynamic module names it in `/stats`: `.wasm`'s
 /// `upstream_guard.breaker.<cluster>.<name>` is the labelled metric
-/// `upstream_guard.breaker.<name>` with the tag `upstream_cluster` (Envoy lets a dynamic module
+/// `upstream_guard.breaker.<name>` with the tag `envoy_cluster_name` (Envoy lets a dynamic module
 /// define metrics only at configure time, and clusters are only known later). Prometheus shows
-/// both the same way, as `upstream_guard_breaker_<name>{upstream_cluster="<cluster>"}`.
+/// both the same way, as `upstream_guard_breaker_<name>{envoy_cluster_name="<cluster>"}`.
 fn labelled_form(name: &str) -> Option<String> {
     FAMILIES.iter().find_map(|family| {
         let rest = name.strip_prefix(family)?;
         let (cluster, metric) = rest.rsplit_once('.')?;
-        Some(format!("{family}{metric}.upstream_cluster.{cluster}"))
+        Some(format!("{family}{metric}.envoy_cluster_name.{cluster}"))
     })
 }
 
@@ -272,7 +272,7 @@ const FAMILIES: [&str; 2] = ["upstream_guard.breaker.", "upstream_guard.concurre
 fn flat_form(name: &str) -> Option<String> {
     FAMILIES.iter().find_map(|family| {
         let rest = name.strip_prefix(family)?;
-        let (metric, cluster) = rest.split_once(".upstream_cluster.")?;
+        let (metric, cluster) = rest.split_once(".envoy_cluster_name.")?;
         Some(format!("{family}{cluster}.{metric}"))
     })
 }

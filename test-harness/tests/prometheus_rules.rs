@@ -268,7 +268,7 @@ fn tallied_counters_reach_prometheus_with_exactly_the_requests_sent() {
     }
     let limited: Vec<u16> = (0..4).map(|_| http::get(addr, "/limited", &[]).unwrap().status).collect();
     assert_eq!(limited, [200, 200, 429, 429]);
-    let routed = |s: &Scrape| s.value("upstream_guard_health_routed", &[("upstream_cluster", "inventory")]);
+    let routed = |s: &Scrape| s.value("upstream_guard_health_routed", &[("envoy_cluster_name", "inventory")]);
     let allowed = |s: &Scrape| s.value("upstream_guard_ratelimit_allowed", &[("ratelimit_rule", "per-client")]);
     // 39 requests reached inventory: 37 to `/` and the two admitted to `/limited`.
     let flushed = eventually(Duration::from_secs(5), || {
@@ -303,7 +303,7 @@ fn untagged_scrape() -> Scrape {
 /// A `promtool test rules` file: every series of `before` and `after`, one sample a minute.
 /// `before` holds from 0m to 4m; from 5m on the faults go on: gauges keep their `after` value
 /// and counters grow by the same amount every minute. Then `checks`: (eval time, expected
-/// `count by (alertname, upstream_cluster, ratelimit_rule) (ALERTS{alertstate="firing"})`).
+/// `count by (alertname, envoy_cluster_name, ratelimit_rule) (ALERTS{alertstate="firing"})`).
 fn promtool_test(before: &Scrape, after: &Scrape, instance: &str, checks: &[(&str, Vec<String>)]) -> String {
     let extra = [("job", "envoy"), ("instance", instance)];
     let mut out = String::new();
@@ -328,7 +328,7 @@ fn promtool_test(before: &Scrape, after: &Scrape, instance: &str, checks: &[(&st
     for (at, firing) in checks {
         writeln!(
             out,
-            "  - expr: 'count by (alertname, upstream_cluster, ratelimit_rule) (ALERTS{{alertstate=\"firing\"}})'"
+            "  - expr: 'count by (alertname, envoy_cluster_name, ratelimit_rule) (ALERTS{{alertstate=\"firing\"}})'"
         )
         .unwrap();
         writeln!(out, "    eval_time: {at}\n    exp_samples:{}", if firing.is_empty() { " []" } else { "" }).unwrap();
@@ -413,7 +413,7 @@ fn the_rules_fire_on_what_a_real_envoy_exports() {
     let untagged = untagged_scrape();
 
     // The faults, as the tagged scrape shows them.
-    let cluster = |c| [("upstream_cluster", c)];
+    let cluster = |c| [("envoy_cluster_name", c)];
     assert_eq!(after.value("upstream_guard_breaker_state", &cluster("payments")), Some(1.0));
     assert_eq!(after.value("upstream_guard_breaker_opened", &cluster("payments")), Some(1.0));
     assert_eq!(after.value("upstream_guard_health_healthy", &cluster("inventory")), Some(0.0));
@@ -445,7 +445,7 @@ fn the_rules_fire_on_what_a_real_envoy_exports() {
         })
         .filter(|l| !matches!(*l, "job" | "instance" | "alertname"))
         .collect();
-    assert!(used.contains("upstream_cluster") && used.contains("ratelimit_rule") && used.contains("cause"));
+    assert!(used.contains("envoy_cluster_name") && used.contains("ratelimit_rule") && used.contains("cause"));
     let unknown: Vec<&&str> = used.iter().filter(|l| !labels.contains(*l)).collect();
     assert!(unknown.is_empty(), "the rules use labels Envoy does not export: {unknown:?}");
     for m in Regex::new(r#"\{([a-z_]+)="([^"]*)"\}"#).unwrap().captures_iter(&rules) {
@@ -478,11 +478,11 @@ fn the_rules_fire_on_what_a_real_envoy_exports() {
     // The real series, before and during the faults, fire exactly the expected alerts.
     let instance = admin.to_string();
     let firing = vec![
-        alert("UpstreamGuardCircuitOpen", Some(("upstream_cluster", "payments"))),
-        alert("UpstreamGuardCircuitTripped", Some(("upstream_cluster", "payments"))),
-        alert("UpstreamGuardUpstreamUnhealthy", Some(("upstream_cluster", "inventory"))),
-        alert("UpstreamGuardHealthChecksFailing", Some(("upstream_cluster", "inventory"))),
-        alert("UpstreamGuardUpstreamEjected", Some(("upstream_cluster", "search"))),
+        alert("UpstreamGuardCircuitOpen", Some(("envoy_cluster_name", "payments"))),
+        alert("UpstreamGuardCircuitTripped", Some(("envoy_cluster_name", "payments"))),
+        alert("UpstreamGuardUpstreamUnhealthy", Some(("envoy_cluster_name", "inventory"))),
+        alert("UpstreamGuardHealthChecksFailing", Some(("envoy_cluster_name", "inventory"))),
+        alert("UpstreamGuardUpstreamEjected", Some(("envoy_cluster_name", "search"))),
         alert("UpstreamGuardNoHealthyUpstream", None),
         alert("UpstreamGuardRateLimitRefusals", Some(("ratelimit_rule", "per-client"))),
         alert("UpstreamGuardRateLimitServiceFailing", Some(("ratelimit_rule", "fleet"))),

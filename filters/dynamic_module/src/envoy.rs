@@ -561,7 +561,7 @@ impl Host for Envoy {
 
 /// The label a family's members carry: the name the `.wasm` puts inside the metric name, and
 /// that the examples' `stats_tags` extract as the same tag.
-pub const CLUSTER_LABEL: &[u8] = b"upstream_cluster";
+pub const CLUSTER_LABEL: &[u8] = b"envoy_cluster_name";
 
 fn refused(name: &str) -> Status {
     abi::log(Level::Warn as u32, format!("upstream_guard: Envoy refused to define metric {name}").as_bytes());
