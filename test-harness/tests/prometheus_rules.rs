@@ -22,7 +22,7 @@ use std::time::Duration;
 use regex_lite::Regex;
 use serde_json::{json, Value};
 use test_harness::backend::{self, Backend, Behavior};
-use test_harness::bootstrap::{cluster, http2_cluster, wasm_filter, Bootstrap};
+use test_harness::bootstrap::{cluster, http2_cluster, module_filter, wasm_filter, Bootstrap, Shape};
 use test_harness::envoy::{self, Envoy};
 use test_harness::{eventually, http, parse_diagnosis, paths};
 
@@ -164,7 +164,19 @@ fn filter(name: &str, config: Value) -> Value {
 /// health router's passive detection counts here, twice in a row), `ratelimit` (the rate limit
 /// service of the global rule `fleet`: nothing listens, so `/fleet` finds it failing).
 fn bootstrap(inventory: SocketAddr, payments: SocketAddr, search: SocketAddr) -> Value {
+    bootstrap_for(Shape::Wasm, inventory, payments, search)
+}
+
+/// [`bootstrap`] with the stages in `shape`: single-policy `.wasm` filters, or one dynamic module
+/// filter per stage.
+fn bootstrap_for(shape: Shape, inventory: SocketAddr, payments: SocketAddr, search: SocketAddr) -> Value {
     let nobody = backend::closed_port().unwrap();
+    let filter = |name: &str, config: Value| -> Value {
+        match shape {
+            Shape::Wasm => filter(name, config),
+            Shape::Native => module_filter(shape, name, &config),
+        }
+    };
     let check = json!({"path": "/healthz", "interval": "200ms", "timeout": "100ms",
                        "unhealthy_threshold": 2, "healthy_threshold": 2});
     Bootstrap::new()
@@ -213,11 +225,15 @@ fn with_stats_tags(bootstrap: &Value) -> String {
 /// An Envoy with the stats tags and two workers, and its backends: inventory (200), payments
 /// (503) and search (502).
 fn tagged_envoy() -> (Envoy, [Backend; 3]) {
+    tagged_envoy_for(Shape::Wasm)
+}
+
+fn tagged_envoy_for(shape: Shape) -> (Envoy, [Backend; 3]) {
     let inventory = Backend::ok().unwrap();
     let payments = Backend::start(Behavior::Status(503)).unwrap();
     let search = Backend::start(Behavior::Status(502)).unwrap();
-    let envoy =
-        Envoy::start_yaml(&with_stats_tags(&bootstrap(inventory.addr(), payments.addr(), search.addr())), 2).unwrap();
+    let cfg = bootstrap_for(shape, inventory.addr(), payments.addr(), search.addr());
+    let envoy = Envoy::start_yaml(&with_stats_tags(&cfg), 2).unwrap();
     (envoy, [inventory, payments, search])
 }
 
@@ -551,15 +567,24 @@ struct Prometheus {
     _dir: tempfile::TempDir,
 }
 
+/// The scrape relabelling `envoy-examples/prometheus/README.md` gives for the dynamic module:
+/// Envoy prefixes its metrics with `envoy_` on `/stats/prometheus`, which a `.wasm`'s do not get.
+const NATIVE_RELABEL: &str = "  metric_relabel_configs:\n  - source_labels: [__name__]\n    regex: 'envoy_(upstream_guard_.*)'\n    target_label: __name__\n    replacement: '$1'\n";
+
 impl Prometheus {
     fn scraping(envoy_admin: SocketAddr) -> Prometheus {
+        Prometheus::scraping_with(envoy_admin, "")
+    }
+
+    /// With `extra` appended to the scrape job (relabelling).
+    fn scraping_with(envoy_admin: SocketAddr, extra: &str) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
             format!(
                 "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n- job_name: envoy\n  \
-                 metrics_path: /stats/prometheus\n  static_configs: [{{targets: [\"{envoy_admin}\"]}}]\n"
+                 metrics_path: /stats/prometheus\n  static_configs: [{{targets: [\"{envoy_admin}\"]}}]\n{extra}"
             ),
         )
         .unwrap();
@@ -653,4 +678,69 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         })
         .collect();
     assert!(empty.is_empty(), "dashboard queries with no data:\n{}", empty.join("\n"));
+}
+
+/// The alerts and the dashboard read the same names and labels from both shapes: every metric
+/// the rules name that the `.wasm` exports, the dynamic module exports with the same labels, as a
+/// Prometheus configured as the README says (the stats tags in Envoy, and the relabelling that
+/// drops Envoy's `envoy_` prefix) stores it.
+#[test]
+fn the_dynamic_module_exports_the_names_and_labels_the_rules_read() {
+    let traffic = |envoy: &Envoy| {
+        let addr = envoy.main().unwrap();
+        for path in
+            ["/", "/limited", "/limited", "/limited", "/payments", "/payments", "/payments", "/search", "/fleet"]
+        {
+            http::get(addr, path, &[]).unwrap();
+        }
+    };
+    let wasm = {
+        let (envoy, _backends) = tagged_envoy_for(Shape::Wasm);
+        traffic(&envoy);
+        Scrape::of(&envoy)
+    };
+    let (envoy, _backends) = tagged_envoy_for(Shape::Native);
+    traffic(&envoy);
+    let prometheus = Prometheus::scraping_with(envoy.admin(), NATIVE_RELABEL);
+    assert!(
+        eventually(Duration::from_secs(20), || prometheus
+            .query("up{job=\"envoy\"} == 1")
+            .is_some_and(|r| !r.is_empty())),
+        "Prometheus never scraped the Envoy"
+    );
+    std::thread::sleep(Duration::from_millis(1_500));
+    let rules = read(&rules_path());
+    let named: BTreeSet<&str> =
+        Regex::new(r"\bupstream_guard_[a-z0-9_]*[a-z0-9]\b").unwrap().find_iter(&rules).map(|m| m.as_str()).collect();
+    // The dynamic module defines per-cluster breaker counters as one metric with a cluster tag,
+    // and Envoy exports a tagged series from its first count: a breaker counter still at 0
+    // (here `slow`, with no slow-call rule) has no series yet.
+    let wanted: BTreeSet<(String, BTreeSet<String>)> = wasm
+        .samples
+        .iter()
+        .filter(|(k, v)| !(k.name.starts_with("upstream_guard_breaker_") && **v == 0.0))
+        .map(|(k, _)| k)
+        .filter(|k| named.contains(k.name.as_str()))
+        .map(|k| (k.name.clone(), k.own_label_names().into_iter().map(str::to_string).collect()))
+        .collect();
+    assert!(wanted.len() >= 15, "{wanted:?}");
+    let mut missing = Vec::new();
+    for (name, labels) in &wanted {
+        let found = prometheus.query(name).unwrap_or_default().iter().any(|series| {
+            let own: BTreeSet<String> = series["metric"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k.clone())
+                .filter(|k| !matches!(k.as_str(), "__name__" | "job" | "instance"))
+                .collect();
+            &own == labels
+        });
+        if !found {
+            missing.push(format!("{name} {labels:?}"));
+        }
+    }
+    assert!(missing.is_empty(), "the dynamic module's series lack what the rules read: {missing:?}");
+    let limited = prometheus.query("upstream_guard_ratelimit_limited{ratelimit_rule=\"per-client\"}").unwrap();
+    assert_eq!(limited.first().map(|s| s["value"][1].clone()), Some(json!("1")), "2 per hour: the third is refused");
 }
