@@ -744,3 +744,40 @@ fn the_dynamic_module_exports_the_names_and_labels_the_rules_read() {
     let limited = prometheus.query("upstream_guard_ratelimit_limited{ratelimit_rule=\"per-client\"}").unwrap();
     assert_eq!(limited.first().map(|s| s["value"][1].clone()), Some(json!("1")), "2 per hour: the third is refused");
 }
+
+/// The names an LLM gateway's operator chooses (models, providers, budgets) become labels with
+/// the stats tags, in both shapes (the dynamic module's names read through the README's
+/// relabelling), so one query covers every model.
+#[test]
+fn llm_models_providers_and_budgets_are_labels_not_names() {
+    for shape in [Shape::Wasm, Shape::Native] {
+        let provider = Backend::ok().unwrap();
+        let config = json!({"llm": {
+            "providers": [{"cluster": "openai-primary"}],
+            "models": [{"name": "gpt-4.1-mini", "providers": ["openai-primary"]}],
+            "budgets": [{"name": "team-a", "key": [{"header": "x-team"}], "tokens": 1000, "per": "1h"}]}});
+        let cfg = Bootstrap::new()
+            .filter(module_filter(shape, "upstream_guard", &config))
+            .route(json!({"match": {"prefix": "/"}, "route": {"cluster": "openai-primary"}}))
+            .cluster(cluster("openai-primary", provider.addr()))
+            .build();
+        let envoy = Envoy::start_yaml(&with_stats_tags(&cfg), 1).unwrap();
+        let scrape = Scrape::of(&envoy);
+        // The dynamic module's names carry Envoy's prefix until the scrape drops it.
+        let value = |name: &str, labels: &[(&str, &str)]| {
+            scrape.value(name, labels).or_else(|| scrape.value(&format!("envoy_{name}"), labels))
+        };
+        let what = format!("{shape:?}: {:?}", scrape.names());
+        assert_eq!(value("upstream_guard_llm_model_requests", &[("llm_model", "gpt-4_1-mini")]), Some(0.0), "{what}");
+        assert_eq!(
+            value("upstream_guard_llm_provider_rate_limited", &[("envoy_cluster_name", "openai-primary")]),
+            Some(0.0),
+            "{what}"
+        );
+        assert_eq!(value("upstream_guard_llm_budget_refused", &[("llm_budget", "team-a")]), Some(0.0), "{what}");
+        assert!(
+            !scrape.names().iter().any(|n| n.contains("gpt") || n.contains("openai") || n.contains("team_a")),
+            "a chosen name is still inside a metric name: {what}"
+        );
+    }
+}
