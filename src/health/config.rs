@@ -174,6 +174,11 @@ pub struct HealthJson {
     #[cfg_attr(feature = "schema", schemars(extend("default" = [])))]
     #[serde(default)]
     routes: Vec<RouteJson>,
+    /// HTTP status of the fail-fast refusal when no upstream is available (400–599), as the
+    /// other stages' `status`.
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 503), range(min = 400, max = 599)))]
+    #[serde(default)]
+    status: Option<u16>,
     /// gRPC status of the fail-fast refusal of a gRPC request (0–16; 14 is UNAVAILABLE).
     #[cfg_attr(feature = "schema", schemars(extend("default" = 14), range(max = 16)))]
     #[serde(default)]
@@ -273,6 +278,8 @@ pub struct HealthConfig {
     pub status_path: Option<String>,
     /// Who may read the status endpoint.
     pub trust: Trust,
+    /// HTTP status of the fail-fast refusal (default 503).
+    pub status: u16,
     /// gRPC status of the fail-fast refusal of a gRPC request (default 14, UNAVAILABLE).
     pub grpc_status: u32,
     /// (path prefix, upstream indexes), first match wins; no match means every upstream.
@@ -432,6 +439,7 @@ impl HealthJson {
             forwarded: self.trust_x_forwarded_for,
         };
         let grpc_status = crate::config::grpc_status("grpc_status", self.grpc_status.unwrap_or(14))?;
+        let status = crate::config::refusal_status("status", self.status.unwrap_or(503), "use 503 (the default)")?;
         let mut routes = Vec::new();
         for (i, r) in self.routes.into_iter().enumerate() {
             let mut idx = Vec::new();
@@ -462,6 +470,7 @@ impl HealthJson {
             when_none_healthy: self.when_none_healthy,
             status_path: self.status_path,
             trust,
+            status,
             grpc_status,
             routes,
         })
@@ -524,6 +533,7 @@ mod tests {
             ),
             (r#"{"upstreams": [{"cluster": "a"}], "passive": {"ejection": "x"}}"#, "passive.ejection"),
             (r#"{"upstreams": [{"cluster": "a"}], "trusted_cidrs": ["x"]}"#, "trusted_cidrs[0]"),
+            (r#"{"upstreams": [{"cluster": "a"}], "status": 200}"#, "status"),
             (
                 r#"{"upstreams": [{"cluster": "a"}], "routes": [{"path_prefix": "/", "upstreams": ["b"]}]}"#,
                 "routes[0].upstreams[0]",

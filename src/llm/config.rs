@@ -533,6 +533,7 @@ impl LlmJson {
                 cidrs: crate::config::cidrs("trusted_cidrs", &self.trusted_cidrs)?,
                 forwarded: self.trust_x_forwarded_for,
             },
+            status: 503,
             grpc_status: 14,
             routes: Vec::new(),
         };

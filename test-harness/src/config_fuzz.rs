@@ -144,6 +144,7 @@ fn extras(target: Target) -> Vec<(&'static str, Value)> {
             ("passive.slow", json!({"after": "2s", "threshold": 0.5, "min_requests": 10, "window": "10s"})),
             ("routes", json!([{"path_prefix": "/api", "upstreams": ["primary"]}])),
             ("trust_x_forwarded_for", json!(false)),
+            ("status", json!(503)),
             ("grpc_status", json!(14)),
         ],
         Target::UpstreamGuard => Vec::new(),

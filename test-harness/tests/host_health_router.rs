@@ -126,6 +126,20 @@ fn passive_failures_eject_at_once_on_every_worker_until_the_ejection_ends() {
 }
 
 #[test]
+fn the_fail_fast_refusal_takes_the_configured_status() {
+    let host = Host::new();
+    let mut c = config();
+    c["status"] = json!(502);
+    let p = load(&host, c);
+    check_round(&host, &p, &[("primary", 503), ("secondary", 500)]);
+    check_round(&host, &p, &[("primary", 503), ("secondary", 500)]);
+    let mut s = p.worker(0).http_stream().property("source.address", "192.0.2.1:4000");
+    s.request_headers(&[(":path", "/"), (":method", "GET")], true).unwrap();
+    let r = s.local_response().unwrap();
+    assert_eq!((r.status, r.details.as_deref()), (502, Some("upstream_guard.no_healthy_upstream")));
+}
+
+#[test]
 fn none_healthy_fails_fast_listing_every_reason_to_trusted_clients_only() {
     let host = Host::new().workers(2);
     let mut c = config();

@@ -430,12 +430,12 @@ impl Stage for HealthRouter {
                 // Envoy's own words, which the diagnostics stage can turn into its JSON.
                 let mut reply = if config.trust.trusts(cx.peer()) {
                     let listed: Vec<Health> = indexes.iter().filter_map(|i| states.get(*i).copied()).collect();
-                    let mut r = LocalReply::text(503, details::NO_HEALTHY_UPSTREAM, String::new())
+                    let mut r = LocalReply::text(config.status, details::NO_HEALTHY_UPSTREAM, String::new())
                         .header("content-type", "application/json");
                     r.body = report_json(config, &indexes, &listed, now).into_bytes();
                     r
                 } else {
-                    LocalReply::text(503, details::NO_HEALTHY_UPSTREAM, "no healthy upstream\n".into())
+                    LocalReply::text(config.status, details::NO_HEALTHY_UPSTREAM, "no healthy upstream\n".into())
                 }
                 .header("retry-after", "1");
                 reply.grpc_status = Some(config.grpc_status);
