@@ -112,18 +112,20 @@ impl SuiteConfig {
         let mut json: SuiteJson = parse_json(bytes)?;
         if let Some(trust) = json.trust.take() {
             crate::config::cidrs("trust.trusted_cidrs", &trust.trusted_cidrs)?;
-            let (cidrs, forwarded) = (trust.trusted_cidrs, trust.trust_x_forwarded_for);
+            // Into each section that trusts, unless it states its own trust too.
+            let share = |section: &str, cidrs: &mut Vec<String>, forwarded: &mut bool| {
+                twice(section, cidrs, *forwarded)?;
+                (*cidrs, *forwarded) = (trust.trusted_cidrs.clone(), trust.trust_x_forwarded_for);
+                Ok::<(), ConfigError>(())
+            };
             if let Some(d) = json.diagnostics.as_mut() {
-                twice("diagnostics", &d.trusted_cidrs, d.trust_x_forwarded_for)?;
-                (d.trusted_cidrs, d.trust_x_forwarded_for) = (cidrs.clone(), forwarded);
+                share("diagnostics", &mut d.trusted_cidrs, &mut d.trust_x_forwarded_for)?;
             }
             if let Some(h) = json.health_router.as_mut() {
-                twice("health_router", &h.trusted_cidrs, h.trust_x_forwarded_for)?;
-                (h.trusted_cidrs, h.trust_x_forwarded_for) = (cidrs.clone(), forwarded);
+                share("health_router", &mut h.trusted_cidrs, &mut h.trust_x_forwarded_for)?;
             }
             if let Some(l) = json.llm.as_mut() {
-                twice("llm", &l.trusted_cidrs, l.trust_x_forwarded_for)?;
-                (l.trusted_cidrs, l.trust_x_forwarded_for) = (cidrs, forwarded);
+                share("llm", &mut l.trusted_cidrs, &mut l.trust_x_forwarded_for)?;
             }
         }
         Ok(SuiteConfig {

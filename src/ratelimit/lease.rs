@@ -171,9 +171,16 @@ impl Leases {
         self.entries.insert((rule, fingerprint), entry);
     }
 
-    /// Forgets this key (its shared state could not be used: nothing local may outlive that).
-    pub fn forget(&mut self, rule: u32, fingerprint: u64) {
-        self.entries.remove(&(rule, fingerprint));
+    /// Settles a request that asked the shared bucket: records its grant, or, when the shared
+    /// state could not be used (`None`: a full table, lost races), forgets the key, since nothing
+    /// local may outlive that.
+    pub fn settle(&mut self, rule: u32, fingerprint: u64, grant: Option<&Grant>, now: u64) {
+        match grant {
+            Some(g) => self.record(rule, fingerprint, g, now),
+            None => {
+                self.entries.remove(&(rule, fingerprint));
+            }
+        }
     }
 }
 

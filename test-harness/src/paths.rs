@@ -100,3 +100,15 @@ pub fn envoy_bin() -> Result<PathBuf> {
         })
     }
 }
+
+/// GitHub's (and mdBook's) anchor for a Markdown heading: lowercase, spaces to hyphens, other
+/// punctuation but `-` and `_` dropped.
+pub fn heading_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '-' || *c == ' ' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}

@@ -26,17 +26,6 @@ fn pages() -> Vec<PathBuf> {
     out
 }
 
-/// GitHub's anchor for a heading: lowercase, punctuation dropped, spaces to hyphens.
-fn slug(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter(|c| c.is_alphanumeric() || *c == '-' || *c == ' ' || *c == '_')
-        .map(|c| if c == ' ' { '-' } else { c })
-        .collect()
-}
-
 /// The text outside fenced code blocks.
 fn prose(text: &str) -> String {
     let mut fenced = false;
@@ -56,7 +45,7 @@ fn anchors(page: &Path) -> Vec<String> {
     prose(&std::fs::read_to_string(page).unwrap())
         .lines()
         .filter_map(|l| l.strip_prefix('#').map(|h| h.trim_start_matches('#')))
-        .map(slug)
+        .map(paths::heading_anchor)
         .collect()
 }
 

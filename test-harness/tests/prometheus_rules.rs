@@ -370,21 +370,6 @@ fn alert(name: &str, label: Option<(&str, &str)>) -> String {
     }
 }
 
-/// GitHub's and mdBook's anchor for a heading: lowercase, spaces to hyphens, other punctuation
-/// but `-` and `_` dropped.
-fn slug(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter_map(|c| match c {
-            ' ' => Some('-'),
-            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn every_alert_has_a_runbook_that_exists() {
     let rules = read(&rules_path());
@@ -397,8 +382,10 @@ fn every_alert_has_a_runbook_that_exists() {
         let page = paths::workspace_root().join(path);
         let text = std::fs::read_to_string(&page).unwrap_or_else(|_| panic!("runbook {url}: no page {path}"));
         if !anchor.is_empty() {
-            let found =
-                text.lines().filter_map(|l| l.strip_prefix('#')).any(|h| slug(h.trim_start_matches('#')) == anchor);
+            let found = text
+                .lines()
+                .filter_map(|l| l.strip_prefix('#'))
+                .any(|h| paths::heading_anchor(h.trim_start_matches('#')) == anchor);
             assert!(found, "runbook {url}: {path} has no heading #{anchor}");
         }
     }

@@ -426,7 +426,8 @@ pub fn memory() -> Result<Value, BenchError> {
     let one = memory_at(backend.addr(), 1)?;
     let memory = memory_at(backend.addr(), 4)?;
     let sizes = module_sizes();
-    Ok(json!({"rss_concurrency_1": one, "rss_concurrency_4": memory, "sizes": sizes}))
+    let code = code_by_part()?;
+    Ok(json!({"rss_concurrency_1": one, "rss_concurrency_4": memory, "sizes": sizes, "code": code}))
 }
 
 /// Envoy's `memory_allocator_manager`: tcmalloc hands free pages back to the system in the
@@ -497,6 +498,143 @@ fn memory_at(backend: SocketAddr, workers: u32) -> Result<Value, BenchError> {
     }
     println!();
     Ok(Value::Array(out))
+}
+
+/// Where `upstream_guard.wasm`'s code goes (`bench --memory`): the module built again with its
+/// function names kept (`target/sizes/`), each function's body size from the code section, and
+/// the functions grouped by what their names say they are.
+fn code_by_part() -> Result<Value, BenchError> {
+    let dir = paths::workspace_root().join("target").join("sizes");
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1", "-p", "upstream_guard_module"])
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
+        .env("CARGO_TARGET_DIR", &dir)
+        .status()
+        .map_err(err)?;
+    if !status.success() {
+        return Err(BenchError("building upstream_guard.wasm with names failed".into()));
+    }
+    let bytes = std::fs::read(dir.join("wasm32-wasip1").join("release").join("upstream_guard.wasm")).map_err(err)?;
+    let functions = wasm_functions(&bytes).ok_or_else(|| BenchError("unreadable upstream_guard.wasm".into()))?;
+    // First match wins: serde's visitors and the validators are the configuration.
+    let parts: [(&str, &[&str]); 5] = [
+        ("configuration (serde visitors, validators)", &["Deserializ", "validate", "serde"]),
+        ("the LLM stage", &["llm"]),
+        ("regex (path_regex)", &["regex"]),
+        ("formatting", &["fmt"]),
+        ("everything else", &[""]),
+    ];
+    let mut sizes = vec![0usize; parts.len()];
+    for (name, size) in &functions {
+        if let Some(i) = parts.iter().position(|(_, keys)| keys.iter().any(|k| name.contains(k))) {
+            sizes[i] += size;
+        }
+    }
+    let total: usize = sizes.iter().sum();
+    println!("upstream_guard.wasm code by part ({} functions, {total} bytes of code)", functions.len());
+    println!("| part | bytes | share |");
+    println!("|---|---:|---:|");
+    for ((part, _), size) in parts.iter().zip(&sizes) {
+        println!("| {part} | {size} | {:.0} % |", *size as f64 * 100.0 / total.max(1) as f64);
+    }
+    println!();
+    Ok(json!(parts.iter().zip(&sizes).map(|((p, _), s)| json!({"part": p, "bytes": s})).collect::<Vec<_>>()))
+}
+
+/// Every function body of a Wasm module: (name from the `name` section, or empty; body bytes).
+fn wasm_functions(wasm: &[u8]) -> Option<Vec<(String, usize)>> {
+    fn leb(b: &[u8], i: &mut usize) -> Option<usize> {
+        let (mut v, mut shift) = (0usize, 0);
+        loop {
+            let byte = *b.get(*i)?;
+            *i += 1;
+            v |= usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte < 0x80 || shift > 63 {
+                return Some(v);
+            }
+        }
+    }
+    let (mut i, mut imported, mut bodies, mut names) = (8, 0, Vec::new(), std::collections::HashMap::new());
+    while i < wasm.len() {
+        let id = *wasm.get(i)?;
+        i += 1;
+        let len = leb(wasm, &mut i)?;
+        let (mut j, end) = (i, i.checked_add(len)?);
+        match id {
+            // Imports: count the functions, whose indexes come before the bodies'.
+            2 => {
+                for _ in 0..leb(wasm, &mut j)? {
+                    for _ in 0..2 {
+                        j += leb(wasm, &mut j)?;
+                    }
+                    let kind = *wasm.get(j)?;
+                    j += 1;
+                    match kind {
+                        0 => {
+                            leb(wasm, &mut j)?;
+                            imported += 1;
+                        }
+                        1 => {
+                            j += 1;
+                            let limits = *wasm.get(j)?;
+                            j += 1;
+                            leb(wasm, &mut j)?;
+                            if limits & 1 == 1 {
+                                leb(wasm, &mut j)?;
+                            }
+                        }
+                        2 => {
+                            let limits = *wasm.get(j)?;
+                            j += 1;
+                            leb(wasm, &mut j)?;
+                            if limits & 1 == 1 {
+                                leb(wasm, &mut j)?;
+                            }
+                        }
+                        _ => j += 2,
+                    }
+                }
+            }
+            10 => {
+                for _ in 0..leb(wasm, &mut j)? {
+                    let size = leb(wasm, &mut j)?;
+                    bodies.push(size);
+                    j += size;
+                }
+            }
+            0 => {
+                let n = leb(wasm, &mut j)?;
+                if wasm.get(j..j + n)? == b"name" {
+                    j += n;
+                    while j < end {
+                        let sub = *wasm.get(j)?;
+                        j += 1;
+                        let sub_len = leb(wasm, &mut j)?;
+                        let sub_end = j + sub_len;
+                        if sub == 1 {
+                            for _ in 0..leb(wasm, &mut j)? {
+                                let index = leb(wasm, &mut j)?;
+                                let len = leb(wasm, &mut j)?;
+                                names.insert(index, String::from_utf8_lossy(wasm.get(j..j + len)?).into_owned());
+                                j += len;
+                            }
+                        }
+                        j = sub_end;
+                    }
+                }
+            }
+            _ => {}
+        }
+        i = end;
+    }
+    Some(
+        bodies
+            .into_iter()
+            .enumerate()
+            .map(|(k, size)| (names.remove(&(imported + k)).unwrap_or_default(), size))
+            .collect(),
+    )
 }
 
 /// Sizes of the shipped modules, and the combined module against the largest single one.

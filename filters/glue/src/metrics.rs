@@ -54,7 +54,8 @@ impl Tally {
     /// Defines `name`.
     pub fn define(name: &str) -> Tally {
         let id = host::define_metric(MetricKind::Counter, name).ok();
-        let slot = match id {
+        // Off wasm a tally counts at once: it needs no pending slot.
+        let slot = match id.filter(|_| cfg!(target_arch = "wasm32")) {
             Some(id) => PENDING.with(|p| match p.try_borrow_mut() {
                 Ok(mut p) => {
                     p.push((id, 0));
@@ -102,11 +103,10 @@ pub fn flush() {
 }
 
 /// The tick period a module needs: the stages' own, and at most [`FLUSH_MS`] in a `.wasm` that
-/// defined a [`Tally`] (its counts are flushed on the tick; such a module must export
-/// `proxy_on_tick`).
+/// defined a [`Tally`] (only a `.wasm` keeps pending counts; they are flushed on the tick, so
+/// such a module must export `proxy_on_tick`).
 pub fn tick_period(stages: Option<u32>) -> Option<u32> {
-    let tallies = PENDING.with(|p| p.try_borrow().map_or(true, |p| !p.is_empty()));
-    if cfg!(target_arch = "wasm32") && tallies {
+    if PENDING.with(|p| p.try_borrow().map_or(true, |p| !p.is_empty())) {
         Some(stages.map_or(FLUSH_MS, |ms| ms.min(FLUSH_MS)))
     } else {
         stages

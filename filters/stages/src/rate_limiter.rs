@@ -193,17 +193,14 @@ impl RateLimiter {
                 (grant.decision.allowed().then(|| next.encode()), grant)
             },
         );
-        if !matches!(outcome, Ok(Owned::Done(_))) {
-            leases.forget(id, place.fingerprint);
-        }
+        let grant = match &outcome {
+            Ok(Owned::Done(grant)) => Some(grant),
+            _ => None,
+        };
+        leases.settle(id, place.fingerprint, grant, now);
         drop(leases);
         let outcome = match outcome {
-            Ok(Owned::Done(grant)) => {
-                if let Ok(mut leases) = self.leases.try_borrow_mut() {
-                    leases.record(id, place.fingerprint, &grant, now);
-                }
-                return grant.decision;
-            }
+            Ok(Owned::Done(grant)) => return grant.decision,
             Ok(Owned::Full) => {
                 m.table_full.inc();
                 return config.on_contention.decision(&rule.limit);
